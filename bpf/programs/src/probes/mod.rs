@@ -1,0 +1,4 @@
+//! One file per kernel hook.
+mod exec;
+mod exit;
+mod fork;

@@ -1,0 +1,130 @@
+//! The `Sensors` service: event streams, status and version.
+
+use std::{pin::Pin, sync::Arc};
+
+use sidewall_proto::v1::{self as pb, sensors_server::Sensors};
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    export::{filter::EventFilter, hub::Hub, jsonl},
+    kernel::loader::{SensorReport, SensorState},
+    stats::{Stage, Stats},
+};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything GetStatus reports.
+pub struct StatusSource {
+    pub node_name: String,
+    pub kernel: String,
+    pub sensors: Vec<SensorReport>,
+    pub stats: Arc<Stats>,
+    pub export_file: Option<(String, Arc<jsonl::Health>)>,
+    pub identity_source: &'static str,
+}
+
+pub struct SensorsService {
+    pub hub: Arc<Hub>,
+    pub status: Arc<StatusSource>,
+    /// Queue length of each gRPC stream; past it the stream loses events (counted).
+    pub queue: usize,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GetEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Sensors for SensorsService {
+    type GetEventsStream = EventStream;
+
+    async fn get_events(&self, req: Request<pb::GetEventsRequest>) -> Result<Response<EventStream>, Status> {
+        let filter =
+            EventFilter::compile(req.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unix".into());
+        let (_sub, rx) =
+            self.hub
+                .subscribe(format!("grpc:{peer}"), Stage::SubscriberQueue, filter, self.queue);
+        let stream = ReceiverStream::new(rx).map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        Ok(Response::new(self.status.snapshot(self.hub.subscriber_count())))
+    }
+
+    async fn get_version(
+        &self,
+        _: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        Ok(Response::new(pb::GetVersionResponse {
+            version: VERSION.into(),
+        }))
+    }
+}
+
+impl StatusSource {
+    pub fn snapshot(&self, subscribers: usize) -> pb::GetStatusResponse {
+        let stats = &self.stats;
+        pb::GetStatusResponse {
+            version: VERSION.into(),
+            kernel: self.kernel.clone(),
+            node_name: self.node_name.clone(),
+            uptime_seconds: stats.started.elapsed().as_secs(),
+            sensors: self.sensors.iter().map(sensor_status).collect(),
+            events_by_kind: stats
+                .events_by_kind()
+                .into_iter()
+                .map(|(k, n)| (k.into(), n))
+                .collect(),
+            lost_by_stage: stats
+                .lost_by_stage()
+                .into_iter()
+                .map(|(k, n)| (k.into(), n))
+                .collect(),
+            process_cache_size: stats
+                .process_cache_size
+                .load(std::sync::atomic::Ordering::Relaxed),
+            subscribers: subscribers as u32,
+            identity_source: self.identity_source.into(),
+            exporters: self.exporters(),
+        }
+    }
+
+    fn exporters(&self) -> Vec<pb::ExporterStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some((path, h)) = &self.export_file else {
+            return vec![pb::ExporterStatus {
+                name: "export_file".into(),
+                state: "disabled".into(),
+                ..Default::default()
+            }];
+        };
+        let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        vec![pb::ExporterStatus {
+            name: "export_file".into(),
+            state: if last_error.is_some() { "failing" } else { "ok" }.into(),
+            detail: last_error.map_or_else(|| path.clone(), |e| format!("{path}: {e}")),
+            events: h.written.load(Relaxed),
+            lost: self.stats.lost(Stage::ExportFile) + h.failed.load(Relaxed),
+        }]
+    }
+}
+
+fn sensor_status(s: &SensorReport) -> pb::SensorStatus {
+    let (state, reason) = match &s.state {
+        SensorState::Attached => ("attached", String::new()),
+        SensorState::Failed(why) => ("failed", why.clone()),
+    };
+    pb::SensorStatus {
+        name: s.name.into(),
+        state: state.into(),
+        reason,
+        hook: s.hook.into(),
+    }
+}

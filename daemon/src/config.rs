@@ -1,0 +1,215 @@
+//! Configuration: the embedded defaults, overlaid by a TOML file, overlaid by flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::api::listen::Address;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node_name: String,
+    pub grpc_address: String,
+    pub export_file: String,
+    pub export_file_max_mb: u64,
+    pub export_file_keep: u32,
+    pub ring_buffer_mb: u32,
+    pub subscriber_queue: usize,
+    pub export_queue: usize,
+    pub process_grace_seconds: u64,
+    pub btf_path: PathBuf,
+    pub log: String,
+}
+
+/// Values given on the command line; `None` keeps the file's or the default value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub node_name: Option<String>,
+    pub grpc_address: Option<String>,
+    pub export_file: Option<String>,
+    pub export_file_max_mb: Option<u64>,
+    pub export_file_keep: Option<u32>,
+    pub ring_buffer_mb: Option<u32>,
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `flags`; validated.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let mut table = parse_table("built-in defaults", DEFAULT_TOML)?;
+        let mut origin = "built-in defaults".to_string();
+        if let Some(path) = file {
+            origin = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: origin.clone(),
+                source,
+            })?;
+            for (k, v) in parse_table(&origin, &text)? {
+                table.insert(k, v);
+            }
+        }
+        let mut cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.clone(),
+                message: e.message().to_string(),
+            })?;
+        cfg.apply(flags);
+        cfg.validate(&origin)?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = &o.$f { self.$f = v.clone(); })* };
+        }
+        set!(
+            node_name,
+            grpc_address,
+            export_file,
+            export_file_max_mb,
+            export_file_keep,
+            ring_buffer_mb,
+            log
+        );
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field, message: String| {
+            Err(ConfigError::Invalid {
+                origin: origin.into(),
+                field,
+                message,
+            })
+        };
+        if let Err(e) = self.grpc_address.parse::<Address>() {
+            return bad("grpc_address", e);
+        }
+        if !self.ring_buffer_mb.is_power_of_two() || self.ring_buffer_mb > 1024 {
+            return bad(
+                "ring_buffer_mb",
+                format!("{} is not a power of two between 1 and 1024", self.ring_buffer_mb),
+            );
+        }
+        if self.export_file_max_mb == 0 {
+            return bad("export_file_max_mb", "must be at least 1".into());
+        }
+        if self.subscriber_queue == 0 || self.export_queue == 0 {
+            return bad("subscriber_queue", "queues must hold at least one event".into());
+        }
+        Ok(())
+    }
+
+    pub fn address(&self) -> Address {
+        // validate() has checked it.
+        self.grpc_address
+            .parse()
+            .unwrap_or_else(|_| Address::Unix("/run/sidewall/sidewall.sock".into()))
+    }
+
+    /// The node name, defaulting to the host name.
+    pub fn node(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    }
+}
+
+fn parse_table(origin: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        origin: origin.into(),
+        message: located(text, &e),
+    })
+}
+
+/// "line L, column C: message" for a TOML error.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = Config::load(None, &Overrides::default()).expect("defaults are valid");
+        assert_eq!(c.address(), Address::Unix("/run/sidewall/sidewall.sock".into()));
+        assert_eq!(c.ring_buffer_mb, 8);
+    }
+
+    #[test]
+    fn file_then_flags_override() {
+        let f = file("export_file = \"/tmp/e.json\"\nring_buffer_mb = 16\n");
+        let flags = Overrides {
+            ring_buffer_mb: Some(32),
+            ..Default::default()
+        };
+        let c = Config::load(Some(f.path()), &flags).expect("valid");
+        assert_eq!(c.export_file, "/tmp/e.json");
+        assert_eq!(c.ring_buffer_mb, 32);
+    }
+
+    #[test]
+    fn errors_name_file_place_and_field() {
+        let f = file("node_name = \"a\"\nring_buffer_mb = \"big\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("ring_buffer_mb") || e.contains("invalid type"), "{e}");
+
+        let f = file("grpc_adress = \"x\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `grpc_adress`"), "{e}");
+
+        let f = file("ring_buffer_mb = 3\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ring_buffer_mb: 3 is not a power of two"), "{e}");
+
+        let f = file("x = [\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line "), "{e}");
+    }
+}

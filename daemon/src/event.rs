@@ -1,0 +1,41 @@
+//! Small accessors over the API's event type shared by filters, counters and exporters.
+
+use sidewall_proto::v1::{self as pb, EventType, get_events_response::Event};
+
+pub type Shared = std::sync::Arc<pb::GetEventsResponse>;
+
+pub fn kind(ev: &pb::GetEventsResponse) -> EventType {
+    match &ev.event {
+        Some(Event::ProcessExec(_)) => EventType::ProcessExec,
+        Some(Event::ProcessExit(_)) => EventType::ProcessExit,
+        Some(Event::LostEvents(_)) => EventType::LostEvents,
+        None => EventType::Unspecified,
+    }
+}
+
+/// The process an event is about, if any.
+pub fn subject(ev: &pb::GetEventsResponse) -> Option<&pb::Process> {
+    match &ev.event {
+        Some(Event::ProcessExec(e)) => e.process.as_ref(),
+        Some(Event::ProcessExit(e)) => e.process.as_ref(),
+        Some(Event::LostEvents(_)) | None => None,
+    }
+}
+
+/// The snake_case name used in JSON, counters and metrics: "process_exec".
+pub fn kind_name(k: EventType) -> &'static str {
+    match k {
+        EventType::Unspecified => "unspecified",
+        EventType::ProcessExec => "process_exec",
+        EventType::ProcessExit => "process_exit",
+        EventType::ProcessConnect => "process_connect",
+        EventType::ProcessAccept => "process_accept",
+        EventType::ProcessBind => "process_bind",
+        EventType::ProcessClose => "process_close",
+        EventType::ProcessDatagram => "process_datagram",
+        EventType::ProcessNamespace => "process_namespace",
+        EventType::ProcessAccess => "process_access",
+        EventType::PolicyAlert => "policy_alert",
+        EventType::LostEvents => "lost_events",
+    }
+}

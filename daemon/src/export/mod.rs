@@ -1,0 +1,4 @@
+//! The last stage: fan-out to subscribers and the exporters that consume it.
+pub mod filter;
+pub mod hub;
+pub mod jsonl;

@@ -1,0 +1,202 @@
+//! Turns raw ring-buffer records into typed Rust values. Every length and size read from a
+//! record is checked: a malformed record is an error (counted), never a panic.
+
+use std::{mem::size_of, ptr};
+
+use sidewall_common::{
+    ARGS_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, ExecEvent, ExitEvent, FILENAME_MAX, ForkEvent, Header, flags,
+    kind,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need}-byte {what}")]
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub hdr: Header,
+    pub filename: String,
+    /// argv, argv[0] included.
+    pub argv: Vec<String>,
+    pub cwd: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub hdr: Header,
+    pub exit_code: u32,
+}
+
+#[derive(Debug)]
+pub enum Record {
+    Exec(Exec),
+    Exit(Exit),
+    Fork(Header),
+}
+
+impl Record {
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::Exec(e) => &e.hdr,
+            Record::Exit(e) => &e.hdr,
+            Record::Fork(h) => h,
+        }
+    }
+}
+
+/// Reads a `T` from the front of `bytes` if it is long enough.
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: the length is checked above; T is a #[repr(C)] type of integers and byte
+    // arrays, valid for any bit pattern; read_unaligned copes with any alignment.
+    Ok(unsafe { ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// The kind of a record, before decoding it whole (for per-kind counters).
+pub fn record_kind(bytes: &[u8]) -> Option<u32> {
+    read::<u32>(bytes, "kind").ok()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let hdr: Header = read(bytes, "header")?;
+    match hdr.kind {
+        kind::EXEC => decode_exec(bytes).map(Record::Exec),
+        kind::EXIT => {
+            let e: ExitEvent = read(bytes, "exit record")?;
+            Ok(Record::Exit(Exit {
+                hdr: e.hdr,
+                exit_code: e.exit_code,
+            }))
+        }
+        kind::FORK => Ok(Record::Fork(read::<ForkEvent>(bytes, "fork record")?.hdr)),
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
+    let ev: ExecEvent = read(bytes, "exec record")?;
+    let filename = lossy(&ev.filename[..(ev.filename_len as usize).min(FILENAME_MAX)]);
+    let argv = split_nul(&ev.args[..(ev.args_len as usize).min(ARGS_MAX)]);
+    let cwd = if ev.hdr.flags & flags::CWD_UNKNOWN != 0 {
+        String::new()
+    } else {
+        join_cwd(&ev.cwd, ev.cwd_slots as usize)
+    };
+    Ok(Exec {
+        hdr: ev.hdr,
+        filename,
+        argv,
+        cwd,
+    })
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// argv as the kernel lays it out: NUL-terminated strings back to back. A cut final string
+/// (no NUL) is kept.
+pub fn split_nul(b: &[u8]) -> Vec<String> {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    if b.is_empty() {
+        return Vec::new();
+    }
+    b.split(|&c| c == 0).map(lossy).collect()
+}
+
+/// The cwd slots hold components leaf first, each NUL-terminated, empty where the walk
+/// crossed a mount point; the path is root first.
+pub fn join_cwd(buf: &[u8; CWD_BUF], slots: usize) -> String {
+    let parts: Vec<&[u8]> = buf
+        .chunks(CWD_SLOT)
+        .take(slots.min(CWD_MAX_DEPTH))
+        .map(|slot| slot.split(|&c| c == 0).next().unwrap_or_default())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return "/".to_string();
+    }
+    let mut path = String::with_capacity(CWD_SLOT * parts.len());
+    for p in parts.iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(p));
+    }
+    path
+}
+
+/// The binary as an absolute path: relative execve paths are resolved against cwd, and "."
+/// components dropped (".." is kept: it may cross a symlink).
+pub fn absolute_binary(filename: &str, cwd: &str) -> String {
+    if filename.starts_with('/') || cwd.is_empty() {
+        return filename.to_string();
+    }
+    let mut out = cwd.trim_end_matches('/').to_string();
+    for part in filename.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        out.push('/');
+        out.push_str(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_split() {
+        assert_eq!(split_nul(b"ls\0-l\0/tmp\0"), ["ls", "-l", "/tmp"]);
+        assert_eq!(split_nul(b"ls\0\0x\0"), ["ls", "", "x"]);
+        assert_eq!(split_nul(b"cut-mid"), ["cut-mid"]);
+        assert!(split_nul(b"").is_empty());
+    }
+
+    #[test]
+    fn cwd_is_reversed_and_skips_mount_steps() {
+        let mut buf = [0xffu8; CWD_BUF];
+        for (i, name) in [&b"c\0"[..], b"\0", b"b\0", b"a\0"].iter().enumerate() {
+            buf[i * CWD_SLOT..i * CWD_SLOT + name.len()].copy_from_slice(name);
+        }
+        assert_eq!(join_cwd(&buf, 4), "/a/b/c");
+        assert_eq!(join_cwd(&buf, 1), "/c");
+        assert_eq!(join_cwd(&buf, 0), "/");
+    }
+
+    #[test]
+    fn relative_binaries_resolve_against_cwd() {
+        assert_eq!(absolute_binary("./run.sh", "/srv/app"), "/srv/app/run.sh");
+        assert_eq!(absolute_binary("bin/x", "/"), "/bin/x");
+        assert_eq!(absolute_binary("/usr/bin/id", "/tmp"), "/usr/bin/id");
+        assert_eq!(absolute_binary("x", ""), "x");
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
+        let mut hdr = [0u8; size_of::<Header>()];
+        hdr[0] = 1; // exec, but only a header's worth of bytes
+        assert!(matches!(
+            decode(&hdr),
+            Err(DecodeError::Short {
+                what: "exec record",
+                ..
+            })
+        ));
+        hdr[0] = 99;
+        assert_eq!(decode(&hdr).unwrap_err(), DecodeError::UnknownKind(99));
+    }
+}

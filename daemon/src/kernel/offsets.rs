@@ -1,0 +1,212 @@
+//! Kernel struct field offsets resolved from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the daemon does the relocation itself: it reads
+//! `/sys/kernel/btf/vmlinux`, finds each field (descending into anonymous structs and unions)
+//! and hands the byte offsets to the programs as the `OFFSETS` global.
+
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType, Type};
+use sidewall_common::Offsets;
+
+/// Offset for a field this kernel does not have. Reads at `base + UNRESOLVED` fail, so the
+/// programs report zero (unknown) for it instead of reading some other field.
+pub const UNRESOLVED: u32 = 0x4000_0000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF at {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel BTF: struct `{strukt}` has no member `{member}`")]
+    NoMember { strukt: String, member: String },
+    #[error("kernel BTF: `{strukt}.{member}` is a bitfield")]
+    Bitfield { strukt: String, member: String },
+}
+
+/// Loads BTF from `path` (normally `/sys/kernel/btf/vmlinux`) and resolves every offset.
+pub fn resolve(path: &Path) -> Result<Offsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Resolver { btf: &btf }.offsets()
+}
+
+struct Resolver<'a> {
+    btf: &'a Btf,
+}
+
+impl Resolver<'_> {
+    fn offsets(&self) -> Result<Offsets, OffsetError> {
+        let f = |s: &str, m: &str| self.field(s, m);
+        let inum = |s: &str| -> Result<u32, OffsetError> { Ok(f(s, "ns")? + f("ns_common", "inum")?) };
+        Ok(Offsets {
+            task_tgid: f("task_struct", "tgid")?,
+            task_pid: f("task_struct", "pid")?,
+            task_real_parent: f("task_struct", "real_parent")?,
+            task_nsproxy: f("task_struct", "nsproxy")?,
+            task_cred: f("task_struct", "cred")?,
+            task_fs: f("task_struct", "fs")?,
+            task_mm: f("task_struct", "mm")?,
+            task_exit_code: f("task_struct", "exit_code")?,
+            task_signal: f("task_struct", "signal")?,
+            task_thread_pid: f("task_struct", "thread_pid")?,
+            signal_live: f("signal_struct", "live")?,
+            nsproxy_uts: f("nsproxy", "uts_ns")?,
+            nsproxy_ipc: f("nsproxy", "ipc_ns")?,
+            nsproxy_mnt: f("nsproxy", "mnt_ns")?,
+            nsproxy_pid_for_children: f("nsproxy", "pid_ns_for_children")?,
+            nsproxy_net: f("nsproxy", "net_ns")?,
+            // Time namespaces exist since 5.6; older kernels report zero for them.
+            nsproxy_time: self.optional("nsproxy", "time_ns"),
+            nsproxy_time_for_children: self.optional("nsproxy", "time_ns_for_children"),
+            nsproxy_cgroup: f("nsproxy", "cgroup_ns")?,
+            cred_user_ns: f("cred", "user_ns")?,
+            uts_inum: inum("uts_namespace")?,
+            ipc_inum: inum("ipc_namespace")?,
+            mnt_inum: inum("mnt_namespace")?,
+            pid_inum: inum("pid_namespace")?,
+            net_inum: inum("net")?,
+            time_inum: inum("time_namespace").unwrap_or(UNRESOLVED),
+            cgroup_inum: inum("cgroup_namespace")?,
+            user_inum: inum("user_namespace")?,
+            pid_level: f("pid", "level")?,
+            pid_numbers: f("pid", "numbers")?,
+            upid_size: self.struct_size("upid")?,
+            upid_ns: f("upid", "ns")?,
+            mm_arg_start: f("mm_struct", "arg_start")?,
+            mm_arg_end: f("mm_struct", "arg_end")?,
+            bprm_filename: f("linux_binprm", "filename")?,
+            fs_pwd: f("fs_struct", "pwd")?,
+            fs_root: f("fs_struct", "root")?,
+            path_mnt: f("path", "mnt")?,
+            path_dentry: f("path", "dentry")?,
+            dentry_parent: f("dentry", "d_parent")?,
+            dentry_name_ptr: f("dentry", "d_name")? + f("qstr", "name")?,
+            mount_mnt: f("mount", "mnt")?,
+            mount_parent: f("mount", "mnt_parent")?,
+            mount_mountpoint: f("mount", "mnt_mountpoint")?,
+            vfsmount_root: f("vfsmount", "mnt_root")?,
+        })
+    }
+
+    fn optional(&self, strukt: &str, member: &str) -> u32 {
+        self.field(strukt, member).unwrap_or(UNRESOLVED)
+    }
+
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| OffsetError::NoStruct(name.to_string()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| OffsetError::NoStruct(name.to_string()))
+    }
+
+    fn struct_size(&self, name: &str) -> Result<u32, OffsetError> {
+        Ok(self.find_struct(name)?.size() as u32)
+    }
+
+    /// Byte offset of `member` in `struct strukt`.
+    fn field(&self, strukt: &str, member: &str) -> Result<u32, OffsetError> {
+        let s = self.find_struct(strukt)?;
+        match self.member_bits(&s, member, 0) {
+            Some(bits) if bits % 8 == 0 => Ok(bits / 8),
+            Some(_) => Err(OffsetError::Bitfield {
+                strukt: strukt.into(),
+                member: member.into(),
+            }),
+            None => Err(OffsetError::NoMember {
+                strukt: strukt.into(),
+                member: member.into(),
+            }),
+        }
+    }
+
+    /// Bit offset of `name` in `s`, searching anonymous struct/union members depth first.
+    fn member_bits(&self, s: &btf_rs::Struct, name: &str, base: u32) -> Option<u32> {
+        for m in &s.members {
+            let m_name = self.btf.resolve_name(m).unwrap_or_default();
+            if m_name == name {
+                return Some(base + m.bit_offset());
+            }
+            if m_name.is_empty()
+                && let Some(inner) = self.aggregate(m)
+                && let Some(bits) = self.member_bits(&inner, name, base + m.bit_offset())
+            {
+                return Some(bits);
+            }
+        }
+        None
+    }
+
+    /// The struct or union a member's type resolves to, through typedefs and qualifiers.
+    fn aggregate(&self, m: &dyn BtfType) -> Option<btf_rs::Struct> {
+        let mut t = self.btf.resolve_chained_type(m).ok()?;
+        for _ in 0..8 {
+            t = match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(x) => self.btf.resolve_chained_type(&x).ok()?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(&x).ok()?
+                }
+                _ => return None,
+            };
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+    /// Checks resolved offsets against facts that hold on every kernel this runs on.
+    #[test]
+    fn resolves_running_kernel() {
+        if !Path::new(VMLINUX).exists() {
+            eprintln!("skipped: no {VMLINUX}");
+            return;
+        }
+        let o = resolve(Path::new(VMLINUX)).expect("all offsets resolve");
+        // pid and tgid are adjacent pid_t fields in task_struct.
+        assert_eq!(o.task_tgid, o.task_pid + 4);
+        // path is { vfsmount *mnt; dentry *dentry; }.
+        assert_eq!((o.path_mnt, o.path_dentry), (0, 8));
+        // qstr's name pointer follows the 8-byte hash_len union.
+        assert!(o.dentry_name_ptr > 0);
+        // struct upid is { int nr; struct pid_namespace *ns; }.
+        assert_eq!((o.upid_size, o.upid_ns), (16, 8));
+        // mm->arg_end follows arg_start (both unsigned long) inside an anonymous struct.
+        assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
+        assert_ne!(o.nsproxy_time, UNRESOLVED);
+    }
+
+    #[test]
+    fn missing_member_is_named() {
+        if !Path::new(VMLINUX).exists() {
+            return;
+        }
+        let btf = Btf::from_file(VMLINUX).expect("btf");
+        let err = Resolver { btf: &btf }
+            .field("task_struct", "no_such_field")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF: struct `task_struct` has no member `no_such_field`"
+        );
+    }
+}

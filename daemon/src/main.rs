@@ -1,0 +1,88 @@
+//! `sidewalld`: the sidewall node daemon (needs root: it loads eBPF programs).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use sidewalld::config::{Config, DEFAULT_TOML, Overrides};
+
+/// sidewall node daemon: eBPF sensors for zero trust inside the pod.
+#[derive(Parser, Debug)]
+#[command(name = "sidewalld", version)]
+struct Args {
+    /// TOML configuration file; its keys override the built-in defaults (see --print-default-config).
+    #[arg(long, short = 'c', env = "SIDEWALL_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address: unix:///path or tcp://ip:port.
+    #[arg(long)]
+    grpc_address: Option<String>,
+    /// Write every event as a JSON line to this file (rotated by size).
+    #[arg(long)]
+    export_file: Option<String>,
+    /// Rotate the export file at this many MiB.
+    #[arg(long)]
+    export_file_max_mb: Option<u64>,
+    /// Rotated export files to keep.
+    #[arg(long)]
+    export_file_keep: Option<u32>,
+    /// Node name in events; defaults to the host name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Kernel ring buffer size in MiB (power of two).
+    #[arg(long)]
+    ring_buffer_mb: Option<u32>,
+    /// Log filter (tracing-subscriber syntax), e.g. "debug".
+    #[arg(long, env = "SIDEWALL_LOG")]
+    log: Option<String>,
+    /// Print the built-in configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let flags = Overrides {
+        node_name: args.node_name,
+        grpc_address: args.grpc_address,
+        export_file: args.export_file,
+        export_file_max_mb: args.export_file_max_mb,
+        export_file_keep: args.export_file_keep,
+        ring_buffer_mb: args.ring_buffer_mb,
+        log: args.log,
+    };
+    let cfg = match Config::load(args.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidewalld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidewalld: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sidewalld::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sidewalld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

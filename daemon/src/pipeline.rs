@@ -1,0 +1,252 @@
+//! The one-way pipeline: ring-buffer record -> decode -> process cache -> workload identity
+//! -> event -> hub. One task owns every stage's state, so no stage needs a lock.
+
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use sidewall_common::kind;
+use sidewall_proto::v1::{self as pb, get_events_response::Event};
+use tokio::sync::watch;
+
+use crate::{
+    event::{self, Shared},
+    export::hub::Hub,
+    identity::Identity,
+    kernel::{
+        decode::{self, Record},
+        ringbuf::{KernelDrops, RingReader},
+    },
+    process::{Clock, ProcEntry, ProcessCache},
+    stats::{Stage, Stats},
+};
+
+pub struct Pipeline {
+    pub cache: ProcessCache,
+    pub identity: Identity,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub clock: Clock,
+    pub node_name: String,
+    kernel_drops_reported: [u64; kind::MAX as usize],
+}
+
+impl Pipeline {
+    pub fn new(
+        cache: ProcessCache,
+        identity: Identity,
+        hub: Arc<Hub>,
+        stats: Arc<Stats>,
+        clock: Clock,
+        node_name: String,
+    ) -> Self {
+        Self {
+            cache,
+            identity,
+            hub,
+            stats,
+            clock,
+            node_name,
+            kernel_drops_reported: [0; kind::MAX as usize],
+        }
+    }
+
+    /// Handles one raw record from the ring buffer.
+    pub fn handle(&mut self, bytes: &[u8]) {
+        match decode::decode(bytes) {
+            Ok(rec) => {
+                let ktime = rec.header().ktime;
+                if let Some(ev) = self.enrich(rec) {
+                    self.publish(ev, ktime);
+                }
+            }
+            Err(e) => {
+                self.stats.count_lost(Stage::Decode, 1);
+                tracing::debug!(error = %e, "malformed ring buffer record");
+            }
+        }
+    }
+
+    /// `ktime`: boot-time ns when the kernel saw it, which becomes the event's `time`.
+    fn publish(&self, event: Event, ktime: u64) {
+        let ev: Shared = Arc::new(pb::GetEventsResponse {
+            event: Some(event),
+            node_name: self.node_name.clone(),
+            time: Some(self.clock.timestamp(ktime)),
+        });
+        self.stats.count_event(event::kind(&ev));
+        self.hub.publish(&ev);
+    }
+
+    fn enrich(&mut self, rec: Record) -> Option<Event> {
+        let ev = match rec {
+            Record::Exec(e) => {
+                let entry = self.cache.on_exec(&e);
+                Event::ProcessExec(pb::ProcessExec {
+                    process: Some(self.process(&entry)),
+                    parent: entry.parent.as_ref().map(|p| self.process(p)),
+                    ancestors: entry.ancestors().skip(1).map(|a| self.process(a)).collect(),
+                })
+            }
+            Record::Exit(x) => {
+                let entry = self.cache.on_exit(&x.hdr, Instant::now());
+                let (status, signal, core_dumped) = wait_status(x.exit_code);
+                Event::ProcessExit(pb::ProcessExit {
+                    process: Some(self.process(&entry)),
+                    parent: entry.parent.as_ref().map(|p| self.process(p)),
+                    status,
+                    signal: signal.into(),
+                    core_dumped,
+                })
+            }
+            Record::Fork(h) => {
+                // Forks feed the process tree; they are not an event kind of their own.
+                self.cache.on_fork(&h);
+                return None;
+            }
+        };
+        Some(ev)
+    }
+
+    /// The process as events show it: cached facts plus current workload identity.
+    fn process(&mut self, entry: &Arc<ProcEntry>) -> pb::Process {
+        let w = self.identity.resolve(entry.process.cgroup_id);
+        let mut p = entry.process.clone();
+        p.pod = w.pod.clone();
+        p.container = w.container.clone();
+        p
+    }
+
+    /// Emits a lost_events record when the kernel counted new ring-buffer drops.
+    pub fn report_kernel_drops(&mut self, totals: [u64; kind::MAX as usize]) {
+        let mut by_kind = std::collections::HashMap::new();
+        let mut count = 0;
+        for (k, (&now, seen)) in totals
+            .iter()
+            .zip(self.kernel_drops_reported.iter_mut())
+            .enumerate()
+        {
+            let delta = now.saturating_sub(*seen);
+            *seen = now;
+            if delta > 0 {
+                count += delta;
+                by_kind.insert(record_kind_name(k as u32).to_string(), delta);
+            }
+        }
+        if count == 0 {
+            return;
+        }
+        self.stats.count_lost(Stage::KernelRingbuf, count);
+        tracing::warn!(count, "kernel ring buffer full: events lost");
+        let lost = pb::LostEvents {
+            stage: Stage::KernelRingbuf.name().into(),
+            count,
+            by_kind,
+        };
+        self.publish(Event::LostEvents(lost), Clock::boot_ns());
+    }
+
+    /// Periodic housekeeping.
+    pub fn tick(&mut self, now: Instant) {
+        self.cache.sweep(now);
+        self.stats
+            .process_cache_size
+            .store(self.cache.len() as u64, Relaxed);
+    }
+}
+
+fn record_kind_name(k: u32) -> &'static str {
+    match k {
+        kind::EXEC => "process_exec",
+        kind::EXIT => "process_exit",
+        kind::FORK => "process_fork",
+        _ => "other",
+    }
+}
+
+/// (exit status, signal name, core dumped) from a wait(2)-style status word.
+pub fn wait_status(code: u32) -> (u32, &'static str, bool) {
+    let sig = code & 0x7f;
+    if sig == 0 {
+        ((code >> 8) & 0xff, "", false)
+    } else {
+        (0, signal_name(sig), code & 0x80 != 0)
+    }
+}
+
+pub fn signal_name(sig: u32) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    NAMES
+        .get(sig as usize)
+        .copied()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("SIGRT")
+}
+
+/// Reads the ring buffer until `shutdown` flips, with housekeeping once a second.
+pub async fn run(
+    mut pipeline: Pipeline,
+    mut reader: RingReader,
+    drops: KernelDrops,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = reader.read_batch(|bytes| pipeline.handle(bytes)) => { r?; }
+            _ = tick.tick() => {
+                pipeline.report_kernel_drops(drops.totals());
+                pipeline.tick(Instant::now());
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(wait_status(3 << 8), (3, "", false));
+        assert_eq!(wait_status(9), (0, "SIGKILL", false));
+        assert_eq!(wait_status(11 | 0x80), (0, "SIGSEGV", true));
+        assert_eq!(signal_name(40), "SIGRT");
+    }
+}

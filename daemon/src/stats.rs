@@ -1,0 +1,92 @@
+//! Counters every stage updates and `GetStatus` (and later /metrics) reads. Lock-free.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Instant,
+};
+
+use sidewall_proto::v1::EventType;
+
+use crate::event::kind_name;
+
+/// Where in the pipeline an event can be lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The kernel could not reserve ring buffer space.
+    KernelRingbuf,
+    /// A malformed record.
+    Decode,
+    /// A gRPC client's queue was full.
+    SubscriberQueue,
+    /// The JSON-lines exporter's queue was full, or writing failed.
+    ExportFile,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::KernelRingbuf,
+        Stage::Decode,
+        Stage::SubscriberQueue,
+        Stage::ExportFile,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::KernelRingbuf => "kernel_ringbuf",
+            Stage::Decode => "decode",
+            Stage::SubscriberQueue => "subscriber_queue",
+            Stage::ExportFile => "export_file",
+        }
+    }
+}
+
+const KINDS: usize = EventType::LostEvents as usize + 1;
+
+pub struct Stats {
+    pub started: Instant,
+    events: [AtomicU64; KINDS],
+    lost: [AtomicU64; Stage::ALL.len()],
+    pub process_cache_size: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            events: std::array::from_fn(|_| AtomicU64::new(0)),
+            lost: std::array::from_fn(|_| AtomicU64::new(0)),
+            process_cache_size: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    pub fn count_event(&self, k: EventType) {
+        if let Some(c) = self.events.get(k as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn count_lost(&self, stage: Stage, n: u64) {
+        self.lost[stage as usize].fetch_add(n, Relaxed);
+    }
+
+    pub fn lost(&self, stage: Stage) -> u64 {
+        self.lost[stage as usize].load(Relaxed)
+    }
+
+    /// (kind name, count) for every kind seen at least once.
+    pub fn events_by_kind(&self) -> Vec<(&'static str, u64)> {
+        (0..KINDS as i32)
+            .filter_map(|i| {
+                let k = EventType::try_from(i).ok()?;
+                let n = self.events[i as usize].load(Relaxed);
+                (n > 0).then(|| (kind_name(k), n))
+            })
+            .collect()
+    }
+
+    pub fn lost_by_stage(&self) -> Vec<(&'static str, u64)> {
+        Stage::ALL.iter().map(|s| (s.name(), self.lost(*s))).collect()
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything sidewall needs to build, run and test on a fresh Debian machine.
+# Idempotent: every step checks first, so a second run takes about a second.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+APT_PKGS=(
+  # eBPF linker against the distribution's LLVM
+  llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
+  # gRPC code generation
+  protobuf-compiler libprotobuf-dev
+  # real pods for the scenario tests (runc: crun fails on hybrid cgroups)
+  podman runc busybox-static
+  # tooling used by tests and benchmarks
+  bpftool iproute2 iptables prometheus jq
+)
+
+need_apt=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")
+done
+if ((${#need_apt[@]})); then
+  log "installing apt packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to the nightly toolchain"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  log "building bpf-linker against LLVM 22"
+  LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 LLVM_PREFIX=/usr/lib/llvm-22 \
+    PATH=/usr/lib/llvm-22/bin:$PATH \
+    cargo install --locked bpf-linker --version '^0.13' --no-default-features --features llvm-22
+fi
+
+# bpffs and tracefs: mounted by most distributions, not always inside VMs.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+log "prerequisites ready"
