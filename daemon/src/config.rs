@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::api::listen::Address;
+use crate::api::listen::{Address, parse_address, tcp_listen_addr};
+
+const DEFAULT_SOCKET: &str = "/run/sidewall/sidewall.sock";
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -99,8 +101,15 @@ impl Config {
                 message,
             })
         };
-        if let Err(e) = self.grpc_address.parse::<Address>() {
-            return bad("grpc_address", e);
+        match parse_address(&self.grpc_address) {
+            Err(e) => return bad("grpc_address", e),
+            Ok(Address::Tcp(a)) if tcp_listen_addr(&a).is_err() => {
+                return bad(
+                    "grpc_address",
+                    format!("{a}: a TCP listen address must be ip:port"),
+                );
+            }
+            Ok(_) => {}
         }
         if !self.ring_buffer_mb.is_power_of_two() || self.ring_buffer_mb > 1024 {
             return bad(
@@ -118,10 +127,8 @@ impl Config {
     }
 
     pub fn address(&self) -> Address {
-        // validate() has checked it.
-        self.grpc_address
-            .parse()
-            .unwrap_or_else(|_| Address::Unix("/run/sidewall/sidewall.sock".into()))
+        // validate() has checked it; the fallback is never taken.
+        parse_address(&self.grpc_address).unwrap_or_else(|_| Address::Unix(DEFAULT_SOCKET.into()))
     }
 
     /// The node name, defaulting to the host name.

@@ -3,6 +3,7 @@
 //! Every message also implements serde with the canonical proto3 JSON mapping and proto
 //! field names (snake_case), which is the form of the JSON-lines export.
 
+pub mod client;
 mod timestamp;
 pub use timestamp::Timestamp;
 

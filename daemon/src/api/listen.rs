@@ -1,60 +1,14 @@
 //! Where the API listens: a unix socket (default, mode 0600) or TCP when asked for.
 
-use std::{
-    fs,
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::{fs, net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path};
 
 use anyhow::{Context as _, bail};
+pub use sidewall_proto::client::{Address, DEFAULT_SERVER, parse_address};
 use sidewall_proto::v1::sensors_server::SensorsServer;
 use tokio::{net::UnixListener, sync::watch};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::service::SensorsService;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-impl std::str::FromStr for Address {
-    type Err = String;
-
-    /// `unix:///path`, `/path`, `tcp://host:port` or `host:port`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix://") {
-            return unix_path(p);
-        }
-        if s.starts_with('/') {
-            return unix_path(s);
-        }
-        let hostport = s.strip_prefix("tcp://").unwrap_or(s);
-        hostport
-            .parse()
-            .map(Address::Tcp)
-            .map_err(|_| format!("{s:?} is neither unix:///absolute/path nor tcp://ip:port"))
-    }
-}
-
-fn unix_path(p: &str) -> Result<Address, String> {
-    if p.starts_with('/') {
-        Ok(Address::Unix(PathBuf::from(p)))
-    } else {
-        Err(format!("unix socket path {p:?} must be absolute"))
-    }
-}
-
-impl std::fmt::Display for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Address::Unix(p) => write!(f, "unix://{}", p.display()),
-            Address::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
-}
 
 /// Serves until `shutdown` flips; removes the socket file afterwards.
 pub async fn serve(
@@ -67,10 +21,13 @@ pub async fn serve(
         let _ = shutdown.changed().await;
     };
     match addr {
-        Address::Tcp(a) => router
-            .serve_with_shutdown(a, stop)
-            .await
-            .with_context(|| format!("serving on tcp://{a}")),
+        Address::Tcp(authority) => {
+            let a = tcp_listen_addr(&authority)?;
+            router
+                .serve_with_shutdown(a, stop)
+                .await
+                .with_context(|| format!("serving on tcp://{a}"))
+        }
         Address::Unix(path) => {
             let listener = bind_unix(&path)?;
             let r = router
@@ -80,6 +37,13 @@ pub async fn serve(
             r.with_context(|| format!("serving on unix://{}", path.display()))
         }
     }
+}
+
+/// A listen address must be an IP and port; host names are for clients.
+pub fn tcp_listen_addr(authority: &str) -> anyhow::Result<SocketAddr> {
+    authority
+        .parse()
+        .with_context(|| format!("tcp://{authority}: listen address must be ip:port"))
 }
 
 /// Binds the socket with mode 0600. A stale socket is replaced; a live one (another daemon
@@ -110,21 +74,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn address_forms() {
-        assert_eq!(
-            "unix:///run/s.sock".parse(),
-            Ok(Address::Unix("/run/s.sock".into()))
-        );
-        assert_eq!("/run/s.sock".parse(), Ok(Address::Unix("/run/s.sock".into())));
-        assert_eq!(
-            "tcp://127.0.0.1:50051".parse(),
-            Ok(Address::Tcp("127.0.0.1:50051".parse().expect("addr")))
-        );
-        assert_eq!(
-            "[::1]:1".parse::<Address>().map(|a| a.to_string()),
-            Ok("tcp://[::1]:1".into())
-        );
-        assert!("unix://relative.sock".parse::<Address>().is_err());
-        assert!("localhost".parse::<Address>().is_err());
+    fn tcp_listen_needs_an_ip() {
+        assert!(tcp_listen_addr("127.0.0.1:50051").is_ok());
+        assert!(tcp_listen_addr("[::1]:1").is_ok());
+        assert!(tcp_listen_addr("localhost:1").is_err());
     }
 }

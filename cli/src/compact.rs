@@ -1,0 +1,360 @@
+//! One readable, greppable line per event:
+//!
+//! ```text
+//! 2026-11-27T10:01:02.123Z exec   default/web:app          /usr/bin/curl -s http://x  pid=1234 ppid=1 uid=0
+//! ```
+//!
+//! Columns: time, kind, workload, command, key=value details. Plain ASCII on purpose: emoji have
+//! no reliable terminal width, so they would skew the columns, and they are awkward to grep.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sidewall_proto::v1::{
+    GetEventsResponse, LostEvents, Process, ProcessExec, ProcessExit, get_events_response::Event,
+};
+
+const TIME_WIDTH: usize = 24;
+const KIND_WIDTH: usize = 6;
+const WORKLOAD_WIDTH: usize = 24;
+const COMMAND_WIDTH: usize = 40;
+/// Enough of a runtime container id to be unique on a node, as `docker ps` shows it.
+const SHORT_ID: usize = 12;
+
+pub fn compact(ev: &GetEventsResponse) -> String {
+    let rest = match &ev.event {
+        Some(Event::ProcessExec(exec)) => exec_line(exec),
+        Some(Event::ProcessExit(exit)) => exit_line(exit),
+        Some(Event::LostEvents(lost)) => columns("lost", &lost_details(lost)),
+        // New oneof variants land here until they get a format of their own.
+        #[allow(unreachable_patterns)]
+        Some(_) => other_line(ev),
+        None => columns("empty", &[]),
+    };
+    let line = format!("{:<TIME_WIDTH$} {rest}", time(ev));
+    line.trim_end().to_string()
+}
+
+fn exec_line(exec: &ProcessExec) -> String {
+    let p = exec.process.as_ref();
+    process_line("exec", p, &ids(p, true))
+}
+
+fn exit_line(exit: &ProcessExit) -> String {
+    let p = exit.process.as_ref();
+    let mut details = ids(p, false);
+    if exit.signal.is_empty() {
+        details.push(format!("status={}", exit.status));
+    } else {
+        details.push(format!("signal={}", exit.signal));
+    }
+    if exit.core_dumped {
+        details.push("core_dumped=true".into());
+    }
+    process_line("exit", p, &details)
+}
+
+fn lost_details(lost: &LostEvents) -> Vec<String> {
+    let mut details = vec![format!("stage={}", lost.stage), format!("count={}", lost.count)];
+    if !lost.by_kind.is_empty() {
+        details.push(format!("by_kind={}", sorted_pairs(&lost.by_kind)));
+    }
+    details
+}
+
+/// For variants this client predates: the name and process come from the JSON form.
+fn other_line(ev: &GetEventsResponse) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(ev) else {
+        return columns("unknown", &[]);
+    };
+    let Some((name, body)) = fields
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "node_name" | "time"))
+    else {
+        return columns("empty", &[]);
+    };
+    let kind = name.strip_prefix("process_").unwrap_or(name);
+    let process = body
+        .get("process")
+        .and_then(|p| serde_json::from_value::<Process>(p.clone()).ok());
+    match process {
+        Some(p) => process_line(kind, Some(&p), &ids(Some(&p), false)),
+        None => columns(kind, &[]),
+    }
+}
+
+fn process_line(kind: &str, p: Option<&Process>, details: &[String]) -> String {
+    let (workload, command) = match p {
+        Some(p) => (workload(p), command(p)),
+        None => ("?".to_string(), "?".to_string()),
+    };
+    format!(
+        "{kind:<KIND_WIDTH$} {workload:<WORKLOAD_WIDTH$} {command:<COMMAND_WIDTH$} {}",
+        details.join(" ")
+    )
+}
+
+fn columns(kind: &str, details: &[String]) -> String {
+    format!("{kind:<KIND_WIDTH$} {}", details.join(" "))
+}
+
+fn ids(p: Option<&Process>, with_parent_and_uid: bool) -> Vec<String> {
+    let Some(p) = p else {
+        return Vec::new();
+    };
+    let mut ids = vec![format!("pid={}", p.pid)];
+    if with_parent_and_uid {
+        ids.push(format!("ppid={}", p.ppid));
+        ids.push(format!("uid={}", p.uid));
+    }
+    ids
+}
+
+/// `namespace/pod:container`, `container:<name or short id>`, or `host`.
+fn workload(p: &Process) -> String {
+    let pod = p.pod.as_ref().filter(|pod| !pod.name.is_empty());
+    let container = p.container.as_ref().and_then(|c| {
+        if !c.name.is_empty() {
+            Some(c.name.clone())
+        } else if !c.id.is_empty() {
+            Some(c.id.chars().take(SHORT_ID).collect())
+        } else {
+            None
+        }
+    });
+    match (pod, container) {
+        (Some(pod), Some(c)) => format!("{}/{}:{}", pod.namespace, pod.name, c),
+        (Some(pod), None) => format!("{}/{}", pod.namespace, pod.name),
+        (None, Some(c)) => format!("container:{c}"),
+        (None, None) => "host".to_string(),
+    }
+}
+
+fn command(p: &Process) -> String {
+    let binary = if p.binary.is_empty() { "?" } else { &p.binary };
+    let mut words: Vec<String> = std::iter::once(binary)
+        .chain(p.arguments.iter().map(String::as_str))
+        .map(quote)
+        .collect();
+    if p.arguments_truncated {
+        words.push("...".into());
+    }
+    words.join(" ")
+}
+
+/// Quotes words that would blur word boundaries or break the line (spaces, quotes, newlines,
+/// escape sequences); the rest stay bare so that they grep as typed.
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && !word
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
+    if plain {
+        word.to_string()
+    } else {
+        format!("{word:?}")
+    }
+}
+
+fn sorted_pairs(map: &HashMap<String, u64>) -> String {
+    let mut pairs: Vec<_> = map.iter().collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// RFC 3339 UTC to the millisecond, or `-` when absent or out of range.
+fn time(ev: &GetEventsResponse) -> String {
+    // Only the fields are used, not the Timestamp type's own helpers, so that this does not
+    // depend on which crate provides google.protobuf.Timestamp.
+    ev.time
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "-".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidewall_proto::v1::{Container, Pod};
+
+    const T: &str = "2026-11-27T10:01:02.123Z";
+
+    fn at(ev: Event) -> GetEventsResponse {
+        let mut response = GetEventsResponse {
+            event: Some(ev),
+            node_name: "n1".into(),
+            time: Some(Default::default()),
+        };
+        if let Some(t) = &mut response.time {
+            // 2026-11-27T10:01:02.123456789Z
+            t.seconds = 1_795_773_662;
+            t.nanos = 123_456_789;
+        }
+        response
+    }
+
+    fn process(binary: &str, args: &[&str]) -> Process {
+        Process {
+            pid: 1234,
+            ppid: 1,
+            uid: 0,
+            binary: binary.into(),
+            arguments: args.iter().map(|a| a.to_string()).collect(),
+            ..Process::default()
+        }
+    }
+
+    fn in_pod(mut p: Process) -> Process {
+        p.pod = Some(Pod {
+            namespace: "default".into(),
+            name: "web".into(),
+            ..Pod::default()
+        });
+        p.container = Some(Container {
+            id: "0123456789abcdef0123".into(),
+            name: "app".into(),
+            ..Container::default()
+        });
+        p
+    }
+
+    fn exec(p: Process) -> GetEventsResponse {
+        at(Event::ProcessExec(ProcessExec {
+            process: Some(p),
+            ..ProcessExec::default()
+        }))
+    }
+
+    fn exit(status: u32, signal: &str, core_dumped: bool) -> GetEventsResponse {
+        at(Event::ProcessExit(ProcessExit {
+            process: Some(process("/bin/ls", &["-l"])),
+            status,
+            signal: signal.into(),
+            core_dumped,
+            ..ProcessExit::default()
+        }))
+    }
+
+    #[test]
+    fn exec_in_a_pod() {
+        let ev = exec(in_pod(process("/usr/bin/curl", &["-s", "http://127.0.0.1:8080"])));
+        assert_eq!(
+            compact(&ev),
+            format!(
+                "{T} exec   default/web:app          /usr/bin/curl -s http://127.0.0.1:8080   \
+                 pid=1234 ppid=1 uid=0"
+            )
+        );
+    }
+
+    #[test]
+    fn exit_on_the_host() {
+        assert_eq!(
+            compact(&exit(0, "", false)),
+            format!(
+                "{T} exit   {:<WORKLOAD_WIDTH$} {:<COMMAND_WIDTH$} pid=1234 status=0",
+                "host", "/bin/ls -l"
+            )
+        );
+    }
+
+    #[test]
+    fn exit_by_signal_with_core() {
+        let line = compact(&exit(0, "SIGSEGV", true));
+        assert!(
+            line.ends_with("pid=1234 signal=SIGSEGV core_dumped=true"),
+            "{line}"
+        );
+        assert!(!line.contains("status="), "{line}");
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let a = compact(&exec(in_pod(process("/a", &[]))));
+        let b = compact(&exit(1, "", false));
+        assert_eq!(a.find("/a"), b.find("/bin/ls"));
+        assert_eq!(a.find("pid="), b.find("pid="));
+    }
+
+    #[test]
+    fn lost_events() {
+        let ev = at(Event::LostEvents(LostEvents {
+            stage: "subscriber_queue".into(),
+            count: 12,
+            by_kind: HashMap::from([("process_exit".into(), 2), ("process_exec".into(), 10)]),
+        }));
+        assert_eq!(
+            compact(&ev),
+            format!("{T} lost   stage=subscriber_queue count=12 by_kind=process_exec:10,process_exit:2")
+        );
+    }
+
+    #[test]
+    fn workload_forms() {
+        let mut p = process("/x", &[]);
+        assert_eq!(workload(&p), "host");
+        p.container = Some(Container {
+            id: "0123456789abcdef0123".into(),
+            ..Container::default()
+        });
+        assert_eq!(workload(&p), "container:0123456789ab");
+        p.container = Some(Container {
+            name: "redis".into(),
+            ..Container::default()
+        });
+        assert_eq!(workload(&p), "container:redis");
+        // A host process may carry an empty container (role "host").
+        p.container = Some(Container {
+            role: "host".into(),
+            ..Container::default()
+        });
+        assert_eq!(workload(&p), "host");
+        p = in_pod(p);
+        p.container = None;
+        assert_eq!(workload(&p), "default/web");
+    }
+
+    #[test]
+    fn awkward_arguments_are_quoted_on_one_line() {
+        let mut p = process("/bin/sh", &["-c", "echo hi\nrm -rf /", "", "\u{1b}[31m", "it's"]);
+        p.arguments_truncated = true;
+        assert_eq!(
+            command(&p),
+            r#"/bin/sh -c "echo hi\nrm -rf /" "" "\u{1b}[31m" "it's" ..."#
+        );
+        assert!(!compact(&exec(p)).contains('\n'));
+    }
+
+    #[test]
+    fn missing_parts() {
+        let ev = GetEventsResponse {
+            event: Some(Event::ProcessExec(ProcessExec::default())),
+            ..GetEventsResponse::default()
+        };
+        assert_eq!(
+            compact(&ev),
+            format!("{:<TIME_WIDTH$} exec   {:<WORKLOAD_WIDTH$} ?", "-", "?")
+        );
+        assert_eq!(
+            compact(&GetEventsResponse::default()),
+            format!("{:<TIME_WIDTH$} empty", "-")
+        );
+    }
+
+    #[test]
+    fn unknown_variants_fall_back_to_the_json_form() {
+        let ev = exec(in_pod(process("/usr/bin/id", &["-u"])));
+        assert_eq!(
+            other_line(&ev).trim_end(),
+            format!(
+                "exec   {:<WORKLOAD_WIDTH$} {:<COMMAND_WIDTH$} pid=1234",
+                "default/web:app", "/usr/bin/id -u"
+            )
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! `sidewall`: the command-line client of sidewalld.
+
+mod compact;
+mod errors;
+mod events;
+mod filters;
+mod status;
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+use sidewall_proto::client::{self, Address, DEFAULT_SERVER};
+use sidewall_proto::v1::{GetStatusRequest, GetVersionRequest, sensors_client::SensorsClient};
+use tonic::transport::Channel;
+
+use crate::{events::EventFormat, filters::FilterArgs, status::StatusFormat};
+
+#[derive(Parser)]
+#[command(name = "sidewall", version, about = "Watch what sidewalld sees on this node")]
+struct Cli {
+    /// sidewalld's address: unix:///path, /path, tcp://host:port or host:port
+    #[arg(
+        long,
+        global = true,
+        env = "SIDEWALL_SERVER",
+        value_name = "ADDR",
+        default_value = DEFAULT_SERVER,
+        value_parser = client::parse_address
+    )]
+    server: Address,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per run, so the size of the filter flags does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Stream events as they happen, until interrupted
+    #[command(name = "getevents", visible_alias = "events")]
+    GetEvents {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: EventFormat,
+        #[command(flatten)]
+        filters: FilterArgs,
+    },
+    /// Show the daemon's sensors, counters and exporters
+    Status {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: StatusFormat,
+    },
+    /// Show the client's and the daemon's versions
+    Version,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let (line, code) = errors::report(&err);
+            if let Some(line) = line {
+                let _ = writeln!(io::stderr(), "sidewall: {line}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::GetEvents { output, filters } => {
+            let mut client = client(&cli.server).await?;
+            events::stream(&mut client, filters.request(), output).await
+        }
+        Command::Status { output } => {
+            let mut client = client(&cli.server).await?;
+            let status = client.get_status(GetStatusRequest {}).await?.into_inner();
+            print(status::render(&status, output)?.trim_end())
+        }
+        Command::Version => {
+            // The client's version is worth showing even when the daemon is down.
+            print(&format!("client: {}", env!("CARGO_PKG_VERSION")))?;
+            let mut client = client(&cli.server).await?;
+            let version = client.get_version(GetVersionRequest {}).await?.into_inner();
+            print(&format!("server: {}", version.version))
+        }
+    }
+}
+
+async fn client(server: &Address) -> anyhow::Result<SensorsClient<Channel>> {
+    Ok(SensorsClient::new(client::connect(server).await?))
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    errors::stdout(writeln!(out, "{text}").and_then(|()| out.flush()))
+}
