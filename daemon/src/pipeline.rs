@@ -150,6 +150,7 @@ impl Pipeline {
     /// Periodic housekeeping.
     pub fn tick(&mut self, now: Instant) {
         self.cache.sweep(now);
+        self.hub.report_losses();
         self.stats
             .process_cache_size
             .store(self.cache.len() as u64, Relaxed);

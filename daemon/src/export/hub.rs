@@ -78,18 +78,33 @@ impl Hub {
         subs.retain(|s| self.offer(s, ev));
     }
 
+    /// Tells subscribers that have room again how many events they lost, without waiting for
+    /// their next event (there may be none for a long time). Called periodically.
+    pub fn report_losses(&self) {
+        let mut subs = self.lock();
+        subs.retain(|s| self.send_pending(s).is_ok() || !s.tx.is_closed());
+    }
+
+    /// Queues the pending loss count, if any. Err when the queue is still full or closed.
+    fn send_pending(&self, s: &Subscriber) -> Result<(), TrySendError<Shared>> {
+        let pending = s.pending_lost.load(Relaxed);
+        if pending == 0 {
+            return Ok(());
+        }
+        s.tx.try_send(self.lost_record(s.stage, pending))?;
+        s.pending_lost.store(0, Relaxed);
+        Ok(())
+    }
+
     /// Returns false when the subscriber has gone away.
     fn offer(&self, s: &Subscriber, ev: &Shared) -> bool {
         if !s.filter.matches(ev) {
             return !s.tx.is_closed();
         }
-        let pending = s.pending_lost.load(Relaxed);
-        if pending > 0 {
-            match s.tx.try_send(self.lost_record(s.stage, pending)) {
-                Ok(()) => s.pending_lost.store(0, Relaxed),
-                Err(TrySendError::Full(_)) => return self.drop_one(s),
-                Err(TrySendError::Closed(_)) => return false,
-            }
+        match self.send_pending(s) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return self.drop_one(s),
+            Err(TrySendError::Closed(_)) => return false,
         }
         match s.tx.try_send(ev.clone()) {
             Ok(()) => {
@@ -173,6 +188,21 @@ mod tests {
             other => panic!("expected lost_events, got {other:?}"),
         }
         assert_eq!(pid_of(&slow_rx.try_recv().expect("6")), Some(6));
+    }
+
+    #[test]
+    fn losses_are_reported_when_room_returns_even_without_new_events() {
+        let hub = Hub::new(Arc::new(Stats::default()), "n1".into(), Clock::new());
+        let (_s, mut rx) = hub.subscribe("slow", Stage::SubscriberQueue, EventFilter::default(), 1);
+        hub.publish(&ev(1));
+        hub.publish(&ev(2));
+        hub.report_losses(); // still full: nothing to do
+        assert_eq!(pid_of(&rx.try_recv().expect("1")), Some(1));
+        hub.report_losses();
+        match rx.try_recv().expect("lost record").event {
+            Some(Event::LostEvents(l)) => assert_eq!(l.count, 1),
+            other => panic!("expected lost_events, got {other:?}"),
+        }
     }
 
     #[test]

@@ -1,0 +1,43 @@
+# sidewall: `make run` and `make test` work on a fresh Debian machine (as root): they install
+# their own prerequisites first (scripts/setup.sh, idempotent and quick once done).
+
+CARGO ?= cargo
+SOCKET ?= /run/sidewall/sidewall.sock
+TEST_THREADS ?= 2
+
+.PHONY: all setup build release run test unit integration lint fmt clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --all-targets
+
+release: setup
+	$(CARGO) build --release --workspace
+
+## Start the daemon on this host with the embedded default configuration.
+run: release
+	@echo "sidewalld: gRPC on unix://$(SOCKET); in another terminal: ./target/release/sidewall getevents -o compact"
+	./target/release/sidewalld
+
+## Everything: lint, unit tests, and the privileged tests that load the real eBPF programs.
+test: lint build
+	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+
+unit: build
+	$(CARGO) test --workspace --lib --bins
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	rustfmt --edition 2024 --check bpf/programs/src/main.rs
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+	rustfmt --edition 2024 bpf/programs/src/main.rs
+
+clean:
+	$(CARGO) clean

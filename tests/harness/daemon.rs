@@ -1,0 +1,167 @@
+//! A sidewalld process for one test, with its own socket, export file and config.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sidewall_proto::{
+    client::{self, Address},
+    v1::{GetEventsRequest, GetStatusRequest, GetStatusResponse, sensors_client::SensorsClient},
+};
+use tonic::transport::Channel;
+
+use crate::EventStream;
+
+pub struct Daemon {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub export: PathBuf,
+}
+
+/// Loading and verifying the programs takes a few seconds on a busy 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl Daemon {
+    pub async fn start() -> Self {
+        Self::with_config("").await
+    }
+
+    /// Starts sidewalld with the test defaults plus `extra` TOML lines.
+    pub async fn with_config(extra: &str) -> Self {
+        crate::require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("sidewall-test-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("sidewall.sock");
+        let export = dir.path().join("events.json");
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "node_name = \"test-node\"\ngrpc_address = \"unix://{}\"\nexport_file = \"{}\"\nlog = \"info\"\n{extra}\n",
+                socket.display(),
+                export.display()
+            ),
+        )
+        .expect("write config");
+        let log = fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(crate::bin("sidewalld"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sidewalld");
+        let mut d = Self {
+            child,
+            dir,
+            socket,
+            export,
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    async fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sidewalld exited with {status} during start:\n{}", self.log());
+            }
+            if self.socket.exists() && self.try_status().await.is_some() {
+                return;
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "sidewalld did not start in time:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn try_status(&self) -> Option<GetStatusResponse> {
+        let mut c = SensorsClient::new(client::connect(&self.address()).await.ok()?);
+        Some(c.get_status(GetStatusRequest {}).await.ok()?.into_inner())
+    }
+
+    pub fn address(&self) -> Address {
+        Address::Unix(self.socket.clone())
+    }
+
+    pub fn server_arg(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub async fn client(&self) -> SensorsClient<Channel> {
+        SensorsClient::new(
+            client::connect(&self.address())
+                .await
+                .expect("connect to sidewalld"),
+        )
+    }
+
+    pub async fn status(&self) -> GetStatusResponse {
+        self.client()
+            .await
+            .get_status(GetStatusRequest {})
+            .await
+            .expect("GetStatus")
+            .into_inner()
+    }
+
+    /// Opens an event stream; returns once the daemon has registered it.
+    pub async fn events(&self, req: GetEventsRequest) -> EventStream {
+        let before = self.status().await.subscribers;
+        let stream = self
+            .client()
+            .await
+            .get_events(req)
+            .await
+            .expect("GetEvents")
+            .into_inner();
+        let start = Instant::now();
+        while self.status().await.subscribers <= before && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        EventStream::new(stream)
+    }
+
+    /// A copy of `binary` under this daemon's directory: a path no other test executes.
+    pub fn private_copy(&self, binary: &str, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::copy(binary, &path).unwrap_or_else(|e| panic!("copy {binary}: {e}"));
+        path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) of the daemon this harness started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,39 @@
+//! Test harness: a real sidewalld loading the real eBPF programs, test-owned cgroups, and
+//! gRPC clients. Everything a test creates is removed when it is dropped, also on failure.
+//! Tests must run as root.
+
+pub mod cgroup;
+pub mod daemon;
+pub mod events;
+
+pub use cgroup::TestCgroup;
+pub use daemon::Daemon;
+pub use events::EventStream;
+
+use std::path::PathBuf;
+
+/// A binary of this workspace, built by `cargo build --workspace` next to the test binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join(name))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs and must run as root"
+    );
+}
