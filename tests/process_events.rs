@@ -135,7 +135,10 @@ async fn processes_older_than_the_daemon_are_known() {
     );
     assert_eq!(p.arguments, ["300"]);
     assert_eq!(p.cgroup_id, cg.id);
-    assert!(!p.parent_exec_id.is_empty(), "its parent (this test) was seeded too");
+    assert!(
+        !p.parent_exec_id.is_empty(),
+        "its parent (this test) was seeded too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -199,7 +199,7 @@ mod tests {
         hub.report_losses(); // still full: nothing to do
         assert_eq!(pid_of(&rx.try_recv().expect("1")), Some(1));
         hub.report_losses();
-        match rx.try_recv().expect("lost record").event {
+        match &rx.try_recv().expect("lost record").event {
             Some(Event::LostEvents(l)) => assert_eq!(l.count, 1),
             other => panic!("expected lost_events, got {other:?}"),
         }
