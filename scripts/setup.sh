@@ -11,7 +11,7 @@ APT_PKGS=(
   # gRPC code generation
   protobuf-compiler libprotobuf-dev
   # real pods for the scenario tests (runc: crun fails on hybrid cgroups)
-  podman runc busybox-static
+  podman runc catatonit busybox-static
   # tooling used by tests and benchmarks
   bpftool iproute2 iptables prometheus jq
 )

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sidewall_proto::v1::{
-    GetEventsResponse, LostEvents, Process, ProcessExec, ProcessExit, get_events_response::Event,
+    GetEventsResponse, LostEvents, Process, ProcessExec, ProcessExit, Socket, SocketAddress,
+    get_events_response::Event,
 };
 
 const TIME_WIDTH: usize = 24;
@@ -25,6 +26,36 @@ pub fn compact(ev: &GetEventsResponse) -> String {
     let rest = match &ev.event {
         Some(Event::ProcessExec(exec)) => exec_line(exec),
         Some(Event::ProcessExit(exit)) => exit_line(exit),
+        Some(Event::ProcessConnect(c)) => {
+            let mut d = socket_details(c.socket.as_ref(), false);
+            d.extend(peer(c.peer.as_ref()));
+            d.push(format!("result={}", c.result));
+            process_line("connect", c.process.as_ref(), &with_pid(d, c.process.as_ref()))
+        }
+        Some(Event::ProcessAccept(a)) => {
+            let mut d = socket_details(a.socket.as_ref(), true);
+            d.extend(peer(a.peer.as_ref()));
+            process_line("accept", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
+        }
+        Some(Event::ProcessBind(b)) => {
+            let mut d = socket_details(b.socket.as_ref(), false);
+            if b.wildcard {
+                d.push("wildcard".into());
+            }
+            process_line("bind", b.process.as_ref(), &with_pid(d, b.process.as_ref()))
+        }
+        Some(Event::ProcessClose(c)) => {
+            let mut d = socket_details(c.socket.as_ref(), c.direction == "inbound");
+            d.push(format!("sent={} received={}", c.bytes_sent, c.bytes_received));
+            d.extend(peer(c.peer.as_ref()));
+            process_line("close", c.process.as_ref(), &with_pid(d, c.process.as_ref()))
+        }
+        Some(Event::ProcessDatagram(g)) => {
+            let mut d = socket_details(g.socket.as_ref(), false);
+            d.extend(peer(g.peer.as_ref()));
+            d.push(format!("count={}", g.count));
+            process_line("send", g.process.as_ref(), &with_pid(d, g.process.as_ref()))
+        }
         Some(Event::LostEvents(lost)) => columns("lost", &lost_details(lost)),
         // New oneof variants land here until they get a format of their own.
         #[allow(unreachable_patterns)]
@@ -52,6 +83,45 @@ fn exit_line(exit: &ProcessExit) -> String {
         details.push("core_dumped=true".into());
     }
     process_line("exit", p, &details)
+}
+
+/// "tcp 127.0.0.1:43480 -> 127.0.0.1:8080 loopback"; `inbound` shows remote -> local.
+fn socket_details(s: Option<&Socket>, inbound: bool) -> Vec<String> {
+    let Some(s) = s else { return Vec::new() };
+    let local = s.local.as_ref().map(address);
+    let remote = s.remote.as_ref().map(address);
+    let flow = match (local, remote, inbound) {
+        (Some(l), Some(r), false) => format!("{l} -> {r}"),
+        (Some(l), Some(r), true) => format!("{r} -> {l}"),
+        (None, Some(r), _) => format!("-> {r}"),
+        (Some(l), None, _) => l,
+        (None, None, _) => String::new(),
+    };
+    let mut d = vec![s.protocol.clone(), flow];
+    if s.loopback {
+        d.push("loopback".into());
+    }
+    d
+}
+
+fn address(a: &SocketAddress) -> String {
+    if !a.path.is_empty() {
+        return quote(&a.path);
+    }
+    if a.ip.contains(':') {
+        format!("[{}]:{}", a.ip, a.port)
+    } else {
+        format!("{}:{}", a.ip, a.port)
+    }
+}
+
+fn peer(p: Option<&Process>) -> Option<String> {
+    p.map(|p| format!("peer={}", workload(p)))
+}
+
+fn with_pid(mut details: Vec<String>, p: Option<&Process>) -> Vec<String> {
+    details.extend(ids(p, false));
+    details
 }
 
 fn lost_details(lost: &LostEvents) -> Vec<String> {
@@ -180,6 +250,48 @@ fn time(ev: &GetEventsResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_line_names_the_peer() {
+        let socket = Socket {
+            protocol: "tcp".into(),
+            local: Some(SocketAddress {
+                ip: "127.0.0.1".into(),
+                port: 43480,
+                ..Default::default()
+            }),
+            remote: Some(SocketAddress {
+                ip: "127.0.0.1".into(),
+                port: 8080,
+                ..Default::default()
+            }),
+            loopback: true,
+            ..Default::default()
+        };
+        let mut app = in_pod(process("/bin/app", &[]));
+        if let Some(c) = app.container.as_mut() {
+            c.name = "app".into();
+        }
+        let mut proxy = in_pod(process("/bin/nc", &["127.0.0.1", "8080"]));
+        if let Some(c) = proxy.container.as_mut() {
+            c.name = "proxy".into();
+        }
+        let ev = at(Event::ProcessConnect(sidewall_proto::v1::ProcessConnect {
+            process: Some(proxy),
+            socket: Some(socket),
+            result: "success".into(),
+            peer: Some(app),
+            ..Default::default()
+        }));
+        let line = compact(&ev);
+        assert!(line.contains("connect default/web:proxy"), "{line}");
+        assert!(
+            line.ends_with(
+                "tcp 127.0.0.1:43480 -> 127.0.0.1:8080 loopback peer=default/web:app result=success pid=1234"
+            ),
+            "{line}"
+        );
+    }
     use sidewall_proto::v1::{Container, Pod};
 
     const T: &str = "2026-11-27T10:01:02.123Z";

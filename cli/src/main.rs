@@ -4,6 +4,7 @@ mod compact;
 mod errors;
 mod events;
 mod filters;
+mod flows;
 mod status;
 
 use std::{
@@ -13,7 +14,9 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use sidewall_proto::client::{self, Address, DEFAULT_SERVER};
-use sidewall_proto::v1::{GetStatusRequest, GetVersionRequest, sensors_client::SensorsClient};
+use sidewall_proto::v1::{
+    GetFlowsRequest, GetStatusRequest, GetVersionRequest, sensors_client::SensorsClient,
+};
 use tonic::transport::Channel;
 
 use crate::{events::EventFormat, filters::FilterArgs, status::StatusFormat};
@@ -53,6 +56,17 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: StatusFormat,
     },
+    /// Show the loopback flow graph: per pod, which container reaches which sibling's port
+    Flows {
+        /// Only pods in this namespace
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only pods whose name matches this regular expression
+        #[arg(long)]
+        pod: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: flows::FlowFormat,
+    },
     /// Show the client's and the daemon's versions
     Version,
 }
@@ -82,6 +96,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = client(&cli.server).await?;
             let status = client.get_status(GetStatusRequest {}).await?.into_inner();
             print(status::render(&status, output)?.trim_end())
+        }
+        Command::Flows {
+            namespace,
+            pod,
+            output,
+        } => {
+            let mut client = client(&cli.server).await?;
+            let req = GetFlowsRequest {
+                namespace: namespace.unwrap_or_default(),
+                pod_regex: pod.unwrap_or_default(),
+            };
+            let flows = client.get_flows(req).await?.into_inner();
+            print(flows::render(&flows, output)?.trim_end())
         }
         Command::Version => {
             // The client's version is worth showing even when the daemon is down.

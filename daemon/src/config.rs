@@ -36,8 +36,29 @@ pub struct Config {
     pub subscriber_queue: usize,
     pub export_queue: usize,
     pub process_grace_seconds: u64,
+    pub kubernetes: KubeMode,
+    pub kubeconfig: String,
+    pub podman_storage: String,
     pub btf_path: PathBuf,
+    pub sensor_set: SensorSet,
     pub log: String,
+}
+
+/// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
+/// adds syscall tracepoints (unix socket connects, and more) at a cost on every syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorSet {
+    Default,
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeMode {
+    Auto,
+    On,
+    Off,
 }
 
 /// Values given on the command line; `None` keeps the file's or the default value.
@@ -49,6 +70,7 @@ pub struct Overrides {
     pub export_file_max_mb: Option<u64>,
     pub export_file_keep: Option<u32>,
     pub ring_buffer_mb: Option<u32>,
+    pub kubeconfig: Option<String>,
     pub log: Option<String>,
 }
 
@@ -89,6 +111,7 @@ impl Config {
             export_file_max_mb,
             export_file_keep,
             ring_buffer_mb,
+            kubeconfig,
             log
         );
     }
@@ -129,6 +152,18 @@ impl Config {
     pub fn address(&self) -> Address {
         // validate() has checked it; the fallback is never taken.
         parse_address(&self.grpc_address).unwrap_or_else(|_| Address::Unix(DEFAULT_SOCKET.into()))
+    }
+
+    /// Whether to watch the Kubernetes API: asked for, or a kubeconfig given, or running in a
+    /// cluster (the service host variable every pod gets).
+    pub fn use_kubernetes(&self) -> bool {
+        match self.kubernetes {
+            KubeMode::On => true,
+            KubeMode::Off => false,
+            KubeMode::Auto => {
+                !self.kubeconfig.is_empty() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            }
+        }
     }
 
     /// The node name, defaulting to the host name.

@@ -1,6 +1,6 @@
 //! Wires the stages together and runs them until SIGINT or SIGTERM.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -10,12 +10,17 @@ use crate::{
         listen,
         service::{SensorsService, StatusSource},
     },
-    config::Config,
+    config::{Config, SensorSet},
     export::{
         hub::Hub,
         jsonl::{self, JsonlConfig},
     },
-    identity::{Identity, cgroups::CgroupFs},
+    identity::{
+        Identity, Sources,
+        cgroups::CgroupFs,
+        kubernetes::{self, KubeIndex},
+        podman::PodmanStore,
+    },
     kernel::{
         loader::{self, LoadOptions},
         ringbuf::{KernelDrops, RingReader},
@@ -31,16 +36,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let hub = Arc::new(Hub::new(stats.clone(), node.clone(), clock));
 
+    let cgroups = CgroupFs::discover()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "no cgroup v2: container identity and socket sensors unavailable"),
+        )
+        .ok();
     let mut loaded = loader::load(&LoadOptions {
         btf_path: &cfg.btf_path,
         ring_buffer_bytes: cfg.ring_buffer_mb * 1024 * 1024,
+        cgroup_root: cgroups.as_ref().map(|c| c.root()),
+        strict: cfg.sensor_set == SensorSet::Strict,
     })?;
     let reader = RingReader::take(&mut loaded.ebpf)?;
     let drops = KernelDrops::take(&mut loaded.ebpf)?;
-
-    let cgroups = CgroupFs::discover()
-        .inspect_err(|e| tracing::warn!(error = %e, "no cgroup v2: container identity unavailable"))
-        .ok();
     // Seed after attaching, so a process started in between is seen by one or the other.
     let mut cache = ProcessCache::new(
         node.clone(),
@@ -50,6 +58,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
+    let (sources, identity_source) = identity_sources(&cfg, cgroups, &node).await?;
     let export_file = start_export(&cfg, &hub)?;
     let status = Arc::new(StatusSource {
         node_name: node.clone(),
@@ -57,14 +66,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sensors: loaded.sensors.clone(),
         stats: stats.clone(),
         export_file,
-        identity_source: "standalone",
+        identity_source,
     });
-    let pipeline = Pipeline::new(cache, Identity::new(cgroups), hub.clone(), stats, clock, node);
+    let pipeline = Pipeline::new(cache, Identity::new(sources), hub.clone(), stats, clock, node);
+    let flows = pipeline.net.flows.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let svc = SensorsService {
         hub,
         status,
+        flows,
         queue: cfg.subscriber_queue,
     };
     let address = cfg.address();
@@ -97,6 +108,40 @@ fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<j
     let health = jsonl::start(hub, jc).with_context(|| format!("opening export file {}", cfg.export_file))?;
     tracing::info!(path = %cfg.export_file, "exporting events as JSON lines");
     Ok(Some((cfg.export_file.clone(), health)))
+}
+
+/// The identity sources this configuration asks for, and their names for status.
+async fn identity_sources(
+    cfg: &Config,
+    cgroups: Option<CgroupFs>,
+    node: &str,
+) -> anyhow::Result<(Sources, String)> {
+    let mut names = vec!["cgroup"];
+    let podman = (!cfg.podman_storage.is_empty() && Path::new(&cfg.podman_storage).is_dir())
+        .then(|| PodmanStore::new(&cfg.podman_storage));
+    if podman.is_some() {
+        names.push("podman");
+    }
+    let kube = if cfg.use_kubernetes() {
+        let kubeconfig = (!cfg.kubeconfig.is_empty()).then(|| Path::new(&cfg.kubeconfig));
+        let client = kubernetes::client(kubeconfig)
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let index = Arc::new(KubeIndex::new());
+        tokio::spawn(kubernetes::watch(client, node.to_string(), index.clone()));
+        names.push("kubernetes");
+        Some(index)
+    } else {
+        None
+    };
+    Ok((
+        Sources {
+            cgroups,
+            kube,
+            podman,
+        },
+        names.join("+"),
+    ))
 }
 
 fn kernel_release() -> String {

@@ -8,6 +8,11 @@ pub fn kind(ev: &pb::GetEventsResponse) -> EventType {
     match &ev.event {
         Some(Event::ProcessExec(_)) => EventType::ProcessExec,
         Some(Event::ProcessExit(_)) => EventType::ProcessExit,
+        Some(Event::ProcessConnect(_)) => EventType::ProcessConnect,
+        Some(Event::ProcessAccept(_)) => EventType::ProcessAccept,
+        Some(Event::ProcessBind(_)) => EventType::ProcessBind,
+        Some(Event::ProcessClose(_)) => EventType::ProcessClose,
+        Some(Event::ProcessDatagram(_)) => EventType::ProcessDatagram,
         Some(Event::LostEvents(_)) => EventType::LostEvents,
         None => EventType::Unspecified,
     }
@@ -18,6 +23,11 @@ pub fn subject(ev: &pb::GetEventsResponse) -> Option<&pb::Process> {
     match &ev.event {
         Some(Event::ProcessExec(e)) => e.process.as_ref(),
         Some(Event::ProcessExit(e)) => e.process.as_ref(),
+        Some(Event::ProcessConnect(e)) => e.process.as_ref(),
+        Some(Event::ProcessAccept(e)) => e.process.as_ref(),
+        Some(Event::ProcessBind(e)) => e.process.as_ref(),
+        Some(Event::ProcessClose(e)) => e.process.as_ref(),
+        Some(Event::ProcessDatagram(e)) => e.process.as_ref(),
         Some(Event::LostEvents(_)) | None => None,
     }
 }

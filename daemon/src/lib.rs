@@ -1,6 +1,6 @@
 //! sidewalld: the node daemon. Data flows one way:
 //! kernel (`kernel`) -> decode -> process cache (`process`) -> workload identity (`identity`)
-//! -> events (`pipeline`) -> fan-out and exporters (`export`) -> gRPC (`api`).
+//! -> sockets and flows (`net`) -> events (`pipeline`) -> fan-out and exporters (`export`) -> gRPC (`api`).
 pub mod api;
 pub mod config;
 pub mod daemon;
@@ -8,6 +8,7 @@ pub mod event;
 pub mod export;
 pub mod identity;
 pub mod kernel;
+pub mod net;
 pub mod pipeline;
 pub mod process;
 pub mod stats;

@@ -30,6 +30,9 @@ struct Args {
     /// Kernel ring buffer size in MiB (power of two).
     #[arg(long)]
     ring_buffer_mb: Option<u32>,
+    /// kubeconfig for the Kubernetes API (default: in-cluster configuration when in a cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<String>,
     /// Log filter (tracing-subscriber syntax), e.g. "debug".
     #[arg(long, env = "SIDEWALL_LOG")]
     log: Option<String>,
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         export_file_max_mb: args.export_file_max_mb,
         export_file_keep: args.export_file_keep,
         ring_buffer_mb: args.ring_buffer_mb,
+        kubeconfig: args.kubeconfig,
         log: args.log,
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {

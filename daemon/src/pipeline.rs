@@ -18,6 +18,7 @@ use crate::{
         decode::{self, Record},
         ringbuf::{KernelDrops, RingReader},
     },
+    net::{Net, NetEvent},
     process::{Clock, ProcEntry, ProcessCache},
     stats::{Stage, Stats},
 };
@@ -25,6 +26,7 @@ use crate::{
 pub struct Pipeline {
     pub cache: ProcessCache,
     pub identity: Identity,
+    pub net: Net,
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
     pub clock: Clock,
@@ -44,6 +46,7 @@ impl Pipeline {
         Self {
             cache,
             identity,
+            net: Net::new(clock),
             hub,
             stats,
             clock,
@@ -105,8 +108,91 @@ impl Pipeline {
                 self.cache.on_fork(&h);
                 return None;
             }
+            Record::CgroupMkdir { id, path, .. } => {
+                self.identity.learn(id, &path);
+                return None;
+            }
+            Record::CgroupRmdir { id, .. } => {
+                self.identity.forget(id);
+                return None;
+            }
+            Record::Sock(e) => {
+                let ne = self.net.handle(&e, &mut self.cache, &mut self.identity)?;
+                self.net_event(ne)
+            }
+            Record::UnixConnect { hdr, path } => {
+                let ne = self.net.unix_connect(&hdr, &path, &mut self.cache);
+                self.net_event(ne)
+            }
         };
         Some(ev)
+    }
+
+    fn net_event(&mut self, ne: NetEvent) -> Event {
+        match ne {
+            NetEvent::Connect {
+                owner,
+                socket,
+                result,
+                peer,
+            } => Event::ProcessConnect(pb::ProcessConnect {
+                process: Some(self.process(&owner)),
+                parent: self.parent(&owner),
+                socket: Some(socket),
+                result: result.into(),
+                peer: peer.map(|p| self.process(&p)),
+            }),
+            NetEvent::Accept { owner, socket, peer } => Event::ProcessAccept(pb::ProcessAccept {
+                process: Some(self.process(&owner)),
+                parent: self.parent(&owner),
+                socket: Some(socket),
+                peer: peer.map(|p| self.process(&p)),
+            }),
+            NetEvent::Bind {
+                owner,
+                socket,
+                wildcard,
+            } => Event::ProcessBind(pb::ProcessBind {
+                process: Some(self.process(&owner)),
+                parent: self.parent(&owner),
+                socket: Some(socket),
+                wildcard,
+                result: "success".into(),
+            }),
+            NetEvent::Close {
+                owner,
+                socket,
+                outbound,
+                sent,
+                received,
+                duration_ns,
+                peer,
+            } => Event::ProcessClose(pb::ProcessClose {
+                process: Some(self.process(&owner)),
+                socket: Some(socket),
+                direction: if outbound { "outbound" } else { "inbound" }.into(),
+                bytes_sent: sent,
+                bytes_received: received,
+                duration_ns,
+                peer: peer.map(|p| self.process(&p)),
+            }),
+            NetEvent::Datagram {
+                owner,
+                socket,
+                count,
+                peer,
+            } => Event::ProcessDatagram(pb::ProcessDatagram {
+                process: Some(self.process(&owner)),
+                parent: self.parent(&owner),
+                socket: Some(socket),
+                count,
+                peer: peer.map(|p| self.process(&p)),
+            }),
+        }
+    }
+
+    fn parent(&mut self, entry: &Arc<ProcEntry>) -> Option<pb::Process> {
+        entry.parent.as_ref().map(|p| self.process(p))
     }
 
     /// The process as events show it: cached facts plus current workload identity.
@@ -149,6 +235,10 @@ impl Pipeline {
 
     /// Periodic housekeeping.
     pub fn tick(&mut self, now: Instant) {
+        for ne in self.net.tick(now) {
+            let ev = self.net_event(ne);
+            self.publish(ev, Clock::boot_ns());
+        }
         self.cache.sweep(now);
         self.hub.report_losses();
         self.stats
@@ -162,6 +252,10 @@ fn record_kind_name(k: u32) -> &'static str {
         kind::EXEC => "process_exec",
         kind::EXIT => "process_exit",
         kind::FORK => "process_fork",
+        kind::CGROUP_MKDIR => "cgroup_mkdir",
+        kind::CGROUP_RMDIR => "cgroup_rmdir",
+        kind::SOCK => "socket",
+        kind::UNIX_CONNECT => "unix_connect",
         _ => "other",
     }
 }

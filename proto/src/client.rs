@@ -300,6 +300,13 @@ mod tests {
                 }))
             }
 
+            async fn get_flows(
+                &self,
+                _: Request<crate::v1::GetFlowsRequest>,
+            ) -> Result<Response<crate::v1::GetFlowsResponse>, Status> {
+                Ok(Response::new(Default::default()))
+            }
+
             async fn get_version(
                 &self,
                 _: Request<GetVersionRequest>,

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod events;
+pub mod pod;
 
 pub use cgroup::TestCgroup;
 pub use daemon::Daemon;

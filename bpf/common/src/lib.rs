@@ -23,6 +23,11 @@ pub mod kind {
     pub const EXEC: u32 = 1;
     pub const EXIT: u32 = 2;
     pub const FORK: u32 = 3;
+    pub const CGROUP_MKDIR: u32 = 4;
+    pub const CGROUP_RMDIR: u32 = 5;
+    /// A socket action (`SockEvent`, see `sock_op`).
+    pub const SOCK: u32 = 6;
+    pub const UNIX_CONNECT: u32 = 7;
     /// Number of slots in the per-kind drop counter map.
     pub const MAX: u32 = 16;
 }
@@ -36,6 +41,9 @@ pub mod flags {
     pub const CWD_UNKNOWN: u32 = 1 << 3;
     /// A kernel read of the task's namespaces failed; the inodes are zero.
     pub const NS_UNKNOWN: u32 = 1 << 4;
+    /// The record was made outside the acting process's context (softirq, timers): the
+    /// header's process fields are not meaningful; the daemon joins by socket cookie.
+    pub const NO_PROCESS: u32 = 1 << 5;
 }
 
 /// Namespace inode numbers of a task (the numbers `ls -l /proc/PID/ns` shows).
@@ -109,6 +117,89 @@ pub struct ForkEvent {
     pub hdr: Header,
 }
 
+/// Bytes of a cgroup path (relative to the cgroup2 mount) in a cgroup record.
+pub const CGROUP_PATH_MAX: usize = 256;
+
+/// `cgroup_mkdir` / `cgroup_rmdir` on the cgroup v2 hierarchy: lets the daemon know a
+/// container's cgroup before the container runs its first instruction.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    pub hdr: Header,
+    /// The id of the created or removed cgroup (not the creating task's).
+    pub id: u64,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; CGROUP_PATH_MAX],
+}
+
+/// What a `SockEvent` reports.
+pub mod sock_op {
+    /// connect() on an inet socket, before the handshake (process context).
+    pub const CONNECT: u32 = 1;
+    /// A completed bind(), with the port actually bound (process context).
+    pub const BIND: u32 = 2;
+    /// Our connect's handshake completed.
+    pub const ESTABLISHED_ACTIVE: u32 = 3;
+    /// A connection to one of our listeners completed its handshake.
+    pub const ESTABLISHED_PASSIVE: u32 = 4;
+    /// A TCP socket reached CLOSE; `old_state` says from where (SYN_SENT: refused or failed).
+    pub const CLOSE: u32 = 5;
+    /// A datagram sent to an explicit destination (sendto/sendmsg with an address).
+    pub const SENDMSG: u32 = 6;
+    /// A bound socket was released.
+    pub const RELEASE: u32 = 7;
+}
+
+/// Verdicts of the cgroup socket hooks.
+pub mod verdict {
+    pub const ALLOWED: u8 = 0;
+    pub const DENIED: u8 = 1;
+}
+
+/// A socket action. Addresses are in network byte order (IPv4 in the first 4 bytes); ports
+/// are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockEvent {
+    pub hdr: Header,
+    pub op: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub protocol: u8,
+    pub verdict: u8,
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad: u16,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// Datagrams this record stands for (repeats to one destination are folded in the kernel).
+    pub count: u32,
+    pub _pad2: u32,
+}
+
+/// Bytes of `sun_path` (`struct sockaddr_un`).
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// connect() on a unix socket (strict sensor set: a syscall tracepoint).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnixConnectEvent {
+    pub hdr: Header,
+    /// Bytes of `path` given by the caller (abstract names start with a NUL byte).
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad2: [u8; 4],
+}
+
 /// Byte offsets of the kernel struct fields the programs read, resolved by the daemon from
 /// the running kernel's BTF and written into the programs' read-only data before load.
 /// A zero offset for a pointer chain means "not resolved": the programs then skip the read.
@@ -169,6 +260,16 @@ pub struct Offsets {
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
     pub vfsmount_root: u32,
+
+    pub cgroup_kn: u32,
+    pub cgroup_root: u32,
+    pub cgroup_root_hierarchy_id: u32,
+    pub kernfs_node_id: u32,
+
+    /// Offset of the `uservaddr` and `addrlen` arguments in the syscalls/sys_enter_connect
+    /// tracepoint record, from its format file.
+    pub tp_connect_addr: u32,
+    pub tp_connect_addrlen: u32,
 }
 
 #[cfg(feature = "user")]
@@ -192,6 +293,9 @@ mod tests {
         assert_eq!(size_of::<Header>(), 88);
         assert_eq!(size_of::<ExitEvent>(), 96);
         assert_eq!(size_of::<ForkEvent>(), 88);
+        assert_eq!(size_of::<CgroupEvent>(), 88 + 16 + CGROUP_PATH_MAX);
+        assert_eq!(size_of::<SockEvent>(), 88 + 8 + 16 + 32 + 8 + 16 + 8);
+        assert_eq!(size_of::<UnixConnectEvent>(), 88 + 8 + UNIX_PATH_MAX + 4);
         assert_eq!(
             size_of::<ExecEvent>(),
             88 + 16 + FILENAME_MAX + ARGS_MAX + CWD_BUF

@@ -88,6 +88,34 @@ pub fn parent_tgid(task: *const u8) -> u32 {
         .unwrap_or(0)
 }
 
+/// Fills the header fields that need no kernel memory reads (socket hooks may not read the
+/// task): the process is resolved in userspace from its pid.
+#[inline(always)]
+pub fn fill_process_lite(hdr: &mut Header, kind: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    *hdr = Header::default();
+    hdr.kind = kind;
+    // SAFETY: helpers without pointer arguments.
+    hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
+    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hdr.pid = (pid_tgid >> 32) as u32;
+    hdr.tid = pid_tgid as u32;
+    hdr.uid = uid_gid as u32;
+    hdr.gid = (uid_gid >> 32) as u32;
+    hdr.flags = flags::NS_UNKNOWN;
+}
+
+/// A header for records made outside any process's context (softirq).
+#[inline(always)]
+pub fn fill_no_process(hdr: &mut Header, kind: u32) {
+    *hdr = Header::default();
+    hdr.kind = kind;
+    // SAFETY: helper without pointer arguments.
+    hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
+    hdr.flags = flags::NO_PROCESS | flags::NS_UNKNOWN;
+}
+
 /// Fills a header for the current task, whose `task_struct` is `task`.
 #[inline(always)]
 pub fn fill_current(hdr: &mut Header, kind: u32, task: *const u8) {

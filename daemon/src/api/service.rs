@@ -1,6 +1,9 @@
 //! The `Sensors` service: event streams, status and version.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use sidewall_proto::v1::{self as pb, sensors_server::Sensors};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
@@ -9,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     export::{filter::EventFilter, hub::Hub, jsonl},
     kernel::loader::{SensorReport, SensorState},
+    net::flows::FlowGraph,
     stats::{Stage, Stats},
 };
 
@@ -21,12 +25,13 @@ pub struct StatusSource {
     pub sensors: Vec<SensorReport>,
     pub stats: Arc<Stats>,
     pub export_file: Option<(String, Arc<jsonl::Health>)>,
-    pub identity_source: &'static str,
+    pub identity_source: String,
 }
 
 pub struct SensorsService {
     pub hub: Arc<Hub>,
     pub status: Arc<StatusSource>,
+    pub flows: Arc<Mutex<FlowGraph>>,
     /// Queue length of each gRPC stream; past it the stream loses events (counted).
     pub queue: usize,
 }
@@ -56,6 +61,37 @@ impl Sensors for SensorsService {
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         Ok(Response::new(self.status.snapshot(self.hub.subscriber_count())))
+    }
+
+    async fn get_flows(
+        &self,
+        req: Request<pb::GetFlowsRequest>,
+    ) -> Result<Response<pb::GetFlowsResponse>, Status> {
+        let req = req.into_inner();
+        let pod_re = if req.pod_regex.is_empty() {
+            None
+        } else {
+            Some(
+                regex::Regex::new(&format!("^(?:{})$", req.pod_regex)).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "pod_regex: invalid regular expression {:?}: {e}",
+                        req.pod_regex
+                    ))
+                })?,
+            )
+        };
+        let keep = |pod: Option<&pb::Pod>| {
+            (req.namespace.is_empty() || pod.is_some_and(|p| p.namespace == req.namespace))
+                && pod_re
+                    .as_ref()
+                    .is_none_or(|re| pod.is_some_and(|p| re.is_match(&p.name)))
+        };
+        let pods = self
+            .flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(keep);
+        Ok(Response::new(pb::GetFlowsResponse { pods }))
     }
 
     async fn get_version(
@@ -91,7 +127,7 @@ impl StatusSource {
                 .process_cache_size
                 .load(std::sync::atomic::Ordering::Relaxed),
             subscribers: subscribers as u32,
-            identity_source: self.identity_source.into(),
+            identity_source: self.identity_source.clone(),
             exporters: self.exporters(),
         }
     }
@@ -119,6 +155,7 @@ impl StatusSource {
 fn sensor_status(s: &SensorReport) -> pb::SensorStatus {
     let (state, reason) = match &s.state {
         SensorState::Attached => ("attached", String::new()),
+        SensorState::Skipped(why) => ("skipped", why.clone()),
         SensorState::Failed(why) => ("failed", why.clone()),
     };
     pb::SensorStatus {

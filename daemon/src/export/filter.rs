@@ -15,7 +15,7 @@ pub enum FilterError {
     },
     #[error("{field}: unknown event type {value}")]
     EventType { field: String, value: i32 },
-    #[error("{field}: unknown role {value:?} (expected app, sidecar, init or host)")]
+    #[error("{field}: unknown role {value:?} (expected app, sidecar, init, host or infra)")]
     Role { field: String, value: String },
 }
 
@@ -76,7 +76,7 @@ fn compile_one(field: &str, f: &pb::Filter) -> Result<Compiled, FilterError> {
         })
         .collect::<Result<_, _>>()?;
     for r in &f.role {
-        if !matches!(r.as_str(), "app" | "sidecar" | "init" | "host") {
+        if !matches!(r.as_str(), "app" | "sidecar" | "init" | "host" | "infra") {
             return Err(FilterError::Role {
                 field: format!("{field}.role"),
                 value: r.clone(),

@@ -1,16 +1,25 @@
-//! Workload identity: cgroup id -> cgroup path -> container (and, later, pod).
+//! Workload identity: cgroup id -> cgroup path -> container -> pod.
 //!
-//! Standalone mode knows what the cgroup path tells: the runtime, the container id, the
-//! Kubernetes pod uid and QoS class. Processes outside any container are "host".
+//! The cgroup path says the runtime, the container id, and for Kubernetes the pod uid and QoS
+//! class (`cgroup_path`). Names come from the Kubernetes API (`kubernetes`) or, for podman
+//! pods, from podman's on-disk state (`podman`). Paths are learned when the runtime creates the
+//! cgroup (the cgroup_mkdir sensor) or looked up by id on first sight (`cgroups`).
 
 pub mod cgroup_path;
 pub mod cgroups;
+pub mod kubernetes;
+pub mod podman;
+pub mod roles;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sidewall_proto::v1 as pb;
 
-use self::cgroups::CgroupFs;
+use self::{cgroup_path::CgroupIdentity, cgroups::CgroupFs, kubernetes::KubeIndex, podman::PodmanStore};
 
 /// Who a cgroup belongs to. Shared by every event of that cgroup.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -19,69 +28,180 @@ pub struct Workload {
     pub container: Option<pb::Container>,
 }
 
-/// Bound on remembered cgroups; past it the map is rebuilt on demand (lookups are cheap).
+/// Bound on remembered cgroups; past it the cache is rebuilt on demand (lookups are cheap).
 const MAX_CGROUPS: usize = 65_536;
+/// How soon to ask again when a source did not know a container yet.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Where names come from, besides the cgroup path.
+#[derive(Default)]
+pub struct Sources {
+    pub cgroups: Option<CgroupFs>,
+    pub kube: Option<Arc<KubeIndex>>,
+    pub podman: Option<PodmanStore>,
+}
+
+struct Cached {
+    workload: Arc<Workload>,
+    /// KubeIndex generation the entry was built at.
+    generation: u64,
+    /// Set when names were missing: look again after this instant.
+    retry_at: Option<Instant>,
+}
 
 pub struct Identity {
-    cgroups: Option<CgroupFs>,
-    by_id: HashMap<u64, Arc<Workload>>,
+    sources: Sources,
+    /// Paths from cgroup_mkdir records, so lookups need no syscall.
+    paths: HashMap<u64, String>,
+    cache: HashMap<u64, Cached>,
     unknown: Arc<Workload>,
 }
 
 impl Identity {
-    pub fn new(cgroups: Option<CgroupFs>) -> Self {
+    pub fn new(sources: Sources) -> Self {
         Self {
-            cgroups,
-            by_id: HashMap::new(),
+            sources,
+            paths: HashMap::new(),
+            cache: HashMap::new(),
             unknown: Arc::new(Workload::default()),
         }
     }
 
-    /// The workload of a cgroup id. Unknown ids (cgroup gone before we looked) give an empty
-    /// workload; they are not cached, so a later lookup can still succeed.
-    pub fn resolve(&mut self, cgroup_id: u64) -> Arc<Workload> {
-        if let Some(w) = self.by_id.get(&cgroup_id) {
-            return w.clone();
+    /// A cgroup created by a runtime: remember its path.
+    pub fn learn(&mut self, id: u64, path: &str) {
+        if self.paths.len() >= MAX_CGROUPS {
+            self.paths.clear();
         }
-        let Some(path) = self.cgroups.as_ref().and_then(|c| c.path_of(cgroup_id)) else {
-            return self.unknown.clone();
-        };
-        if self.by_id.len() >= MAX_CGROUPS {
-            self.by_id.clear();
-        }
-        let w = Arc::new(workload_of_path(&path));
-        self.by_id.insert(cgroup_id, w.clone());
-        w
+        self.paths.insert(id, path.to_string());
     }
 
-    /// Forgets a removed cgroup.
-    pub fn forget(&mut self, cgroup_id: u64) {
-        self.by_id.remove(&cgroup_id);
+    /// A removed cgroup.
+    pub fn forget(&mut self, id: u64) {
+        self.paths.remove(&id);
+        self.cache.remove(&id);
+    }
+
+    /// The workload of a cgroup id. An id whose cgroup is already gone gives an empty workload
+    /// and is not cached, so a later lookup can still succeed.
+    pub fn resolve(&mut self, cgroup_id: u64) -> Arc<Workload> {
+        let generation = self.sources.kube.as_ref().map_or(0, |k| k.generation());
+        if let Some(c) = self.cache.get(&cgroup_id)
+            && c.generation == generation
+            && c.retry_at.is_none_or(|t| Instant::now() < t)
+        {
+            return c.workload.clone();
+        }
+        let Some(path) = self.path_of(cgroup_id) else {
+            return self.unknown.clone();
+        };
+        let (workload, complete) = self.workload_of_path(&path);
+        let workload = Arc::new(workload);
+        if self.cache.len() >= MAX_CGROUPS {
+            self.cache.clear();
+        }
+        let retry_at = (!complete).then(|| Instant::now() + RETRY);
+        self.cache.insert(
+            cgroup_id,
+            Cached {
+                workload: workload.clone(),
+                generation,
+                retry_at,
+            },
+        );
+        workload
+    }
+
+    fn path_of(&self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return Some(p.clone());
+        }
+        self.sources.cgroups.as_ref()?.path_of(id)
+    }
+
+    /// The workload and whether its names are complete (false: ask the sources again later).
+    pub fn workload_of_path(&self, path: &str) -> (Workload, bool) {
+        let id = cgroup_path::parse(path);
+        let mut w = base_workload(&id, path);
+        let complete = match &mut w.container {
+            Some(c) if !c.id.is_empty() => self.name_container(&id, c, &mut w.pod),
+            // A pod-level cgroup (pause process): the pod may still be named.
+            None => self.name_pod(&id, &mut w.pod),
+            Some(_) => true,
+        };
+        (w, complete)
+    }
+
+    fn name_container(&self, id: &CgroupIdentity, c: &mut pb::Container, pod: &mut Option<pb::Pod>) -> bool {
+        if let Some(kube) = &self.sources.kube {
+            if let Some((p, k)) = kube.container_by_id(&c.id) {
+                (c.name, c.image, c.role) = (k.name, k.image, k.role);
+                *pod = Some(p);
+                return true;
+            }
+            if let Some(p) = (!id.pod_uid.is_empty())
+                .then(|| kube.pod_by_uid(&id.pod_uid))
+                .flatten()
+            {
+                *pod = Some(p);
+            }
+        }
+        if id.runtime == "podman"
+            && let Some(m) = self.sources.podman.as_ref().and_then(|s| s.lookup(&c.id))
+        {
+            (c.name, c.image, c.role) = (m.name, m.image, m.role.to_string());
+            if let Some(name) = m.pod_name {
+                *pod = Some(pb::Pod {
+                    // podman pods have no namespace; `kube play` manifests land in "default".
+                    namespace: "default".into(),
+                    name,
+                    uid: id.podman_pod_id.clone(),
+                    annotations: m.annotations.into_iter().collect(),
+                    ..Default::default()
+                });
+            }
+            return true;
+        }
+        // Names from the API may come a little after the container starts.
+        self.sources.kube.is_none()
+    }
+
+    fn name_pod(&self, id: &CgroupIdentity, pod: &mut Option<pb::Pod>) -> bool {
+        let Some(kube) = &self.sources.kube else {
+            return true;
+        };
+        match kube.pod_by_uid(&id.pod_uid) {
+            Some(p) => {
+                *pod = Some(p);
+                true
+            }
+            None => id.pod_uid.is_empty(),
+        }
     }
 }
 
-/// What a cgroup path alone says about its workload.
-pub fn workload_of_path(path: &str) -> Workload {
-    let id = cgroup_path::parse(path);
+/// What the cgroup path alone says.
+fn base_workload(id: &CgroupIdentity, path: &str) -> Workload {
     let pod = (!id.pod_uid.is_empty()).then(|| pb::Pod {
         uid: id.pod_uid.clone(),
         ..Default::default()
     });
-    let container = if id.container_id.is_empty() {
-        // Not a container: host processes, or a pod's own cgroup (its pause/infra process).
-        pod.is_none().then(|| pb::Container {
-            role: "host".into(),
-            cgroup_path: path.into(),
-            ..Default::default()
-        })
-    } else {
+    let container = if !id.container_id.is_empty() {
         Some(pb::Container {
-            id: id.container_id,
+            id: id.container_id.clone(),
             runtime: id.runtime.into(),
             qos_class: id.qos_class.into(),
             cgroup_path: path.into(),
             ..Default::default()
         })
+    } else if pod.is_none() {
+        // Not in a container: the host.
+        Some(pb::Container {
+            role: "host".into(),
+            cgroup_path: path.into(),
+            ..Default::default()
+        })
+    } else {
+        None
     };
     Workload { pod, container }
 }
@@ -92,11 +212,35 @@ mod tests {
 
     #[test]
     fn host_and_container_paths() {
-        let host = workload_of_path("/system.slice/sshd.service");
+        let ident = Identity::new(Sources::default());
+        let (host, complete) = ident.workload_of_path("/system.slice/sshd.service");
+        assert!(complete);
         assert_eq!(host.container.expect("host container").role, "host");
         let id = "a".repeat(64);
-        let w = workload_of_path(&format!("/libpod_parent/{}/libpod-{id}", "b".repeat(64)));
+        let (w, _) = ident.workload_of_path(&format!("/libpod_parent/{}/libpod-{id}", "b".repeat(64)));
         let c = w.container.expect("container");
         assert_eq!((c.id.as_str(), c.runtime.as_str()), (id.as_str(), "podman"));
+    }
+
+    #[test]
+    fn learned_paths_resolve_without_the_filesystem() {
+        let mut ident = Identity::new(Sources::default());
+        let id = "c".repeat(64);
+        ident.learn(
+            77,
+            &format!("/kubepods/burstable/pod0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091/{id}"),
+        );
+        let w = ident.resolve(77);
+        assert_eq!(w.container.as_ref().map(|c| c.id.as_str()), Some(id.as_str()));
+        assert_eq!(
+            w.pod.as_ref().map(|p| p.uid.as_str()),
+            Some("0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091")
+        );
+        ident.forget(77);
+        assert_eq!(
+            *ident.resolve(77),
+            Workload::default(),
+            "forgotten and not on disk"
+        );
     }
 }

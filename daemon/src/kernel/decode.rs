@@ -4,8 +4,8 @@
 use std::{mem::size_of, ptr};
 
 use sidewall_common::{
-    ARGS_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, ExecEvent, ExitEvent, FILENAME_MAX, ForkEvent, Header, flags,
-    kind,
+    ARGS_MAX, CGROUP_PATH_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, CgroupEvent, ExecEvent, ExitEvent,
+    FILENAME_MAX, ForkEvent, Header, SockEvent, UNIX_PATH_MAX, UnixConnectEvent, flags, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +40,22 @@ pub enum Record {
     Exec(Exec),
     Exit(Exit),
     Fork(Header),
+    /// A cgroup v2 directory was created: its id and path relative to the mount.
+    CgroupMkdir {
+        hdr: Header,
+        id: u64,
+        path: String,
+    },
+    CgroupRmdir {
+        hdr: Header,
+        id: u64,
+    },
+    Sock(SockEvent),
+    /// connect() on a unix socket: the path, or "@name" for an abstract name.
+    UnixConnect {
+        hdr: Header,
+        path: String,
+    },
 }
 
 impl Record {
@@ -48,6 +64,9 @@ impl Record {
             Record::Exec(e) => &e.hdr,
             Record::Exit(e) => &e.hdr,
             Record::Fork(h) => h,
+            Record::CgroupMkdir { hdr, .. } | Record::CgroupRmdir { hdr, .. } => hdr,
+            Record::Sock(e) => &e.hdr,
+            Record::UnixConnect { hdr, .. } => hdr,
         }
     }
 }
@@ -84,6 +103,25 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             }))
         }
         kind::FORK => Ok(Record::Fork(read::<ForkEvent>(bytes, "fork record")?.hdr)),
+        kind::CGROUP_MKDIR => {
+            let e: CgroupEvent = read(bytes, "cgroup record")?;
+            let path = lossy(&e.path[..(e.path_len as usize).min(CGROUP_PATH_MAX)]);
+            Ok(Record::CgroupMkdir {
+                hdr: e.hdr,
+                id: e.id,
+                path,
+            })
+        }
+        kind::CGROUP_RMDIR => {
+            let e: CgroupEvent = read(bytes, "cgroup record")?;
+            Ok(Record::CgroupRmdir { hdr: e.hdr, id: e.id })
+        }
+        kind::SOCK => Ok(Record::Sock(read(bytes, "socket record")?)),
+        kind::UNIX_CONNECT => {
+            let e: UnixConnectEvent = read(bytes, "unix connect record")?;
+            let path = unix_path(&e.path[..(e.path_len as usize).min(UNIX_PATH_MAX)]);
+            Ok(Record::UnixConnect { hdr: e.hdr, path })
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -103,6 +141,20 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
         argv,
         cwd,
     })
+}
+
+/// A `sun_path`: up to the first NUL, or "@name" for an abstract name (leading NUL).
+pub fn unix_path(b: &[u8]) -> String {
+    match b.split_first() {
+        Some((0, rest)) => {
+            let name = rest
+                .iter()
+                .rposition(|&c| c != 0)
+                .map_or(&rest[..0], |i| &rest[..=i]);
+            format!("@{}", String::from_utf8_lossy(name))
+        }
+        _ => lossy(b.split(|&c| c == 0).next().unwrap_or_default()),
+    }
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -182,6 +234,16 @@ mod tests {
         assert_eq!(absolute_binary("bin/x", "/"), "/bin/x");
         assert_eq!(absolute_binary("/usr/bin/id", "/tmp"), "/usr/bin/id");
         assert_eq!(absolute_binary("x", ""), "x");
+    }
+
+    #[test]
+    fn unix_paths() {
+        assert_eq!(
+            unix_path(b"/run/containerd/containerd.sock\0\0\0"),
+            "/run/containerd/containerd.sock"
+        );
+        assert_eq!(unix_path(b"\0sidewall-test\0\0"), "@sidewall-test");
+        assert_eq!(unix_path(b""), "");
     }
 
     #[test]

@@ -4,7 +4,12 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::{Btf, Ebpf, EbpfLoader, programs::BtfTracePoint};
+use std::fs::File;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+};
 use sidewall_common::Offsets;
 
 use super::offsets;
@@ -12,36 +17,120 @@ use super::offsets;
 /// The eBPF object built by `build.rs` from `bpf/programs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sidewall.bpf.o"));
 
-/// One kernel hook and what it is for.
-pub struct SensorSpec {
-    pub name: &'static str,
-    pub program: &'static str,
-    pub hook: &'static str,
+/// How a sensor's programs attach. Cgroup programs attach as bpf_links (which never
+/// replace other programs on the cgroup) at the cgroup v2 root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// `tp_btf/<name>`: typed tracepoints, no cost on unrelated syscalls.
+    BtfTracepoint,
+    /// cgroup socket-address hooks at the cgroup v2 root (connect, sendmsg).
+    CgroupSockAddr,
+    /// cgroup socket hooks at the cgroup v2 root (post_bind, sock_release).
+    CgroupSock,
+    /// TCP sock_ops at the cgroup v2 root.
+    SockOps,
+    /// `syscalls/<name>`: slows every syscall of every process; strict set only.
+    SyscallTracepoint,
 }
 
-/// The process lifecycle sensors: BTF tracepoints, which cost nothing on unrelated syscalls
-/// (unlike `syscalls/sys_enter_*` tracepoints, which slow every syscall of every process).
-pub const PROCESS_SENSORS: &[SensorSpec] = &[
+/// One sensor: the programs that make it, and how they attach.
+pub struct SensorSpec {
+    pub name: &'static str,
+    pub programs: &'static [&'static str],
+    pub hook: &'static str,
+    pub attach: Attach,
+    /// Part of the strict set only.
+    pub strict: bool,
+}
+
+const fn spec(
+    name: &'static str,
+    programs: &'static [&'static str],
+    hook: &'static str,
+    attach: Attach,
+) -> SensorSpec {
     SensorSpec {
-        name: "process_exec",
-        program: "sched_process_exec",
-        hook: "tp_btf/sched_process_exec",
-    },
+        name,
+        programs,
+        hook,
+        attach,
+        strict: false,
+    }
+}
+
+/// The sensors. The default set costs nothing on unrelated syscalls: BTF tracepoints and
+/// cgroup hooks only. The strict set adds syscall tracepoints (see docs/sensors.md).
+pub const SENSORS: &[SensorSpec] = &[
+    spec(
+        "process_exec",
+        &["sched_process_exec"],
+        "tp_btf/sched_process_exec",
+        Attach::BtfTracepoint,
+    ),
+    spec(
+        "process_exit",
+        &["sched_process_exit"],
+        "tp_btf/sched_process_exit",
+        Attach::BtfTracepoint,
+    ),
+    spec(
+        "process_fork",
+        &["sched_process_fork"],
+        "tp_btf/sched_process_fork",
+        Attach::BtfTracepoint,
+    ),
+    // Container cgroups as the runtime creates and removes them.
+    spec(
+        "cgroup_mkdir",
+        &["cgroup_mkdir"],
+        "tp_btf/cgroup_mkdir",
+        Attach::BtfTracepoint,
+    ),
+    spec(
+        "cgroup_rmdir",
+        &["cgroup_rmdir"],
+        "tp_btf/cgroup_rmdir",
+        Attach::BtfTracepoint,
+    ),
+    spec(
+        "inet_connect",
+        &["connect4", "connect6"],
+        "cgroup/connect4,connect6",
+        Attach::CgroupSockAddr,
+    ),
+    spec(
+        "datagram_send",
+        &["sendmsg4", "sendmsg6"],
+        "cgroup/sendmsg4,sendmsg6",
+        Attach::CgroupSockAddr,
+    ),
+    spec(
+        "inet_bind",
+        &["post_bind4", "post_bind6"],
+        "cgroup/post_bind4,post_bind6",
+        Attach::CgroupSock,
+    ),
+    spec(
+        "socket_release",
+        &["sock_release"],
+        "cgroup/sock_release",
+        Attach::CgroupSock,
+    ),
+    spec("tcp_lifecycle", &["tcp_lifecycle"], "sockops", Attach::SockOps),
     SensorSpec {
-        name: "process_exit",
-        program: "sched_process_exit",
-        hook: "tp_btf/sched_process_exit",
-    },
-    SensorSpec {
-        name: "process_fork",
-        program: "sched_process_fork",
-        hook: "tp_btf/sched_process_fork",
+        name: "unix_connect",
+        programs: &["sys_enter_connect"],
+        hook: "tracepoint/syscalls/sys_enter_connect",
+        attach: Attach::SyscallTracepoint,
+        strict: true,
     },
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SensorState {
     Attached,
+    /// Not asked for (e.g. a strict-set sensor in the default set), with why.
+    Skipped(String),
     Failed(String),
 }
 
@@ -55,6 +144,10 @@ pub struct SensorReport {
 pub struct LoadOptions<'a> {
     pub btf_path: &'a Path,
     pub ring_buffer_bytes: u32,
+    /// The cgroup v2 mount; socket sensors attach to its root. None: they are skipped.
+    pub cgroup_root: Option<&'a Path>,
+    /// Attach the strict set too (syscall tracepoints).
+    pub strict: bool,
 }
 
 /// The loaded object. Programs stay attached while this lives.
@@ -74,16 +167,27 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .load(BPF_OBJECT)
         .context("loading the eBPF object")?;
-    let sensors = PROCESS_SENSORS
+    let cgroup = opts
+        .cgroup_root
+        .map(File::open)
+        .transpose()
+        .context("opening the cgroup v2 root")?;
+    let sensors = SENSORS
         .iter()
         .map(|spec| SensorReport {
             name: spec.name,
             hook: spec.hook,
-            state: match attach_btf_tracepoint(&mut ebpf, spec, &btf) {
-                Ok(()) => SensorState::Attached,
-                Err(e) => {
-                    tracing::warn!(sensor = spec.name, hook = spec.hook, error = %format!("{e:#}"), "sensor not attached");
-                    SensorState::Failed(format!("{e:#}"))
+            state: if spec.strict && !opts.strict {
+                SensorState::Skipped(
+                    "strict sensor set only (sensor_set = \"strict\"): a syscall tracepoint slows every syscall".into(),
+                )
+            } else {
+                match attach(&mut ebpf, spec, &btf, cgroup.as_ref()) {
+                    Ok(()) => SensorState::Attached,
+                    Err(e) => {
+                        tracing::warn!(sensor = spec.name, hook = spec.hook, error = %format!("{e:#}"), "sensor not attached");
+                        SensorState::Failed(format!("{e:#}"))
+                    }
                 }
             },
         })
@@ -91,16 +195,45 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     Ok(Loaded { ebpf, sensors })
 }
 
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf) -> anyhow::Result<()> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(spec.program)
-        .with_context(|| format!("program {} missing from the object", spec.program))?
-        .try_into()?;
-    let tracepoint = spec.hook.trim_start_matches("tp_btf/");
-    prog.load(tracepoint, btf)
-        .with_context(|| format!("loading {}", spec.hook))?;
-    prog.attach()
-        .with_context(|| format!("attaching {}", spec.hook))?;
+fn attach(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf, cgroup: Option<&File>) -> anyhow::Result<()> {
+    for name in spec.programs {
+        let prog = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?;
+        let root = || cgroup.context("no cgroup v2 filesystem to attach to");
+        match spec.attach {
+            Attach::BtfTracepoint => {
+                let p: &mut BtfTracePoint = prog.try_into()?;
+                p.load(name, btf)
+                    .with_context(|| format!("loading tp_btf/{name}"))?;
+                p.attach().with_context(|| format!("attaching tp_btf/{name}"))?;
+            }
+            Attach::CgroupSockAddr => {
+                let p: &mut CgroupSockAddr = prog.try_into()?;
+                p.load().with_context(|| format!("loading cgroup/{name}"))?;
+                p.attach(root()?, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching cgroup/{name}"))?;
+            }
+            Attach::CgroupSock => {
+                let p: &mut CgroupSock = prog.try_into()?;
+                p.load().with_context(|| format!("loading cgroup/{name}"))?;
+                p.attach(root()?, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching cgroup/{name}"))?;
+            }
+            Attach::SockOps => {
+                let p: &mut SockOps = prog.try_into()?;
+                p.load().with_context(|| format!("loading sockops {name}"))?;
+                p.attach(root()?, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching sockops {name}"))?;
+            }
+            Attach::SyscallTracepoint => {
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load().with_context(|| format!("loading syscalls/{name}"))?;
+                p.attach("syscalls", name)
+                    .with_context(|| format!("attaching syscalls/{name}"))?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -35,7 +35,35 @@ pub fn resolve(path: &Path) -> Result<Offsets, OffsetError> {
         path: path.display().to_string(),
         source,
     })?;
-    Resolver { btf: &btf }.offsets()
+    let mut o = Resolver { btf: &btf }.offsets()?;
+    let (addr, len) = connect_tracepoint_args().unwrap_or((UNRESOLVED, UNRESOLVED));
+    (o.tp_connect_addr, o.tp_connect_addrlen) = (addr, len);
+    Ok(o)
+}
+
+/// Offsets of `uservaddr` and `addrlen` in the sys_enter_connect record, from its format file.
+fn connect_tracepoint_args() -> Option<(u32, u32)> {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| {
+            std::fs::read_to_string(format!("{t}/events/syscalls/sys_enter_connect/format")).ok()
+        })?;
+    Some((
+        format_field_offset(&format, "uservaddr")?,
+        format_field_offset(&format, "addrlen")?,
+    ))
+}
+
+/// "\tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;" -> 32 for "addrlen".
+pub fn format_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let decl = parts.next()?.trim().strip_prefix("field:")?;
+        if decl.rsplit([' ', '*']).next()? != field {
+            return None;
+        }
+        parts.find_map(|p| p.trim().strip_prefix("offset:")?.parse().ok())
+    })
 }
 
 struct Resolver<'a> {
@@ -93,6 +121,13 @@ impl Resolver<'_> {
             mount_parent: f("mount", "mnt_parent")?,
             mount_mountpoint: f("mount", "mnt_mountpoint")?,
             vfsmount_root: f("vfsmount", "mnt_root")?,
+            cgroup_kn: f("cgroup", "kn")?,
+            cgroup_root: f("cgroup", "root")?,
+            cgroup_root_hierarchy_id: f("cgroup_root", "hierarchy_id")?,
+            kernfs_node_id: f("kernfs_node", "id")?,
+            // Filled from the tracepoint format file by resolve().
+            tp_connect_addr: UNRESOLVED,
+            tp_connect_addrlen: UNRESOLVED,
         })
     }
 
@@ -193,6 +228,18 @@ mod tests {
         // mm->arg_end follows arg_start (both unsigned long) inside an anonymous struct.
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
         assert_ne!(o.nsproxy_time, UNRESOLVED);
+    }
+
+    #[test]
+    fn tracepoint_format_offsets() {
+        let format = "name: sys_enter_connect\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                      \tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;\n\
+                      \tfield:struct sockaddr * uservaddr;\toffset:24;\tsize:8;\tsigned:0;\n\
+                      \tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(format_field_offset(format, "uservaddr"), Some(24));
+        assert_eq!(format_field_offset(format, "addrlen"), Some(32));
+        assert_eq!(format_field_offset(format, "fd"), Some(16));
+        assert_eq!(format_field_offset(format, "nope"), None);
     }
 
     #[test]

@@ -1,4 +1,9 @@
-//! One file per kernel hook.
+//! One file per kernel hook (or per family of hooks that share one record).
+mod cgroup;
 mod exec;
 mod exit;
 mod fork;
+mod sock_addr;
+mod sock_bind;
+mod sock_ops;
+mod unix_connect;

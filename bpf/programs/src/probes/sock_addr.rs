@@ -1,0 +1,171 @@
+//! `cgroup/connect4|6` and `cgroup/sendmsg4|6`, attached at the cgroup v2 root: every inet
+//! connect and every datagram sent to an explicit address, in the caller's context, before
+//! the kernel acts on it (which is where enforcement will deny).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map},
+    maps::LruHashMap,
+    programs::SockAddrContext,
+};
+use sidewall_common::{SockEvent, kind, sock_op, verdict};
+
+use crate::{
+    kernel::fill_process_lite,
+    maps::{EVENTS, count_drop},
+};
+
+const ALLOW: i32 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_UDP: u32 = 17;
+/// Repeated datagrams from one socket to one destination are reported at most this often.
+const DATAGRAM_REPORT_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DatagramKey {
+    cookie: u64,
+    addr: [u8; 16],
+    port: u16,
+    _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DatagramSeen {
+    last_ns: u64,
+    folded: u32,
+    _pad: u32,
+}
+
+#[map]
+static DATAGRAMS: LruHashMap<DatagramKey, DatagramSeen> = LruHashMap::with_max_entries(16384, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    emit(&ctx, sock_op::CONNECT, AF_INET, 1);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    emit(&ctx, sock_op::CONNECT, AF_INET6, 1);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    datagram(&ctx, AF_INET);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    datagram(&ctx, AF_INET6);
+    ALLOW
+}
+
+/// The destination of `ctx` as (address bytes, host-order port).
+#[inline(always)]
+fn destination(sa: &bpf_sock_addr, family: u16) -> ([u8; 16], u16) {
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        for (i, w) in sa.user_ip6.iter().enumerate() {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+    }
+    // user_port holds the port in network byte order in its low 16 bits.
+    (addr, u16::from_be(sa.user_port as u16))
+}
+
+/// Folds repeats: returns how many datagrams this report stands for, or None to stay quiet.
+#[inline(always)]
+fn datagram_report(cookie: u64, addr: [u8; 16], port: u16, now: u64) -> Option<u32> {
+    let key = DatagramKey {
+        cookie,
+        addr,
+        port,
+        _pad: [0; 6],
+    };
+    match DATAGRAMS.get_ptr_mut(&key) {
+        Some(seen) => {
+            // SAFETY: a valid map value pointer for this key.
+            let seen = unsafe { &mut *seen };
+            if now.saturating_sub(seen.last_ns) < DATAGRAM_REPORT_NS {
+                seen.folded += 1;
+                return None;
+            }
+            let n = seen.folded + 1;
+            seen.folded = 0;
+            seen.last_ns = now;
+            Some(n)
+        }
+        None => {
+            let _ = DATAGRAMS.insert(
+                &key,
+                &DatagramSeen {
+                    last_ns: now,
+                    folded: 0,
+                    _pad: 0,
+                },
+                0,
+            );
+            Some(1)
+        }
+    }
+}
+
+#[inline(always)]
+fn datagram(ctx: &SockAddrContext, family: u16) {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.protocol != IPPROTO_UDP {
+        return;
+    }
+    // SAFETY: helpers take the program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let (addr, port) = destination(sa, family);
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    if let Some(count) = datagram_report(cookie, addr, port, now) {
+        emit(ctx, sock_op::SENDMSG, family, count);
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32) {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count_drop(kind::SOCK);
+        return;
+    };
+    // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_process_lite(&mut ev.hdr, kind::SOCK);
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let (addr, port) = destination(sa, family);
+    ev.op = op;
+    ev.family = family;
+    ev.protocol = sa.protocol as u8;
+    ev.verdict = verdict::ALLOWED;
+    // SAFETY: helpers take the program context.
+    ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    ev.local_addr = [0; 16];
+    ev.remote_addr = addr;
+    ev.local_port = 0;
+    ev.remote_port = port;
+    ev.old_state = 0;
+    ev.new_state = 0;
+    ev._pad = 0;
+    ev.bytes_received = 0;
+    ev.bytes_acked = 0;
+    ev.count = count;
+    ev._pad2 = 0;
+    entry.submit(0);
+}

@@ -1,0 +1,57 @@
+//! `tracepoint/syscalls/sys_enter_connect` (strict sensor set): connects on unix sockets,
+//! with the path or abstract name. A syscall tracepoint slows every syscall of every process,
+//! so the default set leaves it detached; inet connects come from the cgroup hooks instead.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, kind};
+
+use crate::{
+    kernel::{fill_process_lite, off},
+    maps::{EVENTS, count_drop},
+};
+
+const AF_UNIX: u16 = 1;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let (addr_off, len_off) = (off!(tp_connect_addr), off!(tp_connect_addrlen));
+    // SAFETY: offsets come from the tracepoint's format file; read_at goes through
+    // bpf_probe_read, which fails instead of faulting.
+    let Ok(addr) = (unsafe { ctx.read_at::<u64>(addr_off) }) else {
+        return 0;
+    };
+    let Ok(len) = (unsafe { ctx.read_at::<u64>(len_off) }) else {
+        return 0;
+    };
+    // SAFETY: bpf_probe_read_user tolerates any user address.
+    let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
+        return 0;
+    };
+    if family != AF_UNIX {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<UnixConnectEvent>(0) else {
+        count_drop(kind::UNIX_CONNECT);
+        return 0;
+    };
+    // SAFETY: reservation of exactly size_of::<UnixConnectEvent>() bytes.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_process_lite(&mut ev.hdr, kind::UNIX_CONNECT);
+    // sun_path follows the 2-byte family; the caller's length bounds it.
+    let mut n = (len as usize).saturating_sub(2);
+    if n > UNIX_PATH_MAX {
+        n = UNIX_PATH_MAX;
+    }
+    ev.path = [0; UNIX_PATH_MAX];
+    // SAFETY: destination is the UNIX_PATH_MAX-byte array; n <= UNIX_PATH_MAX.
+    let rc = unsafe { read_user_raw(ev.path.as_mut_ptr() as *mut _, n as u32, (addr + 2) as *const _) };
+    ev.path_len = if rc == 0 { n as u32 } else { 0 };
+    ev._pad = 0;
+    ev._pad2 = [0; 4];
+    entry.submit(0);
+    0
+}

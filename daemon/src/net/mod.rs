@@ -1,0 +1,503 @@
+//! Socket events: joins the kernel's socket records (connect and bind in the caller's
+//! context; handshakes and closes from sock_ops, often in softirq) by socket cookie, keeps
+//! port ownership per network namespace, attributes loopback traffic to the sibling container
+//! that owns the port, and maintains the per-pod flow graph.
+
+pub mod addr;
+pub mod flows;
+pub mod netns;
+pub mod ports;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sidewall_common::{Header, SockEvent, sock_op};
+use sidewall_proto::v1 as pb;
+
+use self::{
+    addr::{IPPROTO_TCP, IPPROTO_UDP, family_name, ip, protocol_name},
+    flows::{Endpoint, Flow, FlowGraph},
+    netns::NetnsIndex,
+    ports::{Binding, PortTable},
+};
+use crate::{
+    identity::Identity,
+    process::{Clock, ProcEntry, ProcessCache},
+};
+
+/// TCP states (include/net/tcp_states.h) as sock_ops reports them.
+const TCP_SYN_SENT: u8 = 2;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+/// A connect with no answer yet is reported as in progress after this long.
+const CONNECT_PENDING: Duration = Duration::from_secs(2);
+/// Sockets tracked at most (connections in flight plus established ones).
+const MAX_SOCKETS: usize = 262_144;
+
+/// What the socket layer reports; the pipeline turns it into API events.
+#[derive(Debug)]
+pub enum NetEvent {
+    Connect {
+        owner: Arc<ProcEntry>,
+        socket: pb::Socket,
+        result: &'static str,
+        peer: Option<Arc<ProcEntry>>,
+    },
+    Accept {
+        owner: Arc<ProcEntry>,
+        socket: pb::Socket,
+        peer: Option<Arc<ProcEntry>>,
+    },
+    Bind {
+        owner: Arc<ProcEntry>,
+        socket: pb::Socket,
+        wildcard: bool,
+    },
+    Close {
+        owner: Arc<ProcEntry>,
+        socket: pb::Socket,
+        outbound: bool,
+        sent: u64,
+        received: u64,
+        duration_ns: u64,
+        peer: Option<Arc<ProcEntry>>,
+    },
+    Datagram {
+        owner: Arc<ProcEntry>,
+        socket: pb::Socket,
+        count: u32,
+        peer: Option<Arc<ProcEntry>>,
+    },
+}
+
+struct SockState {
+    owner: Arc<ProcEntry>,
+    socket: pb::Socket,
+    local: Option<SocketAddr>,
+    remote: SocketAddr,
+    peer: Option<Arc<ProcEntry>>,
+    outbound: bool,
+    since: Instant,
+    established_ns: u64,
+    /// process_connect was emitted (on success, failure, or as in progress).
+    reported: bool,
+}
+
+/// Payload bytes (sent, received) of a closed connection. The kernel counts sequence space,
+/// so the active opener's acked bytes include its SYN, and both counts include a FIN once it
+/// was acked or received; the state the socket closed from says which FINs those were.
+pub fn payload_bytes(e: &SockEvent, outbound: bool) -> (u64, u64) {
+    let syn = u64::from(outbound);
+    let our_fin_acked = matches!(
+        e.old_state,
+        TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_LAST_ACK | TCP_CLOSING
+    );
+    let their_fin = matches!(
+        e.old_state,
+        TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+    );
+    (
+        e.bytes_acked.saturating_sub(syn + u64::from(our_fin_acked)),
+        e.bytes_received.saturating_sub(u64::from(their_fin)),
+    )
+}
+
+pub struct Net {
+    ports: PortTable,
+    sockets: HashMap<u64, SockState>,
+    /// Established outbound connections by (netns cookie, local, remote): finds the client
+    /// of an accepted connection on the same node.
+    tuples: HashMap<(u64, SocketAddr, SocketAddr), u64>,
+    netns: NetnsIndex,
+    pub flows: Arc<Mutex<FlowGraph>>,
+    clock: Clock,
+}
+
+fn address(a: &SocketAddr) -> pb::SocketAddress {
+    pb::SocketAddress {
+        ip: a.ip().to_string(),
+        port: a.port().into(),
+        path: String::new(),
+    }
+}
+
+impl Net {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            ports: PortTable::default(),
+            sockets: HashMap::new(),
+            tuples: HashMap::new(),
+            netns: NetnsIndex::default(),
+            flows: Arc::new(Mutex::new(FlowGraph::default())),
+            clock,
+        }
+    }
+
+    pub fn handle(
+        &mut self,
+        e: &SockEvent,
+        cache: &mut ProcessCache,
+        identity: &mut Identity,
+    ) -> Option<NetEvent> {
+        match e.op {
+            sock_op::CONNECT => self.connect(e, cache, identity),
+            sock_op::ESTABLISHED_ACTIVE => self.established(e, identity),
+            sock_op::ESTABLISHED_PASSIVE => self.accepted(e),
+            sock_op::CLOSE => self.closed(e, identity),
+            sock_op::BIND => Some(self.bind(e, cache)),
+            sock_op::RELEASE => {
+                self.ports.release(e.cookie);
+                None
+            }
+            sock_op::SENDMSG => Some(self.datagram(e, cache, identity)),
+            _ => None,
+        }
+    }
+
+    /// A unix-socket connect (strict sensor set).
+    pub fn unix_connect(&mut self, hdr: &Header, path: &str, cache: &mut ProcessCache) -> NetEvent {
+        let owner = cache.lookup(hdr);
+        let socket = pb::Socket {
+            protocol: "unix".into(),
+            family: "unix".into(),
+            remote: Some(pb::SocketAddress {
+                path: path.into(),
+                ..Default::default()
+            }),
+            netns: owner.process.namespaces.as_ref().map_or(0, |n| n.net),
+            ..Default::default()
+        };
+        NetEvent::Connect {
+            owner,
+            socket,
+            result: "unknown",
+            peer: None,
+        }
+    }
+
+    /// Connects still unanswered after a while are reported as in progress.
+    pub fn tick(&mut self, now: Instant) -> Vec<NetEvent> {
+        let mut out = Vec::new();
+        for st in self.sockets.values_mut() {
+            if !st.reported && now.duration_since(st.since) >= CONNECT_PENDING {
+                st.reported = true;
+                out.push(NetEvent::Connect {
+                    owner: st.owner.clone(),
+                    socket: st.socket.clone(),
+                    result: "in_progress",
+                    peer: st.peer.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn port_bindings(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The socket as events show it, for an owner in the caller's context.
+    fn socket(&mut self, e: &SockEvent, owner: &ProcEntry, remote: Option<SocketAddr>) -> pb::Socket {
+        let inode = owner.process.namespaces.as_ref().map_or(0, |n| n.net);
+        self.netns.learn(e.netns_cookie, inode);
+        let loopback = remote.is_some_and(|r| self.netns.is_local(inode, owner.process.pid, &r.ip()));
+        let family_ip = remote.map_or_else(|| ip(e.family, &e.local_addr), |r| r.ip());
+        pb::Socket {
+            protocol: protocol_name(e.protocol).into(),
+            family: family_name(e.family, &family_ip).into(),
+            local: None,
+            remote: remote.as_ref().map(address),
+            loopback,
+            netns: inode,
+            cookie: e.cookie,
+        }
+    }
+
+    fn peer_of(&self, e: &SockEvent, remote: &SocketAddr, loopback: bool) -> Option<Arc<ProcEntry>> {
+        if !loopback {
+            return None;
+        }
+        self.ports
+            .owner(e.netns_cookie, e.protocol, &remote.ip(), remote.port())
+            .map(|b| b.owner.clone())
+    }
+
+    fn connect(
+        &mut self,
+        e: &SockEvent,
+        cache: &mut ProcessCache,
+        identity: &mut Identity,
+    ) -> Option<NetEvent> {
+        let owner = cache.lookup(&e.hdr);
+        let remote = SocketAddr::new(ip(e.family, &e.remote_addr), e.remote_port);
+        let socket = self.socket(e, &owner, Some(remote));
+        let peer = self.peer_of(e, &remote, socket.loopback);
+        if e.protocol == IPPROTO_UDP {
+            // A UDP connect only sets the default destination: it cannot be refused here.
+            self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
+            return Some(NetEvent::Connect {
+                owner,
+                socket,
+                result: "success",
+                peer,
+            });
+        }
+        if self.sockets.len() >= MAX_SOCKETS {
+            return Some(NetEvent::Connect {
+                owner,
+                socket,
+                result: "in_progress",
+                peer,
+            });
+        }
+        let st = SockState {
+            owner,
+            socket,
+            local: None,
+            remote,
+            peer,
+            outbound: true,
+            since: Instant::now(),
+            established_ns: 0,
+            reported: false,
+        };
+        self.sockets.insert(e.cookie, st);
+        None
+    }
+
+    fn established(&mut self, e: &SockEvent, identity: &mut Identity) -> Option<NetEvent> {
+        let local = SocketAddr::new(ip(e.family, &e.local_addr), e.local_port);
+        let st = self.sockets.get_mut(&e.cookie)?;
+        st.local = Some(local);
+        st.socket.local = Some(address(&local));
+        st.established_ns = e.hdr.ktime;
+        let first_report = !st.reported;
+        st.reported = true;
+        let (socket, owner, peer, remote) = (st.socket.clone(), st.owner.clone(), st.peer.clone(), st.remote);
+        self.tuples.insert((e.netns_cookie, local, remote), e.cookie);
+        self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
+        first_report.then_some(NetEvent::Connect {
+            owner,
+            socket,
+            result: "success",
+            peer,
+        })
+    }
+
+    fn accepted(&mut self, e: &SockEvent) -> Option<NetEvent> {
+        let local = SocketAddr::new(ip(e.family, &e.local_addr), e.local_port);
+        let remote = SocketAddr::new(ip(e.family, &e.remote_addr), e.remote_port);
+        let listener = self
+            .ports
+            .owner(e.netns_cookie, IPPROTO_TCP, &local.ip(), local.port())?;
+        let owner = listener.owner.clone();
+        let peer = self
+            .tuples
+            .get(&(e.netns_cookie, remote, local))
+            .and_then(|c| self.sockets.get(c))
+            .map(|s| s.owner.clone());
+        let inode = self.netns.inode(e.netns_cookie).unwrap_or(0);
+        let socket = pb::Socket {
+            protocol: "tcp".into(),
+            family: family_name(e.family, &local.ip()).into(),
+            local: Some(address(&local)),
+            remote: Some(address(&remote)),
+            loopback: peer.is_some() || addr::is_loopback(&remote.ip()),
+            netns: inode,
+            cookie: e.cookie,
+        };
+        if self.sockets.len() < MAX_SOCKETS {
+            let st = SockState {
+                owner: owner.clone(),
+                socket: socket.clone(),
+                local: Some(local),
+                remote,
+                peer: peer.clone(),
+                outbound: false,
+                since: Instant::now(),
+                established_ns: e.hdr.ktime,
+                reported: true,
+            };
+            self.sockets.insert(e.cookie, st);
+        }
+        Some(NetEvent::Accept { owner, socket, peer })
+    }
+
+    fn closed(&mut self, e: &SockEvent, identity: &mut Identity) -> Option<NetEvent> {
+        let st = self.sockets.remove(&e.cookie)?;
+        if let Some(local) = st.local {
+            self.tuples.remove(&(e.netns_cookie, local, st.remote));
+        }
+        if !st.reported {
+            let result = if e.old_state == TCP_SYN_SENT {
+                "refused"
+            } else {
+                "failed"
+            };
+            return Some(NetEvent::Connect {
+                owner: st.owner,
+                socket: st.socket,
+                result,
+                peer: st.peer,
+            });
+        }
+        if st.established_ns == 0 {
+            // Reported as in progress, never established: say how it ended.
+            let result = if e.old_state == TCP_SYN_SENT {
+                "refused"
+            } else {
+                "failed"
+            };
+            return Some(NetEvent::Connect {
+                owner: st.owner,
+                socket: st.socket,
+                result,
+                peer: st.peer,
+            });
+        }
+        let (sent, received) = payload_bytes(e, st.outbound);
+        if st.outbound {
+            // The client's totals count the connection once.
+            self.record_flow(
+                &st.socket,
+                &st.owner,
+                st.peer.as_ref(),
+                st.remote.port(),
+                0,
+                (sent, received),
+                identity,
+            );
+        }
+        Some(NetEvent::Close {
+            owner: st.owner,
+            socket: st.socket,
+            outbound: st.outbound,
+            sent,
+            received,
+            duration_ns: e.hdr.ktime.saturating_sub(st.established_ns),
+            peer: st.peer,
+        })
+    }
+
+    fn bind(&mut self, e: &SockEvent, cache: &mut ProcessCache) -> NetEvent {
+        let owner = cache.lookup(&e.hdr);
+        let local = SocketAddr::new(ip(e.family, &e.local_addr), e.local_port);
+        let mut socket = self.socket(e, &owner, None);
+        socket.local = Some(address(&local));
+        self.ports.bind(
+            e.netns_cookie,
+            e.protocol,
+            e.local_port,
+            Binding {
+                ip: local.ip(),
+                cookie: e.cookie,
+                owner: owner.clone(),
+            },
+        );
+        NetEvent::Bind {
+            owner,
+            socket,
+            wildcard: local.ip().is_unspecified(),
+        }
+    }
+
+    fn datagram(&mut self, e: &SockEvent, cache: &mut ProcessCache, identity: &mut Identity) -> NetEvent {
+        let owner = cache.lookup(&e.hdr);
+        let remote = SocketAddr::new(ip(e.family, &e.remote_addr), e.remote_port);
+        let socket = self.socket(e, &owner, Some(remote));
+        let peer = self.peer_of(e, &remote, socket.loopback);
+        self.record_flow(
+            &socket,
+            &owner,
+            peer.as_ref(),
+            remote.port(),
+            e.count.into(),
+            (0, 0),
+            identity,
+        );
+        NetEvent::Datagram {
+            owner,
+            socket,
+            count: e.count,
+            peer,
+        }
+    }
+
+    /// Adds to the flow graph when both ends are known and the traffic stays on loopback.
+    #[allow(clippy::too_many_arguments)]
+    fn record_flow(
+        &self,
+        socket: &pb::Socket,
+        owner: &ProcEntry,
+        peer: Option<&Arc<ProcEntry>>,
+        port: u16,
+        connections: u64,
+        bytes: (u64, u64),
+        identity: &mut Identity,
+    ) {
+        let Some(peer) = peer.filter(|_| socket.loopback) else {
+            return;
+        };
+        let src = identity.resolve(owner.process.cgroup_id);
+        let dst = identity.resolve(peer.process.cgroup_id);
+        let protocol = if socket.protocol == "udp" { "udp" } else { "tcp" };
+        let flow = Flow {
+            netns: socket.netns,
+            protocol,
+            source: Endpoint {
+                pod: src.pod.as_ref(),
+                container: src.container.as_ref(),
+            },
+            destination: Endpoint {
+                pod: dst.pod.as_ref(),
+                container: dst.container.as_ref(),
+            },
+            port,
+        };
+        let now = self.clock.timestamp(Clock::boot_ns());
+        self.flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&flow, connections, bytes, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_bytes_remove_syn_and_fins() {
+        // Client closed last (LAST_ACK): sent 20 + SYN + FIN, received 40 + FIN.
+        let client = SockEvent {
+            old_state: TCP_LAST_ACK,
+            bytes_acked: 22,
+            bytes_received: 41,
+            ..Default::default()
+        };
+        assert_eq!(payload_bytes(&client, true), (20, 40));
+        // Server closed first and went to TIME_WAIT from FIN_WAIT2: sent 40 + FIN, received 20 + FIN.
+        let server = SockEvent {
+            old_state: TCP_FIN_WAIT2,
+            bytes_acked: 41,
+            bytes_received: 21,
+            ..Default::default()
+        };
+        assert_eq!(payload_bytes(&server, false), (40, 20));
+        // Reset while established: no FINs.
+        let reset = SockEvent {
+            old_state: 1,
+            bytes_acked: 11,
+            bytes_received: 7,
+            ..Default::default()
+        };
+        assert_eq!(payload_bytes(&reset, true), (10, 7));
+    }
+}

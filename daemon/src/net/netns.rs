@@ -1,0 +1,134 @@
+//! Network namespaces: kernel netns cookies (what socket hooks see) to inodes (what /proc and
+//! process events show), and the addresses that are local to a namespace (a pod's own IPs).
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+/// How long a namespace's address list is trusted before it is read again.
+const ADDRS_TTL: Duration = Duration::from_secs(5);
+const MAX_NETNS: usize = 16_384;
+
+#[derive(Default)]
+pub struct NetnsIndex {
+    inode_of: HashMap<u64, u32>,
+    addrs: HashMap<u32, (Instant, Vec<IpAddr>)>,
+}
+
+impl NetnsIndex {
+    pub fn learn(&mut self, cookie: u64, inode: u32) {
+        if inode == 0 {
+            return;
+        }
+        if self.inode_of.len() >= MAX_NETNS {
+            self.inode_of.clear();
+        }
+        self.inode_of.insert(cookie, inode);
+    }
+
+    pub fn inode(&self, cookie: u64) -> Option<u32> {
+        self.inode_of.get(&cookie).copied()
+    }
+
+    /// Whether `ip` reaches the local stack of the namespace `pid` lives in.
+    pub fn is_local(&mut self, inode: u32, pid: u32, ip: &IpAddr) -> bool {
+        if super::addr::is_loopback(ip) {
+            return true;
+        }
+        if ip.is_unspecified() {
+            // connect(0.0.0.0) goes to the local host.
+            return true;
+        }
+        let now = Instant::now();
+        let fresh = self
+            .addrs
+            .get(&inode)
+            .is_some_and(|(t, _)| now.duration_since(*t) < ADDRS_TTL);
+        if !fresh {
+            if self.addrs.len() >= MAX_NETNS {
+                self.addrs.clear();
+            }
+            self.addrs.insert(inode, (now, local_addrs(pid)));
+        }
+        self.addrs.get(&inode).is_some_and(|(_, a)| a.contains(ip))
+    }
+}
+
+/// The addresses of the namespace `pid` is in, from its /proc view.
+fn local_addrs(pid: u32) -> Vec<IpAddr> {
+    let mut out =
+        parse_fib_trie_local(&fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default());
+    out.extend(parse_if_inet6(
+        &fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default(),
+    ));
+    out
+}
+
+/// The "/32 host LOCAL" entries of /proc/net/fib_trie: the IPv4 addresses of the namespace.
+pub fn parse_fib_trie_local(text: &str) -> Vec<IpAddr> {
+    let mut last: Option<Ipv4Addr> = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start_matches([' ', '|', '+', '-']).trim();
+        if let Ok(a) = t.parse::<Ipv4Addr>() {
+            last = Some(a);
+        } else if t.starts_with("/32 host LOCAL")
+            && let Some(a) = last
+            && !out.contains(&IpAddr::V4(a))
+        {
+            out.push(IpAddr::V4(a));
+        }
+    }
+    out
+}
+
+/// /proc/net/if_inet6: "fe800000000000000000000000000001 02 40 20 80 eth0".
+pub fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let hex = l.split_whitespace().next()?;
+            let v = u128::from_str_radix(hex, 16).ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(v)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fib_trie_local_addresses() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n\
+                    \x20    +-- 10.244.1.0/24 2 0 2\n        |-- 10.244.1.7\n           /32 host LOCAL\n\
+                    \x20    |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.244.1.7\n           /32 host LOCAL\n";
+        let got = parse_fib_trie_local(trie);
+        assert_eq!(
+            got,
+            vec![
+                "10.244.1.7".parse::<IpAddr>().expect("ip"),
+                "127.0.0.1".parse().expect("ip")
+            ]
+        );
+    }
+
+    #[test]
+    fn if_inet6_addresses() {
+        let got = parse_if_inet6("00000000000000000000000000000001 01 80 10 80       lo\n");
+        assert_eq!(got, vec!["::1".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn own_namespace_addresses_are_local() {
+        let mut idx = NetnsIndex::default();
+        let me = std::process::id();
+        assert!(idx.is_local(1, me, &"127.9.9.9".parse().expect("ip")));
+        assert!(
+            !idx.is_local(1, me, &"192.0.2.1".parse().expect("ip")),
+            "TEST-NET-1 is nobody's"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Real pods on podman (runc, cgroupfs, `--network none`): containers that share a network
+//! namespace, each in its own cgroup, like a Kubernetes pod. Dropping a `Pod` removes it and
+//! the cgroup directories podman leaves behind for it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+static ENV: OnceLock<(PathBuf, String)> = OnceLock::new();
+
+/// The source of `swtool`, the static multi-tool the test image carries beside busybox.
+const SWTOOL_SRC: &str = include_str!("../tools/swtool.c");
+
+/// The image every test pod runs: busybox plus swtool, imported from a local rootfs (no
+/// registry here). Its tag follows swtool's source, so a changed tool means a new image.
+pub fn image() -> &'static str {
+    &env().1
+}
+
+fn containers_conf() -> &'static Path {
+    &env().0
+}
+
+/// A private containers.conf (runc, cgroupfs, ulimits this shell may set) and the image.
+fn env() -> &'static (PathBuf, String) {
+    ENV.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sidewall-podman-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("podman config dir");
+        let conf = dir.join("containers.conf");
+        let (nofile, nproc) = (
+            hard_limit(libc::RLIMIT_NOFILE),
+            hard_limit(libc::RLIMIT_NPROC).min(32768),
+        );
+        fs::write(
+            &conf,
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
+            ),
+        )
+        .expect("write containers.conf");
+        let image = ensure_image(&conf, &dir);
+        (conf, image)
+    })
+}
+
+fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer.
+    unsafe { libc::getrlimit(resource, &mut r) };
+    if r.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        r.rlim_max
+    }
+}
+
+pub fn podman(conf: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", conf);
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Imports the image once: /bin/busybox with relative applet links, and swtool.
+fn ensure_image(conf: &Path, dir: &Path) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    SWTOOL_SRC.hash(&mut h);
+    let image = format!("localhost/sidewall-test:{:012x}", h.finish() & 0xffff_ffff_ffff);
+    if podman(conf)
+        .args(["image", "exists", &image])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return image;
+    }
+    let root = dir.join("rootfs");
+    let bin = root.join("bin");
+    fs::create_dir_all(&bin).expect("rootfs");
+    fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox (apt-get install busybox-static)");
+    let list = run(Command::new("/bin/busybox").arg("--list"));
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    let src = dir.join("swtool.c");
+    fs::write(&src, SWTOOL_SRC).expect("write swtool.c");
+    run(Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(bin.join("swtool"))
+        .arg(&src));
+    let tar = dir.join("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    run(podman(conf)
+        .args(["import", "--change", "ENV PATH=/bin"])
+        .arg(&tar)
+        .arg(&image));
+    image
+}
+
+/// A container of a pod manifest.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub command: &'a [&'a str],
+}
+
+pub struct Pod {
+    pub name: String,
+    conf: &'static Path,
+    dir: tempfile::TempDir,
+}
+
+impl Pod {
+    /// Plays a pod named `<prefix>-<pid>-<n>` with `containers`, and `annotations` on the pod.
+    pub fn play(prefix: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -> Self {
+        let conf = containers_conf();
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let yaml = dir.path().join("pod.yaml");
+        fs::write(&yaml, manifest(&name, containers, annotations)).expect("write manifest");
+        let pod = Self { name, conf, dir };
+        run(podman(conf)
+            .args(["kube", "play", "--network", "none"])
+            .arg(&yaml));
+        pod
+    }
+
+    /// The podman name of a container of this pod.
+    pub fn container(&self, name: &str) -> String {
+        format!("{}-{name}", self.name)
+    }
+
+    pub fn container_id(&self, name: &str) -> String {
+        let out = run(podman(self.conf).args(["inspect", "--format", "{{.Id}}", &self.container(name)]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `podman exec` in a container; returns its output whatever the exit status.
+    pub fn exec(&self, container: &str, args: &[&str]) -> Output {
+        let mut c = podman(self.conf);
+        c.arg("exec").arg(self.container(container)).args(args);
+        c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"))
+    }
+
+    pub fn pod_id(&self) -> String {
+        let out = run(podman(self.conf).args(["pod", "inspect", "--format", "{{.Id}}", &self.name]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("pod.yaml")
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let pod_id = self.pod_id();
+        let _ = podman(self.conf)
+            .args(["pod", "rm", "-f", "-t", "0", &self.name])
+            .output();
+        // podman leaves the pod's empty cgroup directories behind; remove ours, deepest first.
+        let parent = crate::cgroup::cgroup2_root().join("libpod_parent").join(&pod_id);
+        if let Ok(entries) = fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&parent);
+    }
+}
+
+fn manifest(name: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -> String {
+    let mut y = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {name}\n");
+    if !annotations.is_empty() {
+        y.push_str("  annotations:\n");
+        for (k, v) in annotations {
+            y.push_str(&format!("    {k}: \"{v}\"\n"));
+        }
+    }
+    y.push_str("spec:\n  containers:\n");
+    for c in containers {
+        let cmd: Vec<String> = c.command.iter().map(|a| format!("{a:?}")).collect();
+        y.push_str(&format!(
+            "  - name: {}\n    image: {}\n    imagePullPolicy: Never\n    command: [{}]\n",
+            c.name,
+            image(),
+            cmd.join(", ")
+        ));
+    }
+    y
+}

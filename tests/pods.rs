@@ -1,0 +1,75 @@
+//! Workload identity on real podman pods.
+
+use std::time::Duration;
+
+use harness::{
+    Daemon,
+    pod::{Pod, Spec},
+};
+use sidewall_proto::v1::{GetEventsRequest, get_events_response::Event};
+
+/// Both containers of a pod: every exec names the pod, the container and its role.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_of_both_containers_carry_pod_and_container_names() {
+    let d = Daemon::start().await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let sleep = ["/bin/sleep", "3600"];
+    let pod = Pod::play(
+        "ident",
+        &[
+            Spec {
+                name: "app",
+                command: &sleep,
+            },
+            Spec {
+                name: "proxy",
+                command: &sleep,
+            },
+        ],
+        &[("sidewall.io/sidecars", "proxy")],
+    );
+    let ids = [pod.container_id("app"), pod.container_id("proxy")];
+    for (container, role) in [("app", "app"), ("proxy", "sidecar")] {
+        // The container's own first process, and a later exec into it.
+        let out = pod.exec(container, &["/bin/echo", "hello-from", container]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ev = events
+            .find(
+                &format!("exec of echo in {container}"),
+                Duration::from_secs(30),
+                |e| match &e.event {
+                    Some(Event::ProcessExec(x)) => x
+                        .process
+                        .as_ref()
+                        .is_some_and(|p| p.arguments == ["hello-from", container]),
+                    _ => false,
+                },
+            )
+            .await;
+        let Some(Event::ProcessExec(x)) = ev.event else {
+            unreachable!()
+        };
+        let p = x.process.expect("process");
+        let c = p.container.expect("container identity");
+        let pd = p.pod.expect("pod identity");
+        assert_eq!(c.name, container);
+        assert_eq!(c.role, role);
+        assert_eq!(c.runtime, "podman");
+        assert!(ids.contains(&c.id), "{} is one of the pod's containers", c.id);
+        assert_eq!(c.image, harness::pod::image());
+        assert_eq!(pd.name, pod.name);
+        assert_eq!(pd.namespace, "default");
+        assert_eq!(pd.uid, pod.pod_id());
+    }
+    // The containers' first processes (sleep) were seen too, with the same identity.
+    let sleep_seen = events.seen.iter().any(|e| match &e.event {
+        Some(Event::ProcessExec(x)) => x.process.as_ref().is_some_and(|p| {
+            p.binary == "/bin/sleep" && p.container.as_ref().is_some_and(|c| c.name == "app")
+        }),
+        _ => false,
+    });
+    assert!(
+        sleep_seen,
+        "the app container's first process is attributed from its first instruction"
+    );
+}
