@@ -20,10 +20,12 @@ async fn events_of_both_containers_carry_pod_and_container_names() {
             Spec {
                 name: "app",
                 command: &sleep,
+                ..Default::default()
             },
             Spec {
                 name: "proxy",
                 command: &sleep,
+                ..Default::default()
             },
         ],
         &[("sidewall.io/sidecars", "proxy")],

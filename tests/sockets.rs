@@ -30,10 +30,12 @@ fn app_and_sidecar(app: &[&str]) -> Pod {
             Spec {
                 name: "app",
                 command: app,
+                ..Default::default()
             },
             Spec {
                 name: "proxy",
                 command: &["/bin/sleep", "3600"],
+                ..Default::default()
             },
         ],
         &[("sidewall.io/sidecars", "proxy")],

@@ -56,6 +56,30 @@ pub fn compact(ev: &GetEventsResponse) -> String {
             d.push(format!("count={}", g.count));
             process_line("send", g.process.as_ref(), &with_pid(d, g.process.as_ref()))
         }
+        Some(Event::ProcessNamespace(n)) => {
+            let mut d = vec![n.operation.clone(), format!("changed={}", n.changed.join(","))];
+            if n.target_host {
+                d.push("target=host".into());
+            } else if let Some(t) = n.target.as_ref() {
+                d.push(format!("target={}", workload(t)));
+            }
+            d.push(format!("result={}", n.result));
+            process_line("ns", n.process.as_ref(), &with_pid(d, n.process.as_ref()))
+        }
+        Some(Event::ProcessAccess(a)) => {
+            let mut d = vec![a.access.clone()];
+            if !a.path.is_empty() {
+                d.push(quote(&a.path));
+            }
+            if let Some(t) = a.target.as_ref() {
+                d.push(format!("target={}", workload(t)));
+                d.push(format!("target_pid={}", t.pid));
+            }
+            if a.cross_container {
+                d.push("cross_container".into());
+            }
+            process_line("access", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
+        }
         Some(Event::LostEvents(lost)) => columns("lost", &lost_details(lost)),
         // New oneof variants land here until they get a format of their own.
         #[allow(unreachable_patterns)]

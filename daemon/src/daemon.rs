@@ -68,7 +68,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         export_file,
         identity_source,
     });
-    let pipeline = Pipeline::new(cache, Identity::new(sources), hub.clone(), stats, clock, node);
+    let mut pipeline = Pipeline::new(cache, Identity::new(sources), hub.clone(), stats, clock, node);
+    pipeline.learn_namespaces();
     let flows = pipeline.net.flows.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);

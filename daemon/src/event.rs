@@ -13,6 +13,8 @@ pub fn kind(ev: &pb::GetEventsResponse) -> EventType {
         Some(Event::ProcessBind(_)) => EventType::ProcessBind,
         Some(Event::ProcessClose(_)) => EventType::ProcessClose,
         Some(Event::ProcessDatagram(_)) => EventType::ProcessDatagram,
+        Some(Event::ProcessNamespace(_)) => EventType::ProcessNamespace,
+        Some(Event::ProcessAccess(_)) => EventType::ProcessAccess,
         Some(Event::LostEvents(_)) => EventType::LostEvents,
         None => EventType::Unspecified,
     }
@@ -28,6 +30,8 @@ pub fn subject(ev: &pb::GetEventsResponse) -> Option<&pb::Process> {
         Some(Event::ProcessBind(e)) => e.process.as_ref(),
         Some(Event::ProcessClose(e)) => e.process.as_ref(),
         Some(Event::ProcessDatagram(e)) => e.process.as_ref(),
+        Some(Event::ProcessNamespace(e)) => e.process.as_ref(),
+        Some(Event::ProcessAccess(e)) => e.process.as_ref(),
         Some(Event::LostEvents(_)) | None => None,
     }
 }

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidewall_common::kind;
+use sidewall_common::{Header, flags, kind, ns_op};
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
 use tokio::sync::watch;
 
@@ -14,12 +14,13 @@ use crate::{
     event::{self, Shared},
     export::hub::Hub,
     identity::Identity,
+    isolation::{self, IsoEvent, Isolation},
     kernel::{
         decode::{self, Record},
         ringbuf::{KernelDrops, RingReader},
     },
     net::{Net, NetEvent},
-    process::{Clock, ProcEntry, ProcessCache},
+    process::{Clock, ProcEntry, ProcessCache, cache::namespaces, procfs},
     stats::{Stage, Stats},
 };
 
@@ -27,6 +28,7 @@ pub struct Pipeline {
     pub cache: ProcessCache,
     pub identity: Identity,
     pub net: Net,
+    pub iso: Isolation,
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
     pub clock: Clock,
@@ -47,12 +49,51 @@ impl Pipeline {
             cache,
             identity,
             net: Net::new(clock),
+            iso: Isolation::default(),
             hub,
             stats,
             clock,
             node_name,
             kernel_drops_reported: [0; kind::MAX as usize],
         }
+    }
+
+    /// The host's namespaces, for naming transitions into them (pid 1's, or this daemon's when
+    /// pid 1's cannot be read), and the namespaces of containers already running.
+    pub fn learn_namespaces(&mut self) {
+        let host = [1, std::process::id()].into_iter().find_map(|pid| {
+            let e = self.cache.get(pid)?;
+            let ns = e.process.namespaces.as_ref().filter(|n| n.mnt != 0)?;
+            Some((e.clone(), to_abi(ns)))
+        });
+        if let Some((entry, ns)) = host {
+            self.iso.set_host(entry, ns);
+        }
+        // Containers older than the daemon: their oldest process sets their baseline.
+        for entry in self.cache.by_start() {
+            if let Some(ns) = entry.process.namespaces.as_ref().filter(|n| n.mnt != 0) {
+                let in_container = self.in_container(&entry);
+                self.iso.observe(&entry, &to_abi(ns), in_container);
+            }
+        }
+    }
+
+    /// The process that `vpid` names in the pid namespace `pidns` (syscall arguments and /proc
+    /// paths use the caller's pid namespace; the cache is keyed by host pids).
+    fn process_in_pidns(&self, pidns: u32, vpid: u32) -> Option<Arc<ProcEntry>> {
+        if pidns == 0 || self.iso.host_pidns() == Some(pidns) {
+            return self.cache.get(vpid).cloned();
+        }
+        self.cache
+            .by_start()
+            .into_iter()
+            .filter(|e| e.process.namespaces.as_ref().is_some_and(|n| n.pid == pidns))
+            .find(|e| procfs::innermost_pid(e.process.pid) == Some(vpid))
+    }
+
+    fn in_container(&mut self, entry: &ProcEntry) -> bool {
+        let w = self.identity.resolve(entry.process.cgroup_id);
+        w.container.as_ref().is_some_and(|c| !c.id.is_empty())
     }
 
     /// Handles one raw record from the ring buffer.
@@ -86,6 +127,7 @@ impl Pipeline {
         let ev = match rec {
             Record::Exec(e) => {
                 let entry = self.cache.on_exec(&e);
+                self.check_drift(&entry, &e.hdr);
                 Event::ProcessExec(pb::ProcessExec {
                     process: Some(self.process(&entry)),
                     parent: entry.parent.as_ref().map(|p| self.process(p)),
@@ -94,6 +136,7 @@ impl Pipeline {
             }
             Record::Exit(x) => {
                 let entry = self.cache.on_exit(&x.hdr, Instant::now());
+                self.iso.forget(x.hdr.pid);
                 let (status, signal, core_dumped) = wait_status(x.exit_code);
                 Event::ProcessExit(pb::ProcessExit {
                     process: Some(self.process(&entry)),
@@ -103,10 +146,28 @@ impl Pipeline {
                     core_dumped,
                 })
             }
-            Record::Fork(h) => {
-                // Forks feed the process tree; they are not an event kind of their own.
-                self.cache.on_fork(&h);
-                return None;
+            Record::Fork { hdr, parent_ns } => {
+                // Forks feed the process tree; only a clone into new namespaces is an event.
+                let child = self.cache.on_fork(&hdr);
+                let ie = self.iso.fork(&child, &parent_ns, &hdr.ns)?;
+                self.iso_event(ie)
+            }
+            Record::Namespace(e) => {
+                let entry = self.cache.lookup(&e.hdr);
+                let op = if e.op == ns_op::SETNS { "setns" } else { "unshare" };
+                let ie = self.iso.transition(&entry, op, e.before, e.hdr.ns, e.ret);
+                self.iso_event(ie)
+            }
+            Record::Access {
+                hdr,
+                op,
+                target_pid,
+                path,
+            } => {
+                let owner = self.cache.lookup(&hdr);
+                let target = self.process_in_pidns(hdr.ns.pid, target_pid);
+                let ie = self.iso.access(owner, op, target, path);
+                self.iso_event(ie)
             }
             Record::CgroupMkdir { id, path, .. } => {
                 self.identity.learn(id, &path);
@@ -114,9 +175,14 @@ impl Pipeline {
             }
             Record::CgroupRmdir { id, .. } => {
                 self.identity.forget(id);
+                self.iso.forget_cgroup(id);
                 return None;
             }
             Record::Sock(e) => {
+                if e.hdr.flags & flags::NS_UNKNOWN == 0 {
+                    let entry = self.cache.lookup(&e.hdr);
+                    self.check_drift(&entry, &e.hdr);
+                }
                 let ne = self.net.handle(&e, &mut self.cache, &mut self.identity)?;
                 self.net_event(ne)
             }
@@ -191,6 +257,61 @@ impl Pipeline {
         }
     }
 
+    /// Learns the container's namespaces from its first process, and reports a process found
+    /// in other namespaces (published at once, beside the event that revealed it).
+    fn check_drift(&mut self, entry: &Arc<ProcEntry>, hdr: &Header) {
+        if hdr.flags & flags::NS_UNKNOWN != 0 {
+            return;
+        }
+        let in_container = self.in_container(entry);
+        self.iso.observe(entry, &hdr.ns, in_container);
+        if let Some(ie) = self.iso.drift(entry, &hdr.ns, in_container) {
+            let ev = self.iso_event(ie);
+            self.publish(ev, hdr.ktime);
+        }
+    }
+
+    fn iso_event(&mut self, ie: IsoEvent) -> Event {
+        match ie {
+            IsoEvent::Namespace {
+                owner,
+                operation,
+                before,
+                after,
+                result,
+                target,
+                target_host,
+            } => Event::ProcessNamespace(pb::ProcessNamespace {
+                process: Some(self.process(&owner)),
+                parent: self.parent(&owner),
+                operation: operation.into(),
+                changed: isolation::changed(&before, &after)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                before: Some(namespaces(&before)),
+                after: Some(namespaces(&after)),
+                result,
+                target: target.map(|t| self.process(&t)),
+                target_host,
+            }),
+            IsoEvent::Access {
+                owner,
+                access,
+                target,
+                path,
+                cross,
+            } => Event::ProcessAccess(pb::ProcessAccess {
+                process: Some(self.process(&owner)),
+                parent: self.parent(&owner),
+                access: access.into(),
+                target: target.map(|t| self.process(&t)),
+                path,
+                cross_container: cross,
+            }),
+        }
+    }
+
     fn parent(&mut self, entry: &Arc<ProcEntry>) -> Option<pb::Process> {
         entry.parent.as_ref().map(|p| self.process(p))
     }
@@ -252,11 +373,28 @@ fn record_kind_name(k: u32) -> &'static str {
         kind::EXEC => "process_exec",
         kind::EXIT => "process_exit",
         kind::FORK => "process_fork",
+        kind::NAMESPACE => "process_namespace",
+        kind::ACCESS => "process_access",
         kind::CGROUP_MKDIR => "cgroup_mkdir",
         kind::CGROUP_RMDIR => "cgroup_rmdir",
         kind::SOCK => "socket",
         kind::UNIX_CONNECT => "unix_connect",
         _ => "other",
+    }
+}
+
+fn to_abi(n: &pb::Namespaces) -> sidewall_common::Namespaces {
+    sidewall_common::Namespaces {
+        uts: n.uts,
+        ipc: n.ipc,
+        mnt: n.mnt,
+        pid: n.pid,
+        pid_for_children: n.pid_for_children,
+        net: n.net,
+        time: n.time,
+        time_for_children: n.time_for_children,
+        cgroup: n.cgroup,
+        user: n.user,
     }
 }
 

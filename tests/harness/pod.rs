@@ -126,9 +126,20 @@ fn ensure_image(conf: &Path, dir: &Path) -> String {
 }
 
 /// A container of a pod manifest.
+#[derive(Clone, Copy, Default)]
 pub struct Spec<'a> {
     pub name: &'a str,
     pub command: &'a [&'a str],
+    /// `securityContext.privileged`: the attacker's power in breakout scenarios.
+    pub privileged: bool,
+}
+
+/// Pod-level settings of a manifest.
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    pub annotations: &'a [(&'a str, &'a str)],
+    /// `shareProcessNamespace`: the containers see each other's processes.
+    pub share_process_namespace: bool,
 }
 
 pub struct Pod {
@@ -140,6 +151,17 @@ pub struct Pod {
 impl Pod {
     /// Plays a pod named `<prefix>-<pid>-<n>` with `containers`, and `annotations` on the pod.
     pub fn play(prefix: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -> Self {
+        Self::play_with(
+            prefix,
+            containers,
+            &Options {
+                annotations,
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn play_with(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
         let conf = containers_conf();
         let name = format!(
             "{prefix}-{}-{}",
@@ -148,7 +170,7 @@ impl Pod {
         );
         let dir = tempfile::tempdir().expect("tmp");
         let yaml = dir.path().join("pod.yaml");
-        fs::write(&yaml, manifest(&name, containers, annotations)).expect("write manifest");
+        fs::write(&yaml, manifest(&name, containers, opts)).expect("write manifest");
         let pod = Self { name, conf, dir };
         run(podman(conf)
             .args(["kube", "play", "--network", "none"])
@@ -171,6 +193,35 @@ impl Pod {
         let mut c = podman(self.conf);
         c.arg("exec").arg(self.container(container)).args(args);
         c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"))
+    }
+
+    /// The host pid of a container's first process.
+    pub fn host_pid(&self, container: &str) -> u32 {
+        let out = run(podman(self.conf).args([
+            "inspect",
+            "--format",
+            "{{.State.Pid}}",
+            &self.container(container),
+        ]));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    /// The same process's pid inside the pod's pid namespace (NSpid's last field).
+    pub fn pod_pid(&self, container: &str) -> u32 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.host_pid(container))).expect("status");
+        let nspid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .expect("NSpid");
+        nspid
+            .split_whitespace()
+            .last()
+            .and_then(|p| p.parse().ok())
+            .expect("a pid")
     }
 
     pub fn pod_id(&self) -> String {
@@ -200,7 +251,8 @@ impl Drop for Pod {
     }
 }
 
-fn manifest(name: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -> String {
+fn manifest(name: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> String {
+    let annotations = opts.annotations;
     let mut y = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {name}\n");
     if !annotations.is_empty() {
         y.push_str("  annotations:\n");
@@ -208,7 +260,11 @@ fn manifest(name: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -
             y.push_str(&format!("    {k}: \"{v}\"\n"));
         }
     }
-    y.push_str("spec:\n  containers:\n");
+    y.push_str("spec:\n");
+    if opts.share_process_namespace {
+        y.push_str("  shareProcessNamespace: true\n");
+    }
+    y.push_str("  containers:\n");
     for c in containers {
         let cmd: Vec<String> = c.command.iter().map(|a| format!("{a:?}")).collect();
         y.push_str(&format!(
@@ -217,6 +273,9 @@ fn manifest(name: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -
             image(),
             cmd.join(", ")
         ));
+        if c.privileged {
+            y.push_str("    securityContext:\n      privileged: true\n");
+        }
     }
     y
 }

@@ -11,6 +11,11 @@
  *   swtool serve-udp ADDR PORT           receive datagrams forever
  *   swtool send-udp ADDR PORT DATA       sendto, unconnected
  *   swtool connect-unix PATH|@NAME       connect a unix stream socket
+ *   swtool setns-pidfd PID TYPES CMD...  join PID's namespaces through a pidfd (TYPES: any of
+ *                                        "net,mnt,uts,ipc,pid,cgroup,user"), then exec CMD
+ *   swtool clone-userns                  clone3 a child into a new user namespace
+ *   swtool ptrace-attach PID             PTRACE_ATTACH, then detach
+ *   swtool vm-read PID ADDR              process_vm_readv 8 bytes at ADDR (hex) of PID
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -21,7 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int fail(const char *what) {
@@ -158,6 +170,53 @@ static int connect_unix(const char *path) {
     return 0;
 }
 
+static int ns_flags(const char *types) {
+    static const struct { const char *name; int flag; } all[] = {
+        {"net", CLONE_NEWNET}, {"mnt", CLONE_NEWNS}, {"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC},
+        {"pid", CLONE_NEWPID}, {"cgroup", CLONE_NEWCGROUP}, {"user", CLONE_NEWUSER},
+    };
+    int flags = 0;
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        if (strstr(types, all[i].name)) flags |= all[i].flag;
+    return flags;
+}
+
+static int setns_pidfd(const char *pid, const char *types, char **cmd) {
+    int fd = syscall(SYS_pidfd_open, atoi(pid), 0);
+    if (fd < 0) return fail("pidfd_open");
+    if (setns(fd, ns_flags(types)) < 0) return fail("setns");
+    if (!cmd[0]) { printf("ok joined\n"); return 0; }
+    execv(cmd[0], cmd);
+    return fail("execv");
+}
+
+static int clone_userns(void) {
+    struct clone_args args = {.flags = CLONE_NEWUSER, .exit_signal = SIGCHLD};
+    long pid = syscall(SYS_clone3, &args, sizeof(args));
+    if (pid < 0) return fail("clone3");
+    if (pid == 0) _exit(0);
+    waitpid(pid, NULL, 0);
+    printf("ok child %ld\n", pid);
+    return 0;
+}
+
+static int ptrace_attach(const char *pid) {
+    pid_t p = atoi(pid);
+    if (ptrace(PTRACE_ATTACH, p, 0, 0) < 0) return fail("ptrace");
+    waitpid(p, NULL, __WALL);
+    ptrace(PTRACE_DETACH, p, 0, 0);
+    printf("ok attached\n");
+    return 0;
+}
+
+static int vm_read(const char *pid, const char *addr) {
+    char buf[8];
+    struct iovec local = {buf, sizeof(buf)}, remote = {(void *)strtoul(addr, NULL, 16), sizeof(buf)};
+    if (process_vm_readv(atoi(pid), &local, 1, &remote, 1, 0) < 0) return fail("process_vm_readv");
+    printf("ok read\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
     const char *a = argc > 2 ? argv[2] : "", *b = argc > 3 ? argv[3] : "", *c = argc > 4 ? argv[4] : NULL;
@@ -168,6 +227,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "serve-udp")) return serve_udp(a, b);
     if (!strcmp(cmd, "send-udp")) return send_udp(a, b, c ? c : "x");
     if (!strcmp(cmd, "connect-unix")) return connect_unix(a);
-    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix ...\n");
+    if (!strcmp(cmd, "setns-pidfd")) return setns_pidfd(a, b, argv + 4);
+    if (!strcmp(cmd, "clone-userns")) return clone_userns();
+    if (!strcmp(cmd, "ptrace-attach")) return ptrace_attach(a);
+    if (!strcmp(cmd, "vm-read")) return vm_read(a, b);
+    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix|"
+                    "setns-pidfd|clone-userns|ptrace-attach|vm-read ...\n");
     return 2;
 }

@@ -28,6 +28,10 @@ pub mod kind {
     /// A socket action (`SockEvent`, see `sock_op`).
     pub const SOCK: u32 = 6;
     pub const UNIX_CONNECT: u32 = 7;
+    /// setns / unshare, at the syscall (strict set).
+    pub const NAMESPACE: u32 = 8;
+    /// ptrace attach, process_vm_readv/writev, /proc/<pid>/... opens (strict set).
+    pub const ACCESS: u32 = 9;
     /// Number of slots in the per-kind drop counter map.
     pub const MAX: u32 = 16;
 }
@@ -115,6 +119,51 @@ pub struct ExitEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForkEvent {
     pub hdr: Header,
+    /// The parent's namespaces: clone(CLONE_NEW*) shows as a difference with the child's.
+    pub parent_ns: Namespaces,
+}
+
+/// Namespace syscalls of a `NamespaceEvent`.
+pub mod ns_op {
+    pub const SETNS: u32 = 1;
+    pub const UNSHARE: u32 = 2;
+}
+
+/// A setns or unshare, seen at syscall exit. The header's namespaces are the ones after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NamespaceEvent {
+    pub hdr: Header,
+    pub before: Namespaces,
+    pub op: u32,
+    /// setns's nstype, or unshare's flags.
+    pub flags: u32,
+    /// The syscall's return value: 0, or -errno.
+    pub ret: i64,
+}
+
+/// What an `AccessEvent` reports.
+pub mod access_op {
+    pub const PTRACE_ATTACH: u32 = 1;
+    pub const PTRACE_SEIZE: u32 = 2;
+    pub const VM_READV: u32 = 3;
+    pub const VM_WRITEV: u32 = 4;
+    pub const PROC_OPEN: u32 = 5;
+}
+
+/// Bytes of a /proc path kept in an `AccessEvent`.
+pub const ACCESS_PATH_MAX: usize = 64;
+
+/// One process reaching into another: ptrace, process_vm_*, or a /proc/<pid>/ file.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AccessEvent {
+    pub hdr: Header,
+    pub op: u32,
+    pub target_pid: u32,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; ACCESS_PATH_MAX],
 }
 
 /// Bytes of a cgroup path (relative to the cgroup2 mount) in a cgroup record.
@@ -270,6 +319,15 @@ pub struct Offsets {
     /// tracepoint record, from its format file.
     pub tp_connect_addr: u32,
     pub tp_connect_addrlen: u32,
+    /// Syscall tracepoint argument offsets (strict set), from their format files.
+    pub tp_setns_flags: u32,
+    pub tp_unshare_flags: u32,
+    pub tp_exit_ret: u32,
+    pub tp_ptrace_request: u32,
+    pub tp_ptrace_pid: u32,
+    pub tp_vm_pid: u32,
+    pub tp_openat_filename: u32,
+    pub tp_open_filename: u32,
 }
 
 #[cfg(feature = "user")]
@@ -292,7 +350,9 @@ mod tests {
         assert_eq!(size_of::<Namespaces>(), 40);
         assert_eq!(size_of::<Header>(), 88);
         assert_eq!(size_of::<ExitEvent>(), 96);
-        assert_eq!(size_of::<ForkEvent>(), 88);
+        assert_eq!(size_of::<ForkEvent>(), 128);
+        assert_eq!(size_of::<NamespaceEvent>(), 88 + 40 + 16);
+        assert_eq!(size_of::<AccessEvent>(), 88 + 16 + ACCESS_PATH_MAX);
         assert_eq!(size_of::<CgroupEvent>(), 88 + 16 + CGROUP_PATH_MAX);
         assert_eq!(size_of::<SockEvent>(), 88 + 8 + 16 + 32 + 8 + 16 + 8);
         assert_eq!(size_of::<UnixConnectEvent>(), 88 + 8 + UNIX_PATH_MAX + 4);

@@ -4,8 +4,9 @@
 use std::{mem::size_of, ptr};
 
 use sidewall_common::{
-    ARGS_MAX, CGROUP_PATH_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, CgroupEvent, ExecEvent, ExitEvent,
-    FILENAME_MAX, ForkEvent, Header, SockEvent, UNIX_PATH_MAX, UnixConnectEvent, flags, kind,
+    ACCESS_PATH_MAX, ARGS_MAX, AccessEvent, CGROUP_PATH_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, CgroupEvent,
+    ExecEvent, ExitEvent, FILENAME_MAX, ForkEvent, Header, NamespaceEvent, Namespaces, SockEvent,
+    UNIX_PATH_MAX, UnixConnectEvent, flags, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,7 +40,20 @@ pub struct Exit {
 pub enum Record {
     Exec(Exec),
     Exit(Exit),
-    Fork(Header),
+    /// A new process; `parent_ns` are the namespaces of the process that forked it.
+    Fork {
+        hdr: Header,
+        parent_ns: Namespaces,
+    },
+    /// A setns or unshare at the syscall (strict set).
+    Namespace(NamespaceEvent),
+    /// One process reaching into another (strict set).
+    Access {
+        hdr: Header,
+        op: u32,
+        target_pid: u32,
+        path: String,
+    },
     /// A cgroup v2 directory was created: its id and path relative to the mount.
     CgroupMkdir {
         hdr: Header,
@@ -63,7 +77,9 @@ impl Record {
         match self {
             Record::Exec(e) => &e.hdr,
             Record::Exit(e) => &e.hdr,
-            Record::Fork(h) => h,
+            Record::Fork { hdr, .. } => hdr,
+            Record::Namespace(e) => &e.hdr,
+            Record::Access { hdr, .. } => hdr,
             Record::CgroupMkdir { hdr, .. } | Record::CgroupRmdir { hdr, .. } => hdr,
             Record::Sock(e) => &e.hdr,
             Record::UnixConnect { hdr, .. } => hdr,
@@ -102,7 +118,24 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 exit_code: e.exit_code,
             }))
         }
-        kind::FORK => Ok(Record::Fork(read::<ForkEvent>(bytes, "fork record")?.hdr)),
+        kind::FORK => {
+            let e: ForkEvent = read(bytes, "fork record")?;
+            Ok(Record::Fork {
+                hdr: e.hdr,
+                parent_ns: e.parent_ns,
+            })
+        }
+        kind::NAMESPACE => Ok(Record::Namespace(read(bytes, "namespace record")?)),
+        kind::ACCESS => {
+            let e: AccessEvent = read(bytes, "access record")?;
+            let path = lossy(&e.path[..(e.path_len as usize).min(ACCESS_PATH_MAX)]);
+            Ok(Record::Access {
+                hdr: e.hdr,
+                op: e.op,
+                target_pid: e.target_pid,
+                path,
+            })
+        }
         kind::CGROUP_MKDIR => {
             let e: CgroupEvent = read(bytes, "cgroup record")?;
             let path = lossy(&e.path[..(e.path_len as usize).min(CGROUP_PATH_MAX)]);

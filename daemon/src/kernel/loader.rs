@@ -118,6 +118,31 @@ pub const SENSORS: &[SensorSpec] = &[
     ),
     spec("tcp_lifecycle", &["tcp_lifecycle"], "sockops", Attach::SockOps),
     SensorSpec {
+        name: "namespace_syscalls",
+        programs: &[
+            "sys_enter_setns",
+            "sys_exit_setns",
+            "sys_enter_unshare",
+            "sys_exit_unshare",
+        ],
+        hook: "tracepoint/syscalls/sys_{enter,exit}_{setns,unshare}",
+        attach: Attach::SyscallTracepoint,
+        strict: true,
+    },
+    SensorSpec {
+        name: "process_access",
+        programs: &[
+            "sys_enter_ptrace",
+            "sys_enter_process_vm_readv",
+            "sys_enter_process_vm_writev",
+            "sys_enter_openat",
+            "sys_enter_open",
+        ],
+        hook: "tracepoint/syscalls/sys_enter_{ptrace,process_vm_readv,process_vm_writev,openat,open}",
+        attach: Attach::SyscallTracepoint,
+        strict: true,
+    },
+    SensorSpec {
         name: "unix_connect",
         programs: &["sys_enter_connect"],
         hook: "tracepoint/syscalls/sys_enter_connect",
@@ -159,6 +184,7 @@ pub struct Loaded {
 pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     raise_memlock();
     let offsets: Offsets = offsets::resolve(opts.btf_path)?;
+    tracing::debug!(?offsets, "kernel offsets resolved");
     let btf = Btf::parse_file(opts.btf_path, aya::Endianness::default())
         .with_context(|| format!("parsing {}", opts.btf_path.display()))?;
     let mut ebpf = EbpfLoader::new()

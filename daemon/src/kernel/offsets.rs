@@ -36,22 +36,27 @@ pub fn resolve(path: &Path) -> Result<Offsets, OffsetError> {
         source,
     })?;
     let mut o = Resolver { btf: &btf }.offsets()?;
-    let (addr, len) = connect_tracepoint_args().unwrap_or((UNRESOLVED, UNRESOLVED));
-    (o.tp_connect_addr, o.tp_connect_addrlen) = (addr, len);
+    let tp = |event: &str, field: &str| syscall_tracepoint_field(event, field).unwrap_or(UNRESOLVED);
+    o.tp_connect_addr = tp("sys_enter_connect", "uservaddr");
+    o.tp_connect_addrlen = tp("sys_enter_connect", "addrlen");
+    o.tp_setns_flags = tp("sys_enter_setns", "flags");
+    o.tp_unshare_flags = tp("sys_enter_unshare", "unshare_flags");
+    o.tp_exit_ret = tp("sys_exit_setns", "ret");
+    o.tp_ptrace_request = tp("sys_enter_ptrace", "request");
+    o.tp_ptrace_pid = tp("sys_enter_ptrace", "pid");
+    o.tp_vm_pid = tp("sys_enter_process_vm_readv", "pid");
+    o.tp_openat_filename = tp("sys_enter_openat", "filename");
+    o.tp_open_filename = tp("sys_enter_open", "filename");
     Ok(o)
 }
 
-/// Offsets of `uservaddr` and `addrlen` in the sys_enter_connect record, from its format file.
-fn connect_tracepoint_args() -> Option<(u32, u32)> {
+/// Offset of `field` in a syscalls/<event> tracepoint record, from its format file. Used by
+/// the strict sensors only; their load fails cleanly when the file is missing.
+fn syscall_tracepoint_field(event: &str, field: &str) -> Option<u32> {
     let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|t| {
-            std::fs::read_to_string(format!("{t}/events/syscalls/sys_enter_connect/format")).ok()
-        })?;
-    Some((
-        format_field_offset(&format, "uservaddr")?,
-        format_field_offset(&format, "addrlen")?,
-    ))
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/syscalls/{event}/format")).ok())?;
+    format_field_offset(&format, field)
 }
 
 /// "\tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;" -> 32 for "addrlen".
@@ -125,9 +130,17 @@ impl Resolver<'_> {
             cgroup_root: f("cgroup", "root")?,
             cgroup_root_hierarchy_id: f("cgroup_root", "hierarchy_id")?,
             kernfs_node_id: f("kernfs_node", "id")?,
-            // Filled from the tracepoint format file by resolve().
+            // Filled from the tracepoint format files by resolve().
             tp_connect_addr: UNRESOLVED,
             tp_connect_addrlen: UNRESOLVED,
+            tp_setns_flags: UNRESOLVED,
+            tp_unshare_flags: UNRESOLVED,
+            tp_exit_ret: UNRESOLVED,
+            tp_ptrace_request: UNRESOLVED,
+            tp_ptrace_pid: UNRESOLVED,
+            tp_vm_pid: UNRESOLVED,
+            tp_openat_filename: UNRESOLVED,
+            tp_open_filename: UNRESOLVED,
         })
     }
 

@@ -97,6 +97,13 @@ impl ProcessCache {
         self.by_pid.is_empty()
     }
 
+    /// Every entry, oldest process first.
+    pub fn by_start(&self) -> Vec<Arc<ProcEntry>> {
+        let mut all: Vec<Arc<ProcEntry>> = self.by_pid.values().cloned().collect();
+        all.sort_by_key(|e| (e.start_ns, e.process.pid));
+        all
+    }
+
     pub fn get(&self, pid: u32) -> Option<&Arc<ProcEntry>> {
         self.by_pid.get(&pid)
     }

@@ -111,6 +111,18 @@ fn namespaces(ns_dir: &Path) -> Namespaces {
     }
 }
 
+/// A host pid's pid in its own (innermost) pid namespace: the last field of NSpid.
+pub fn innermost_pid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// "net:[4026531840]" -> 4026531840
 pub fn parse_ns_link(link: &str) -> Option<u32> {
     link.split_once(":[")?.1.strip_suffix(']')?.parse().ok()

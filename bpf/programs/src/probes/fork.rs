@@ -41,6 +41,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: helper without pointer arguments.
     ev.hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
     // clone(CLONE_NEW*) gives the child namespaces of its own.
+    ev.parent_ns = ev.hdr.ns;
     read_namespaces(child, &mut ev.hdr.ns);
     entry.submit(0);
     0

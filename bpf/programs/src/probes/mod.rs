@@ -1,8 +1,10 @@
 //! One file per kernel hook (or per family of hooks that share one record).
+mod access;
 mod cgroup;
 mod exec;
 mod exit;
 mod fork;
+mod namespace;
 mod sock_addr;
 mod sock_bind;
 mod sock_ops;

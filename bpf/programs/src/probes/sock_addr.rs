@@ -13,7 +13,7 @@ use aya_ebpf::{
 use sidewall_common::{SockEvent, kind, sock_op, verdict};
 
 use crate::{
-    kernel::fill_process_lite,
+    kernel::fill_current,
     maps::{EVENTS, count_drop},
 };
 
@@ -145,7 +145,9 @@ fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32) {
     };
     // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_process_lite(&mut ev.hdr, kind::SOCK);
+    // SAFETY: helper without pointer arguments.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    fill_current(&mut ev.hdr, kind::SOCK, task);
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &*ctx.sock_addr };
     let (addr, port) = destination(sa, family);

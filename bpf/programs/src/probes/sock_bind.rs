@@ -11,7 +11,7 @@ use aya_ebpf::{
 use sidewall_common::{SockEvent, kind, sock_op, verdict};
 
 use crate::{
-    kernel::fill_process_lite,
+    kernel::{fill_current, fill_process_lite},
     maps::{EVENTS, count_drop},
 };
 
@@ -71,7 +71,13 @@ fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source) {
     };
     // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_process_lite(&mut ev.hdr, kind::SOCK);
+    if source == Source::None {
+        fill_process_lite(&mut ev.hdr, kind::SOCK);
+    } else {
+        // SAFETY: helper without pointer arguments.
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+        fill_current(&mut ev.hdr, kind::SOCK, task);
+    }
     // SAFETY: the context pointer is valid for the program's run.
     let sk = unsafe { &*ctx.sock };
     ev.op = op;

@@ -1,0 +1,152 @@
+//! Cross-process access at the syscall (strict set): ptrace attach/seize, process_vm_readv and
+//! process_vm_writev, and opens of /proc/<pid>/{mem,environ,root,cwd,maps,ns,task}... of
+//! another process. Opens are filtered in the kernel: other paths never leave it.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_probe_read_user_str},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sidewall_common::{ACCESS_PATH_MAX, AccessEvent, access_op, kind};
+
+use crate::{
+    kernel::{fill_current, off},
+    maps::{EVENTS, count_drop},
+};
+
+const PTRACE_ATTACH: u64 = 16;
+const PTRACE_SEIZE: u64 = 0x4206;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
+pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
+    let (req_off, pid_off) = (off!(tp_ptrace_request), off!(tp_ptrace_pid));
+    // SAFETY: read_at goes through bpf_probe_read; offsets from the format file.
+    let request = unsafe { ctx.read_at::<u64>(req_off) }.unwrap_or(0);
+    let op = match request {
+        PTRACE_ATTACH => access_op::PTRACE_ATTACH,
+        PTRACE_SEIZE => access_op::PTRACE_SEIZE,
+        _ => return 0,
+    };
+    // SAFETY: as above.
+    let pid = unsafe { ctx.read_at::<u64>(pid_off) }.unwrap_or(0) as u32;
+    emit(op, pid, None);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_readv")]
+pub fn sys_enter_process_vm_readv(ctx: TracePointContext) -> u32 {
+    vm(&ctx, access_op::VM_READV)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
+pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
+    vm(&ctx, access_op::VM_WRITEV)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    proc_open(&ctx, off!(tp_openat_filename))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    proc_open(&ctx, off!(tp_open_filename))
+}
+
+#[inline(always)]
+fn vm(ctx: &TracePointContext, op: u32) -> u32 {
+    let pid_off = off!(tp_vm_pid);
+    // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
+    let pid = unsafe { ctx.read_at::<u64>(pid_off) }.unwrap_or(0) as u32;
+    emit(op, pid, None);
+    0
+}
+
+/// The pid in "/proc/<pid>/<sensitive>...", if `p` is such a path of another process.
+#[inline(always)]
+fn proc_target(p: &[u8; ACCESS_PATH_MAX]) -> Option<u32> {
+    if p[0] != b'/' || p[1] != b'p' || p[2] != b'r' || p[3] != b'o' || p[4] != b'c' || p[5] != b'/' {
+        return None;
+    }
+    let mut pid: u32 = 0;
+    let mut i = 6;
+    while i < 17 {
+        let c = p[i];
+        if c.is_ascii_digit() {
+            pid = pid.wrapping_mul(10).wrapping_add((c - b'0') as u32);
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if i == 6 || i >= 17 || p[i] != b'/' {
+        return None;
+    }
+    // mem, maps, environ, root, cwd, ns/, task/ (threads' copies of the same files).
+    let (a, b) = (p[i + 1], p[i + 2]);
+    let sensitive = matches!(
+        (a, b),
+        (b'm', b'e')
+            | (b'm', b'a')
+            | (b'e', b'n')
+            | (b'r', b'o')
+            | (b'c', b'w')
+            | (b'n', b's')
+            | (b't', b'a')
+    );
+    sensitive.then_some(pid)
+}
+
+#[inline(always)]
+fn proc_open(ctx: &TracePointContext, name_off: usize) -> u32 {
+    // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
+    let Ok(name) = (unsafe { ctx.read_at::<u64>(name_off) }) else {
+        return 0;
+    };
+    let mut path = [0u8; ACCESS_PATH_MAX];
+    // SAFETY: destination is a stack array of ACCESS_PATH_MAX bytes.
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            path.as_mut_ptr() as *mut _,
+            ACCESS_PATH_MAX as u32,
+            name as *const _,
+        )
+    };
+    if n <= 0 {
+        return 0;
+    }
+    let Some(pid) = proc_target(&path) else { return 0 };
+    emit(access_op::PROC_OPEN, pid, Some((&path, n as u32 - 1)));
+    0
+}
+
+#[inline(always)]
+fn emit(op: u32, target: u32, path: Option<(&[u8; ACCESS_PATH_MAX], u32)>) {
+    // A process reading its own /proc entries is not an access to another.
+    if target == 0 || target == (bpf_get_current_pid_tgid() >> 32) as u32 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<AccessEvent>(0) else {
+        count_drop(kind::ACCESS);
+        return;
+    };
+    // SAFETY: reservation of exactly size_of::<AccessEvent>() bytes.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: helper without pointer arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    fill_current(&mut ev.hdr, kind::ACCESS, task);
+    ev.op = op;
+    ev.target_pid = target;
+    ev._pad = 0;
+    match path {
+        Some((p, len)) => {
+            ev.path = *p;
+            ev.path_len = len;
+        }
+        None => {
+            ev.path = [0; ACCESS_PATH_MAX];
+            ev.path_len = 0;
+        }
+    }
+    entry.submit(0);
+}

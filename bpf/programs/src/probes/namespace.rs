@@ -1,0 +1,92 @@
+//! `syscalls/sys_{enter,exit}_{setns,unshare}` (strict set): namespace transitions at the
+//! syscall, with the namespaces before (kept per thread at entry) and after (read at exit).
+
+use aya_ebpf::{
+    helpers::bpf_get_current_task,
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op};
+
+use crate::{
+    kernel::{fill_current, off, read_namespaces},
+    maps::{EVENTS, count_drop},
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    before: Namespaces,
+    op: u32,
+    flags: u32,
+}
+
+/// Calls in flight, by thread id.
+#[map]
+static PENDING_NS: HashMap<u32, Pending> = HashMap::with_max_entries(8192, 0);
+
+#[tracepoint(category = "syscalls", name = "sys_enter_setns")]
+pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
+    enter(&ctx, ns_op::SETNS, off!(tp_setns_flags))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_unshare")]
+pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
+    enter(&ctx, ns_op::UNSHARE, off!(tp_unshare_flags))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_setns")]
+pub fn sys_exit_setns(ctx: TracePointContext) -> u32 {
+    exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_unshare")]
+pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
+    exit(&ctx)
+}
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, op: u32, flags_off: usize) -> u32 {
+    // SAFETY: read_at goes through bpf_probe_read; the offset is from the format file.
+    let flags = unsafe { ctx.read_at::<u64>(flags_off) }.unwrap_or(0) as u32;
+    // SAFETY: helper without pointer arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mut p = Pending {
+        before: Namespaces::default(),
+        op,
+        flags,
+    };
+    read_namespaces(task, &mut p.before);
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let _ = PENDING_NS.insert(&tid, &p, 0);
+    0
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext) -> u32 {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a copy out of our own map.
+    let Some(p) = (unsafe { PENDING_NS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_NS.remove(&tid);
+    let ret_off = off!(tp_exit_ret);
+    // SAFETY: as in enter().
+    let ret = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<NamespaceEvent>(0) else {
+        count_drop(kind::NAMESPACE);
+        return 0;
+    };
+    // SAFETY: reservation of exactly size_of::<NamespaceEvent>() bytes.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: helper without pointer arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    fill_current(&mut ev.hdr, kind::NAMESPACE, task);
+    ev.before = p.before;
+    ev.op = p.op;
+    ev.flags = p.flags;
+    ev.ret = ret;
+    entry.submit(0);
+    0
+}
