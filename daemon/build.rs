@@ -13,12 +13,7 @@ fn main() {
         std::fs::copy(&prebuilt, &dst).expect("copy SIDEWALL_BPF_OBJECT");
         return;
     }
-    for dir in [
-        "programs/src",
-        "programs/Cargo.toml",
-        "common/src",
-        "common/Cargo.toml",
-    ] {
+    for dir in ["programs/src", "programs/Cargo.toml", "common/src", "common/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", bpf.join(dir).display());
     }
     let target_dir = out.join("bpf-target");
@@ -30,29 +25,15 @@ fn main() {
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "build",
-        "--release",
-        "--target",
-        "bpfel-unknown-none",
-    ])
-    .args(["-Z", "build-std=core", "--bin", "sidewall"])
-    .arg("--manifest-path")
-    .arg(bpf.join("programs/Cargo.toml"))
-    .arg("--target-dir")
-    .arg(&target_dir)
-    .env("CARGO_ENCODED_RUSTFLAGS", flags);
+    cmd.args(["run", "nightly", "cargo", "build", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--bin", "sidewall"])
+        .arg("--manifest-path")
+        .arg(bpf.join("programs/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", flags);
     // The outer build's compiler settings must not leak into the nightly BPF build.
-    for key in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-    ] {
+    for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR"] {
         cmd.env_remove(key);
     }
     let status = cmd

@@ -11,17 +11,12 @@ use harness::{Daemon, TestCgroup, bin};
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_attached_sensors() {
     let d = Daemon::start().await;
-    let out = Command::new(bin("sidewall"))
-        .args(["--server", &d.server_arg(), "status"])
-        .output()
-        .expect("run");
+    let out =
+        Command::new(bin("sidewall")).args(["--server", &d.server_arg(), "status"]).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     for line in ["process_exec", "process_exit", "process_fork"] {
-        assert!(
-            text.lines().any(|l| l.contains(line) && l.contains("attached")),
-            "{line} attached:\n{text}"
-        );
+        assert!(text.lines().any(|l| l.contains(line) && l.contains("attached")), "{line} attached:\n{text}");
     }
 }
 
@@ -29,15 +24,7 @@ async fn status_shows_attached_sensors() {
 async fn getevents_compact_prints_one_line_per_event() {
     let d = Daemon::start().await;
     let mut cli = Command::new(bin("sidewall"))
-        .args([
-            "--server",
-            &d.server_arg(),
-            "getevents",
-            "-o",
-            "compact",
-            "--binary",
-            "/bin/echo",
-        ])
+        .args(["--server", &d.server_arg(), "getevents", "-o", "compact", "--binary", "/bin/echo"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn cli");
@@ -55,11 +42,7 @@ async fn getevents_compact_prints_one_line_per_event() {
     let mut lines = Vec::new();
     // The stream may not be registered yet when the first echo runs: repeat until seen.
     while start.elapsed() < Duration::from_secs(30) {
-        cg.command("/bin/echo")
-            .arg("from-cli-test")
-            .stdout(Stdio::null())
-            .status()
-            .expect("echo");
+        cg.command("/bin/echo").arg("from-cli-test").stdout(Stdio::null()).status().expect("echo");
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
             lines.push(line);
             break;
@@ -68,10 +51,7 @@ async fn getevents_compact_prints_one_line_per_event() {
     let _ = cli.kill();
     let _ = cli.wait();
     let line = lines.first().expect("a compact line");
-    assert!(
-        line.contains("exec") && line.contains("/bin/echo from-cli-test"),
-        "{line}"
-    );
+    assert!(line.contains("exec") && line.contains("/bin/echo from-cli-test"), "{line}");
     assert!(line.contains("host"), "not in a container: {line}");
     assert!(!line.contains('{'), "compact, not JSON: {line}");
 }
@@ -97,8 +77,5 @@ async fn bad_regex_exits_2_with_the_reason() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("invalid request") && err.contains("binary_regex"),
-        "{err}"
-    );
+    assert!(err.contains("invalid request") && err.contains("binary_regex"), "{err}");
 }

@@ -17,15 +17,11 @@ const STRICT: &str = "sensor_set = \"strict\"";
 fn ns_inode(pid: &str, kind: &str) -> u32 {
     let link = fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns link");
     let s = link.to_string_lossy();
-    s.split_once(":[")
-        .and_then(|(_, r)| r.strip_suffix(']'))
-        .and_then(|n| n.parse().ok())
-        .expect("inode")
+    s.split_once(":[").and_then(|(_, r)| r.strip_suffix(']')).and_then(|n| n.parse().ok()).expect("inode")
 }
 
 fn container_name(p: Option<&Process>) -> &str {
-    p.and_then(|p| p.container.as_ref())
-        .map_or("", |c| c.name.as_str())
+    p.and_then(|p| p.container.as_ref()).map_or("", |c| c.name.as_str())
 }
 
 async fn namespace_event(
@@ -33,16 +29,9 @@ async fn namespace_event(
     what: &str,
     pred: impl Fn(&ProcessNamespace) -> bool,
 ) -> ProcessNamespace {
-    let ev = events
-        .find(
-            what,
-            WAIT,
-            |e| matches!(&e.event, Some(Event::ProcessNamespace(n)) if pred(n)),
-        )
-        .await;
-    let Some(Event::ProcessNamespace(n)) = ev.event else {
-        unreachable!()
-    };
+    let ev =
+        events.find(what, WAIT, |e| matches!(&e.event, Some(Event::ProcessNamespace(n)) if pred(n))).await;
+    let Some(Event::ProcessNamespace(n)) = ev.event else { unreachable!() };
     n
 }
 
@@ -51,16 +40,8 @@ async fn access_event(
     what: &str,
     pred: impl Fn(&ProcessAccess) -> bool,
 ) -> ProcessAccess {
-    let ev = events
-        .find(
-            what,
-            WAIT,
-            |e| matches!(&e.event, Some(Event::ProcessAccess(a)) if pred(a)),
-        )
-        .await;
-    let Some(Event::ProcessAccess(a)) = ev.event else {
-        unreachable!()
-    };
+    let ev = events.find(what, WAIT, |e| matches!(&e.event, Some(Event::ProcessAccess(a)) if pred(a))).await;
+    let Some(Event::ProcessAccess(a)) = ev.event else { unreachable!() };
     a
 }
 
@@ -70,21 +51,10 @@ fn shared_pod() -> Pod {
     Pod::play_with(
         "iso",
         &[
-            Spec {
-                name: "app",
-                command: &sleep,
-                ..Default::default()
-            },
-            Spec {
-                name: "proxy",
-                command: &sleep,
-                privileged: true,
-            },
+            Spec { name: "app", command: &sleep, ..Default::default() },
+            Spec { name: "proxy", command: &sleep, privileged: true },
         ],
-        &Options {
-            annotations: &[("sidewall.io/sidecars", "proxy")],
-            share_process_namespace: true,
-        },
+        &Options { annotations: &[("sidewall.io/sidecars", "proxy")], share_process_namespace: true },
     )
 }
 
@@ -94,11 +64,7 @@ async fn unshare_at_the_syscall_with_before_and_after() {
     let mut events = d.events(GetEventsRequest::default()).await;
     let cg = TestCgroup::new("unshare");
     for (flag, kind) in [("-U", "user"), ("-n", "net")] {
-        let mut c = cg
-            .command("/usr/bin/unshare")
-            .args([flag, "/bin/true"])
-            .spawn()
-            .expect("spawn");
+        let mut c = cg.command("/usr/bin/unshare").args([flag, "/bin/true"]).spawn().expect("spawn");
         let pid = c.id();
         assert!(c.wait().expect("wait").success());
         let n = namespace_event(&mut events, &format!("unshare {flag}"), |n| {
@@ -108,11 +74,7 @@ async fn unshare_at_the_syscall_with_before_and_after() {
         assert_eq!(n.changed, [kind], "unshare {flag}");
         assert_eq!(n.result, "success");
         let (before, after) = (n.before.expect("before"), n.after.expect("after"));
-        let (b, a) = if kind == "user" {
-            (before.user, after.user)
-        } else {
-            (before.net, after.net)
-        };
+        let (b, a) = if kind == "user" { (before.user, after.user) } else { (before.net, after.net) };
         assert_eq!(b, ns_inode("self", kind), "before is where the test runs");
         assert_ne!(a, b, "after is a new namespace");
     }
@@ -125,11 +87,7 @@ async fn clone3_into_a_new_user_namespace() {
     let mut events = d.events(GetEventsRequest::default()).await;
     let pod = Pod::play(
         "clone",
-        &[Spec {
-            name: "app",
-            command: &["/bin/sleep", "3600"],
-            ..Default::default()
-        }],
+        &[Spec { name: "app", command: &["/bin/sleep", "3600"], ..Default::default() }],
         &[],
     );
     let out = pod.exec("app", &["/bin/swtool", "clone-userns"]);
@@ -173,18 +131,11 @@ async fn sidecar_joining_the_apps_namespaces_names_the_app() {
     .await;
     assert_eq!(n.before.as_ref().map(|b| b.mnt), Some(proxy_mnt));
     assert_eq!(n.after.as_ref().map(|a| a.mnt), Some(app_mnt));
-    assert_eq!(
-        container_name(n.target.as_ref()),
-        "app",
-        "the owner of the namespace entered"
-    );
+    assert_eq!(container_name(n.target.as_ref()), "app", "the owner of the namespace entered");
     assert!(!n.target_host);
 
     // setns through a pidfd.
-    let out = pod.exec(
-        "proxy",
-        &["/bin/swtool", "setns-pidfd", &app_pid, "mnt", "/bin/true"],
-    );
+    let out = pod.exec("proxy", &["/bin/swtool", "setns-pidfd", &app_pid, "mnt", "/bin/true"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let n = namespace_event(&mut events, "setns through a pidfd", |n| {
         n.operation == "setns"
@@ -203,10 +154,7 @@ async fn drift_is_reported_by_the_default_set() {
     let pod = shared_pod();
     let app_pid = pod.pod_pid("app").to_string();
     let app_mnt = ns_inode(&pod.host_pid("app").to_string(), "mnt");
-    let out = pod.exec(
-        "proxy",
-        &["/bin/nsenter", "-t", &app_pid, "-m", "/bin/echo", "drifted"],
-    );
+    let out = pod.exec("proxy", &["/bin/nsenter", "-t", &app_pid, "-m", "/bin/echo", "drifted"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let n = namespace_event(&mut events, "drift of the sidecar's process", |n| {
         n.operation == "drift" && container_name(n.process.as_ref()) == "proxy"
@@ -233,11 +181,7 @@ async fn sidecar_reading_and_tracing_the_app_is_cross_container_access() {
     })
     .await;
     assert_eq!(container_name(a.process.as_ref()), "proxy");
-    assert_eq!(
-        a.target.as_ref().map(|t| t.pid),
-        Some(app_host_pid),
-        "pod pid translated to the host's"
-    );
+    assert_eq!(a.target.as_ref().map(|t| t.pid), Some(app_host_pid), "pod pid translated to the host's");
     assert_eq!(container_name(a.target.as_ref()), "app");
     assert!(a.cross_container);
 
@@ -248,10 +192,7 @@ async fn sidecar_reading_and_tracing_the_app_is_cross_container_access() {
     assert!(a.cross_container);
 
     let _ = pod.exec("proxy", &["/bin/swtool", "vm-read", &app_pid, "0"]);
-    let a = access_event(&mut events, "process_vm_readv", |a| {
-        a.access == "process_vm_readv"
-    })
-    .await;
+    let a = access_event(&mut events, "process_vm_readv", |a| a.access == "process_vm_readv").await;
     assert_eq!(a.target.as_ref().map(|t| t.pid), Some(app_host_pid));
 
     // A process reading its own /proc entries is not an access to another.

@@ -51,9 +51,7 @@ const STEP: Duration = Duration::from_secs(8);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_follows_list_watch_errors_and_relist() {
-    timeout(Duration::from_secs(25), scenario())
-        .await
-        .expect("scenario finished in time");
+    timeout(Duration::from_secs(25), scenario()).await.expect("scenario finished in time");
 }
 
 async fn scenario() {
@@ -72,34 +70,16 @@ async fn scenario() {
     req.respond(200, "OK", &fixture("list-initial.json")).await;
     wait_for(&index, "initial list", |i| i.pod_count() == 3).await;
     monitor.require(&[WEB_UID, REPORT_UID, CURL_UID]);
-    assert_container(
-        &index,
-        WEB_ISTIO_INIT,
-        "web-6d4cf56db6-x7k2p",
-        "istio-init",
-        "init",
-    );
-    assert_container(
-        &index,
-        WEB_ISTIO_PROXY,
-        "web-6d4cf56db6-x7k2p",
-        "istio-proxy",
-        "sidecar",
-    );
+    assert_container(&index, WEB_ISTIO_INIT, "web-6d4cf56db6-x7k2p", "istio-init", "init");
+    assert_container(&index, WEB_ISTIO_PROXY, "web-6d4cf56db6-x7k2p", "istio-proxy", "sidecar");
     assert_container(&index, WEB_WEB, "web-6d4cf56db6-x7k2p", "web", "app");
     assert_container(&index, REPORT_REPORT, "report-29403600-q8z4m", "report", "app");
     let (pod, web) = index.container_by_id(WEB_WEB).expect("web container");
     assert_eq!((pod.namespace.as_str(), pod.uid.as_str()), ("shop", WEB_UID));
     assert_eq!(pod.labels.get("app").map(String::as_str), Some("web"));
-    assert_eq!(
-        pod.annotations.get("istio.io/rev").map(String::as_str),
-        Some("default")
-    );
+    assert_eq!(pod.annotations.get("istio.io/rev").map(String::as_str), Some("default"));
     assert_eq!(web.image, "registry.example.com/shop/web:2.3.1");
-    assert_eq!(
-        (web.runtime.as_str(), web.qos_class.as_str()),
-        ("containerd", "burstable")
-    );
+    assert_eq!((web.runtime.as_str(), web.qos_class.as_str()), ("containerd", "burstable"));
 
     // Watch from the list's resourceVersion: a pod is scheduled, then its containers start.
     let req = server.next().await;
@@ -108,49 +88,16 @@ async fn scenario() {
     stream.send("watch-api-added.json").await;
     wait_for(&index, "api pod added", |i| i.pod_by_uid(API_UID).is_some()).await;
     monitor.require(&[API_UID]);
-    assert!(
-        index.container_by_id(API_LINKERD_INIT).is_none(),
-        "no container has started yet"
-    );
+    assert!(index.container_by_id(API_LINKERD_INIT).is_none(), "no container has started yet");
     stream.send("watch-api-initializing.json").await;
-    wait_for(&index, "init container id", |i| {
-        i.container_by_id(API_LINKERD_INIT).is_some()
-    })
-    .await;
-    assert_container(
-        &index,
-        API_LINKERD_INIT,
-        "api-7b9c8d5f4-2mnpl",
-        "linkerd-init",
-        "init",
-    );
+    wait_for(&index, "init container id", |i| i.container_by_id(API_LINKERD_INIT).is_some()).await;
+    assert_container(&index, API_LINKERD_INIT, "api-7b9c8d5f4-2mnpl", "linkerd-init", "init");
     stream.send("watch-api-running.json").await;
-    wait_for(&index, "app container ids", |i| {
-        i.container_by_id(API_API).is_some()
-    })
-    .await;
-    assert_container(
-        &index,
-        API_LINKERD_PROXY,
-        "api-7b9c8d5f4-2mnpl",
-        "linkerd-proxy",
-        "sidecar",
-    );
+    wait_for(&index, "app container ids", |i| i.container_by_id(API_API).is_some()).await;
+    assert_container(&index, API_LINKERD_PROXY, "api-7b9c8d5f4-2mnpl", "linkerd-proxy", "sidecar");
     assert_container(&index, API_API, "api-7b9c8d5f4-2mnpl", "api", "app");
-    assert_container(
-        &index,
-        API_LOG_TAILER,
-        "api-7b9c8d5f4-2mnpl",
-        "log-tailer",
-        "sidecar",
-    );
-    assert_container(
-        &index,
-        API_LINKERD_INIT,
-        "api-7b9c8d5f4-2mnpl",
-        "linkerd-init",
-        "init",
-    );
+    assert_container(&index, API_LOG_TAILER, "api-7b9c8d5f4-2mnpl", "log-tailer", "sidecar");
+    assert_container(&index, API_LINKERD_INIT, "api-7b9c8d5f4-2mnpl", "linkerd-init", "init");
     stream.send("watch-bookmark.json").await;
 
     // The connection drops mid-stream: the client watches again from the bookmark.
@@ -168,8 +115,7 @@ async fn scenario() {
     let req = server.next().await;
     req.expect_list();
     drop(stream);
-    req.respond(500, "Internal Server Error", &fixture("status-500.json"))
-        .await;
+    req.respond(500, "Internal Server Error", &fixture("status-500.json")).await;
 
     // The retried list is held back: what the index knew stays, although the report pod is
     // gone on the API side by now.
@@ -197,8 +143,7 @@ async fn scenario() {
     let mut stream = req.start_watch().await;
     stream.send("watch-web-labelled.json").await;
     wait_for(&index, "web pod relabelled", |i| {
-        i.pod_by_uid(WEB_UID)
-            .is_some_and(|p| p.labels.contains_key("quarantine.example.com/state"))
+        i.pod_by_uid(WEB_UID).is_some_and(|p| p.labels.contains_key("quarantine.example.com/state"))
     })
     .await;
 
@@ -209,13 +154,8 @@ async fn scenario() {
 }
 
 fn assert_container(index: &KubeIndex, id: &str, pod: &str, name: &str, role: &str) {
-    let (p, c) = index
-        .container_by_id(id)
-        .unwrap_or_else(|| panic!("container {name} ({id}) known"));
-    assert_eq!(
-        (p.name.as_str(), c.name.as_str(), c.role.as_str()),
-        (pod, name, role)
-    );
+    let (p, c) = index.container_by_id(id).unwrap_or_else(|| panic!("container {name} ({id}) known"));
+    assert_eq!((p.name.as_str(), c.name.as_str(), c.role.as_str()), (pod, name, role));
     assert_eq!(c.id, id);
 }
 
@@ -228,9 +168,7 @@ async fn wait_for(index: &KubeIndex, what: &str, done: impl Fn(&KubeIndex) -> bo
 }
 
 fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/k8s")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/k8s").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -258,11 +196,7 @@ impl Monitor {
             }
             missing
         });
-        Self {
-            required,
-            stop,
-            thread,
-        }
+        Self { required, stop, thread }
     }
 
     /// From now on these pods must always be in the index.
@@ -279,10 +213,7 @@ impl Monitor {
     fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
         let missing = self.thread.join().expect("monitor thread");
-        assert!(
-            missing.is_empty(),
-            "known pods vanished from the index: {missing:?}"
-        );
+        assert!(missing.is_empty(), "known pods vanished from the index: {missing:?}");
     }
 }
 
@@ -325,9 +256,7 @@ impl ApiServer {
     }
 
     async fn next(&mut self) -> Request {
-        let req = timeout(STEP, self.requests.recv())
-            .await
-            .expect("a request in time");
+        let req = timeout(STEP, self.requests.recv()).await.expect("a request in time");
         req.expect("server running")
     }
 }
@@ -362,13 +291,7 @@ impl Request {
             .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
             .map(|(k, v)| (percent_decode(k), percent_decode(v)))
             .collect();
-        Some(Self {
-            method,
-            path: path.to_string(),
-            target: target.clone(),
-            query,
-            conn,
-        })
+        Some(Self { method, path: path.to_string(), target: target.clone(), query, conn })
     }
 
     fn param(&self, key: &str) -> Option<&str> {
@@ -377,19 +300,9 @@ impl Request {
 
     /// All pods (no namespace) of this node; what both lists and watches must ask for.
     fn expect_pods_of_node(&self) {
-        assert_eq!(
-            (self.method.as_str(), self.path.as_str()),
-            ("GET", "/api/v1/pods"),
-            "{}",
-            self.target
-        );
+        assert_eq!((self.method.as_str(), self.path.as_str()), ("GET", "/api/v1/pods"), "{}", self.target);
         let selector = format!("spec.nodeName={NODE}");
-        assert_eq!(
-            self.param("fieldSelector"),
-            Some(selector.as_str()),
-            "{}",
-            self.target
-        );
+        assert_eq!(self.param("fieldSelector"), Some(selector.as_str()), "{}", self.target);
         assert_eq!(self.param("labelSelector"), None, "{}", self.target);
     }
 
@@ -398,24 +311,14 @@ impl Request {
         assert_eq!(self.param("watch"), None, "a list: {}", self.target);
         // Served from the watch cache; kube only sends resourceVersion=0 without a limit.
         assert_eq!(self.param("resourceVersion"), Some("0"), "{}", self.target);
-        assert_eq!(
-            self.param("resourceVersionMatch"),
-            Some("NotOlderThan"),
-            "{}",
-            self.target
-        );
+        assert_eq!(self.param("resourceVersionMatch"), Some("NotOlderThan"), "{}", self.target);
         assert_eq!(self.param("limit"), None, "{}", self.target);
     }
 
     fn expect_watch(&self, resource_version: &str) {
         self.expect_pods_of_node();
         assert_eq!(self.param("watch"), Some("true"), "a watch: {}", self.target);
-        assert_eq!(
-            self.param("resourceVersion"),
-            Some(resource_version),
-            "{}",
-            self.target
-        );
+        assert_eq!(self.param("resourceVersion"), Some(resource_version), "{}", self.target);
         assert_eq!(self.param("allowWatchBookmarks"), Some("true"), "{}", self.target);
         assert_eq!(self.param("timeoutSeconds"), Some("290"), "{}", self.target);
         assert_eq!(self.param("sendInitialEvents"), None, "{}", self.target);
@@ -438,10 +341,7 @@ impl Request {
         let head = "HTTP/1.1 200 OK\r\nAudit-Id: 8c9d0e1f-3a4b-4c5d-8e7f-9a0b1c2d3e4f\r\n\
                     Cache-Control: no-cache, private\r\nContent-Type: application/json\r\n\
                     Transfer-Encoding: chunked\r\n\r\n";
-        self.conn
-            .write_all(head.as_bytes())
-            .await
-            .expect("write watch head");
+        self.conn.write_all(head.as_bytes()).await.expect("write watch head");
         WatchStream { conn: self.conn }
     }
 }
@@ -457,10 +357,7 @@ impl WatchStream {
         let event: serde_json::Value = serde_json::from_str(&fixture(fixture_name)).expect("fixture JSON");
         let line = format!("{event}\n");
         let chunk = format!("{:x}\r\n{line}\r\n", line.len());
-        self.conn
-            .write_all(chunk.as_bytes())
-            .await
-            .expect("write watch event");
+        self.conn.write_all(chunk.as_bytes()).await.expect("write watch event");
     }
 }
 

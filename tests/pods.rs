@@ -17,16 +17,8 @@ async fn events_of_both_containers_carry_pod_and_container_names() {
     let pod = Pod::play(
         "ident",
         &[
-            Spec {
-                name: "app",
-                command: &sleep,
-                ..Default::default()
-            },
-            Spec {
-                name: "proxy",
-                command: &sleep,
-                ..Default::default()
-            },
+            Spec { name: "app", command: &sleep, ..Default::default() },
+            Spec { name: "proxy", command: &sleep, ..Default::default() },
         ],
         &[("sidewall.io/sidecars", "proxy")],
     );
@@ -36,21 +28,14 @@ async fn events_of_both_containers_carry_pod_and_container_names() {
         let out = pod.exec(container, &["/bin/echo", "hello-from", container]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let ev = events
-            .find(
-                &format!("exec of echo in {container}"),
-                Duration::from_secs(30),
-                |e| match &e.event {
-                    Some(Event::ProcessExec(x)) => x
-                        .process
-                        .as_ref()
-                        .is_some_and(|p| p.arguments == ["hello-from", container]),
-                    _ => false,
-                },
-            )
+            .find(&format!("exec of echo in {container}"), Duration::from_secs(30), |e| match &e.event {
+                Some(Event::ProcessExec(x)) => {
+                    x.process.as_ref().is_some_and(|p| p.arguments == ["hello-from", container])
+                }
+                _ => false,
+            })
             .await;
-        let Some(Event::ProcessExec(x)) = ev.event else {
-            unreachable!()
-        };
+        let Some(Event::ProcessExec(x)) = ev.event else { unreachable!() };
         let p = x.process.expect("process");
         let c = p.container.expect("container identity");
         let pd = p.pod.expect("pod identity");
@@ -70,8 +55,5 @@ async fn events_of_both_containers_carry_pod_and_container_names() {
         }),
         _ => false,
     });
-    assert!(
-        sleep_seen,
-        "the app container's first process is attributed from its first instruction"
-    );
+    assert!(sleep_seen, "the app container's first process is attributed from its first instruction");
 }

@@ -14,8 +14,7 @@ use sidewall_proto::v1::{
 const WAIT: Duration = Duration::from_secs(30);
 
 fn container_name(p: Option<&Process>) -> &str {
-    p.and_then(|p| p.container.as_ref())
-        .map_or("", |c| c.name.as_str())
+    p.and_then(|p| p.container.as_ref()).map_or("", |c| c.name.as_str())
 }
 
 fn remote_port(s: Option<&Socket>) -> u32 {
@@ -27,16 +26,8 @@ fn app_and_sidecar(app: &[&str]) -> Pod {
     Pod::play(
         "sock",
         &[
-            Spec {
-                name: "app",
-                command: app,
-                ..Default::default()
-            },
-            Spec {
-                name: "proxy",
-                command: &["/bin/sleep", "3600"],
-                ..Default::default()
-            },
+            Spec { name: "app", command: app, ..Default::default() },
+            Spec { name: "proxy", command: &["/bin/sleep", "3600"], ..Default::default() },
         ],
         &[("sidewall.io/sidecars", "proxy")],
     )
@@ -44,17 +35,12 @@ fn app_and_sidecar(app: &[&str]) -> Pod {
 
 async fn bound(events: &mut EventStream, port: u32) -> GetEventsResponse {
     events
-        .find(&format!("bind of port {port} by the app"), WAIT, |e| {
-            match &e.event {
-                Some(Event::ProcessBind(b)) => {
-                    container_name(b.process.as_ref()) == "app"
-                        && b.socket
-                            .as_ref()
-                            .and_then(|s| s.local.as_ref())
-                            .is_some_and(|l| l.port == port)
-                }
-                _ => false,
+        .find(&format!("bind of port {port} by the app"), WAIT, |e| match &e.event {
+            Some(Event::ProcessBind(b)) => {
+                container_name(b.process.as_ref()) == "app"
+                    && b.socket.as_ref().and_then(|s| s.local.as_ref()).is_some_and(|l| l.port == port)
             }
+            _ => false,
         })
         .await
 }
@@ -62,11 +48,7 @@ async fn bound(events: &mut EventStream, port: u32) -> GetEventsResponse {
 fn exec_ok(pod: &Pod, container: &str, args: &[&str]) -> String {
     let out = pod.exec(container, args);
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success(),
-        "{args:?} in {container}: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} in {container}: {text} {}", String::from_utf8_lossy(&out.stderr));
     text
 }
 
@@ -77,29 +59,16 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
     let pod = app_and_sidecar(&["/bin/swtool", "serve-tcp", "127.0.0.1", "8080"]);
 
     let bind = bound(&mut events, 8080).await;
-    let Some(Event::ProcessBind(b)) = &bind.event else {
-        unreachable!()
-    };
-    let local = b
-        .socket
-        .as_ref()
-        .and_then(|s| s.local.as_ref())
-        .expect("local address");
+    let Some(Event::ProcessBind(b)) = &bind.event else { unreachable!() };
+    let local = b.socket.as_ref().and_then(|s| s.local.as_ref()).expect("local address");
     assert_eq!((local.ip.as_str(), b.wildcard), ("127.0.0.1", false));
     assert_eq!(
-        b.process
-            .as_ref()
-            .and_then(|p| p.pod.as_ref())
-            .map(|p| p.name.as_str()),
+        b.process.as_ref().and_then(|p| p.pod.as_ref()).map(|p| p.name.as_str()),
         Some(pod.name.as_str())
     );
 
     assert_eq!(
-        exec_ok(
-            &pod,
-            "proxy",
-            &["/bin/swtool", "connect-tcp", "127.0.0.1", "8080", "hello"]
-        ),
+        exec_ok(&pod, "proxy", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8080", "hello"]),
         "ok pong hello"
     );
 
@@ -111,51 +80,27 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
             _ => false,
         })
         .await;
-    let Some(Event::ProcessConnect(c)) = &connect.event else {
-        unreachable!()
-    };
+    let Some(Event::ProcessConnect(c)) = &connect.event else { unreachable!() };
     let socket = c.socket.as_ref().expect("socket");
+    assert_eq!((c.result.as_str(), socket.loopback, socket.protocol.as_str()), ("success", true, "tcp"));
+    assert_eq!(container_name(c.peer.as_ref()), "app", "attributed to the port's owner");
     assert_eq!(
-        (c.result.as_str(), socket.loopback, socket.protocol.as_str()),
-        ("success", true, "tcp")
-    );
-    assert_eq!(
-        container_name(c.peer.as_ref()),
-        "app",
-        "attributed to the port's owner"
-    );
-    assert_eq!(
-        c.process
-            .as_ref()
-            .and_then(|p| p.container.as_ref())
-            .map(|c| c.role.as_str()),
+        c.process.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.role.as_str()),
         Some("sidecar")
     );
 
     let accept = events
         .find("the app's accept", WAIT, |e| matches!(&e.event, Some(Event::ProcessAccept(a)) if container_name(a.process.as_ref()) == "app"))
         .await;
-    let Some(Event::ProcessAccept(a)) = &accept.event else {
-        unreachable!()
-    };
+    let Some(Event::ProcessAccept(a)) = &accept.event else { unreachable!() };
     assert_eq!(container_name(a.peer.as_ref()), "proxy", "both ends joined");
-    assert_eq!(
-        a.socket.as_ref().map(|s| s.netns),
-        Some(socket.netns),
-        "one network namespace"
-    );
+    assert_eq!(a.socket.as_ref().map(|s| s.netns), Some(socket.netns), "one network namespace");
 
     let close = events
         .find("the sidecar's close", WAIT, |e| matches!(&e.event, Some(Event::ProcessClose(x)) if container_name(x.process.as_ref()) == "proxy"))
         .await;
-    let Some(Event::ProcessClose(x)) = &close.event else {
-        unreachable!()
-    };
-    assert_eq!(
-        (x.direction.as_str(), x.bytes_sent, x.bytes_received),
-        ("outbound", 5, 10),
-        "payload bytes"
-    );
+    let Some(Event::ProcessClose(x)) = &close.event else { unreachable!() };
+    assert_eq!((x.direction.as_str(), x.bytes_sent, x.bytes_received), ("outbound", 5, 10), "payload bytes");
 
     // Nobody listens on 8089: refused, and nobody to attribute it to.
     let out = pod.exec("proxy", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8089"]);
@@ -167,9 +112,7 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
             |e| matches!(&e.event, Some(Event::ProcessConnect(c)) if remote_port(c.socket.as_ref()) == 8089),
         )
         .await;
-    let Some(Event::ProcessConnect(r)) = &refused.event else {
-        unreachable!()
-    };
+    let Some(Event::ProcessConnect(r)) = &refused.event else { unreachable!() };
     assert_eq!(r.result, "refused");
     assert!(r.peer.is_none());
 
@@ -177,25 +120,15 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
     let flows = d
         .client()
         .await
-        .get_flows(GetFlowsRequest {
-            pod_regex: pod.name.clone(),
-            ..Default::default()
-        })
+        .get_flows(GetFlowsRequest { pod_regex: pod.name.clone(), ..Default::default() })
         .await
         .expect("GetFlows")
         .into_inner();
     assert_eq!(flows.pods.len(), 1, "{flows:?}");
-    let edge = flows.pods[0]
-        .edges
-        .iter()
-        .find(|e| e.port == 8080)
-        .expect("edge to 8080");
+    let edge = flows.pods[0].edges.iter().find(|e| e.port == 8080).expect("edge to 8080");
     assert_eq!(edge.source.as_ref().map(|c| c.name.as_str()), Some("proxy"));
     assert_eq!(edge.destination.as_ref().map(|c| c.name.as_str()), Some("app"));
-    assert_eq!(
-        (edge.connections, edge.bytes_sent, edge.bytes_received),
-        (1, 5, 10)
-    );
+    assert_eq!((edge.connections, edge.bytes_sent, edge.bytes_received), (1, 5, 10));
 
     let out = Command::new(bin("sidewall"))
         .args(["--server", &d.server_arg(), "flows", "--pod", &pod.name])
@@ -218,12 +151,8 @@ async fn every_loopback_form_reaches_the_same_owner() {
     bound(&mut events, 8081).await;
     for target in ["127.0.0.2", "127.1.2.3", "::ffff:127.0.0.1"] {
         assert!(
-            exec_ok(
-                &pod,
-                "proxy",
-                &["/bin/swtool", "connect-tcp", target, "8081", "x"]
-            )
-            .starts_with("ok pong")
+            exec_ok(&pod, "proxy", &["/bin/swtool", "connect-tcp", target, "8081", "x"])
+                .starts_with("ok pong")
         );
         let ev = events
             .find(&format!("connect to {target}"), WAIT, |e| match &e.event {
@@ -233,22 +162,12 @@ async fn every_loopback_form_reaches_the_same_owner() {
                 _ => false,
             })
             .await;
-        let Some(Event::ProcessConnect(c)) = &ev.event else {
-            unreachable!()
-        };
+        let Some(Event::ProcessConnect(c)) = &ev.event else { unreachable!() };
         let s = c.socket.as_ref().expect("socket");
         let shown = target.trim_start_matches("::ffff:");
-        assert_eq!(
-            s.remote.as_ref().map(|r| r.ip.as_str()),
-            Some(shown),
-            "mapped addresses shown as IPv4"
-        );
+        assert_eq!(s.remote.as_ref().map(|r| r.ip.as_str()), Some(shown), "mapped addresses shown as IPv4");
         assert!(s.loopback, "{target} is loopback");
-        assert_eq!(
-            container_name(c.peer.as_ref()),
-            "app",
-            "{target} attributed to the app"
-        );
+        assert_eq!(container_name(c.peer.as_ref()), "app", "{target} attributed to the app");
     }
 }
 
@@ -258,17 +177,11 @@ async fn udp_datagrams_and_unix_connects_are_seen() {
     let mut events = d.events(GetEventsRequest::default()).await;
     let pod = app_and_sidecar(&["/bin/swtool", "serve-udp", "127.0.0.1", "9000"]);
     bound(&mut events, 9000).await;
-    exec_ok(
-        &pod,
-        "proxy",
-        &["/bin/swtool", "send-udp", "127.0.0.1", "9000", "ping"],
-    );
+    exec_ok(&pod, "proxy", &["/bin/swtool", "send-udp", "127.0.0.1", "9000", "ping"]);
     let ev = events
         .find("the sidecar's datagram", WAIT, |e| matches!(&e.event, Some(Event::ProcessDatagram(g)) if container_name(g.process.as_ref()) == "proxy"))
         .await;
-    let Some(Event::ProcessDatagram(g)) = &ev.event else {
-        unreachable!()
-    };
+    let Some(Event::ProcessDatagram(g)) = &ev.event else { unreachable!() };
     assert_eq!(remote_port(g.socket.as_ref()), 9000);
     assert_eq!(g.socket.as_ref().map(|s| s.protocol.as_str()), Some("udp"));
     assert_eq!(container_name(g.peer.as_ref()), "app");
@@ -285,9 +198,7 @@ async fn udp_datagrams_and_unix_connects_are_seen() {
                 _ => false,
             })
             .await;
-        let Some(Event::ProcessConnect(c)) = &ev.event else {
-            unreachable!()
-        };
+        let Some(Event::ProcessConnect(c)) = &ev.event else { unreachable!() };
         assert_eq!(container_name(c.process.as_ref()), "proxy");
     }
 }

@@ -80,6 +80,17 @@ pub fn compact(ev: &GetEventsResponse) -> String {
             }
             process_line("access", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
         }
+        Some(Event::PolicyAlert(a)) => {
+            let mut d = vec![
+                format!("rule={}", a.rule_id),
+                format!("action={}", a.action),
+                format!("severity={}", a.severity),
+                format!("mitre={}", a.mitre_technique),
+            ];
+            d.extend(peer(a.peer.as_ref()));
+            d.push(format!("policy={}", a.policy));
+            process_line("alert", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
+        }
         Some(Event::LostEvents(lost)) => columns("lost", &lost_details(lost)),
         // New oneof variants land here until they get a format of their own.
         #[allow(unreachable_patterns)]
@@ -132,11 +143,7 @@ fn address(a: &SocketAddress) -> String {
     if !a.path.is_empty() {
         return quote(&a.path);
     }
-    if a.ip.contains(':') {
-        format!("[{}]:{}", a.ip, a.port)
-    } else {
-        format!("{}:{}", a.ip, a.port)
-    }
+    if a.ip.contains(':') { format!("[{}]:{}", a.ip, a.port) } else { format!("{}:{}", a.ip, a.port) }
 }
 
 fn peer(p: Option<&Process>) -> Option<String> {
@@ -161,16 +168,11 @@ fn other_line(ev: &GetEventsResponse) -> String {
     let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(ev) else {
         return columns("unknown", &[]);
     };
-    let Some((name, body)) = fields
-        .iter()
-        .find(|(k, _)| !matches!(k.as_str(), "node_name" | "time"))
-    else {
+    let Some((name, body)) = fields.iter().find(|(k, _)| !matches!(k.as_str(), "node_name" | "time")) else {
         return columns("empty", &[]);
     };
     let kind = name.strip_prefix("process_").unwrap_or(name);
-    let process = body
-        .get("process")
-        .and_then(|p| serde_json::from_value::<Process>(p.clone()).ok());
+    let process = body.get("process").and_then(|p| serde_json::from_value::<Process>(p.clone()).ok());
     match process {
         Some(p) => process_line(kind, Some(&p), &ids(Some(&p), false)),
         None => columns(kind, &[]),
@@ -182,10 +184,7 @@ fn process_line(kind: &str, p: Option<&Process>, details: &[String]) -> String {
         Some(p) => (workload(p), command(p)),
         None => ("?".to_string(), "?".to_string()),
     };
-    format!(
-        "{kind:<KIND_WIDTH$} {workload:<WORKLOAD_WIDTH$} {command:<COMMAND_WIDTH$} {}",
-        details.join(" ")
-    )
+    format!("{kind:<KIND_WIDTH$} {workload:<WORKLOAD_WIDTH$} {command:<COMMAND_WIDTH$} {}", details.join(" "))
 }
 
 fn columns(kind: &str, details: &[String]) -> String {
@@ -226,10 +225,8 @@ fn workload(p: &Process) -> String {
 
 fn command(p: &Process) -> String {
     let binary = if p.binary.is_empty() { "?" } else { &p.binary };
-    let mut words: Vec<String> = std::iter::once(binary)
-        .chain(p.arguments.iter().map(String::as_str))
-        .map(quote)
-        .collect();
+    let mut words: Vec<String> =
+        std::iter::once(binary).chain(p.arguments.iter().map(String::as_str)).map(quote).collect();
     if p.arguments_truncated {
         words.push("...".into());
     }
@@ -240,24 +237,14 @@ fn command(p: &Process) -> String {
 /// escape sequences); the rest stay bare so that they grep as typed.
 fn quote(word: &str) -> String {
     let plain = !word.is_empty()
-        && !word
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
-    if plain {
-        word.to_string()
-    } else {
-        format!("{word:?}")
-    }
+        && !word.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
+    if plain { word.to_string() } else { format!("{word:?}") }
 }
 
 fn sorted_pairs(map: &HashMap<String, u64>) -> String {
     let mut pairs: Vec<_> = map.iter().collect();
     pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}:{v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    pairs.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
 }
 
 /// RFC 3339 UTC to the millisecond, or `-` when absent or out of range.
@@ -279,16 +266,8 @@ mod tests {
     fn connect_line_names_the_peer() {
         let socket = Socket {
             protocol: "tcp".into(),
-            local: Some(SocketAddress {
-                ip: "127.0.0.1".into(),
-                port: 43480,
-                ..Default::default()
-            }),
-            remote: Some(SocketAddress {
-                ip: "127.0.0.1".into(),
-                port: 8080,
-                ..Default::default()
-            }),
+            local: Some(SocketAddress { ip: "127.0.0.1".into(), port: 43480, ..Default::default() }),
+            remote: Some(SocketAddress { ip: "127.0.0.1".into(), port: 8080, ..Default::default() }),
             loopback: true,
             ..Default::default()
         };
@@ -321,11 +300,8 @@ mod tests {
     const T: &str = "2026-11-27T10:01:02.123Z";
 
     fn at(ev: Event) -> GetEventsResponse {
-        let mut response = GetEventsResponse {
-            event: Some(ev),
-            node_name: "n1".into(),
-            time: Some(Default::default()),
-        };
+        let mut response =
+            GetEventsResponse { event: Some(ev), node_name: "n1".into(), time: Some(Default::default()) };
         if let Some(t) = &mut response.time {
             // 2026-11-27T10:01:02.123456789Z
             t.seconds = 1_795_773_662;
@@ -346,24 +322,14 @@ mod tests {
     }
 
     fn in_pod(mut p: Process) -> Process {
-        p.pod = Some(Pod {
-            namespace: "default".into(),
-            name: "web".into(),
-            ..Pod::default()
-        });
-        p.container = Some(Container {
-            id: "0123456789abcdef0123".into(),
-            name: "app".into(),
-            ..Container::default()
-        });
+        p.pod = Some(Pod { namespace: "default".into(), name: "web".into(), ..Pod::default() });
+        p.container =
+            Some(Container { id: "0123456789abcdef0123".into(), name: "app".into(), ..Container::default() });
         p
     }
 
     fn exec(p: Process) -> GetEventsResponse {
-        at(Event::ProcessExec(ProcessExec {
-            process: Some(p),
-            ..ProcessExec::default()
-        }))
+        at(Event::ProcessExec(ProcessExec { process: Some(p), ..ProcessExec::default() }))
     }
 
     fn exit(status: u32, signal: &str, core_dumped: bool) -> GetEventsResponse {
@@ -402,10 +368,7 @@ mod tests {
     #[test]
     fn exit_by_signal_with_core() {
         let line = compact(&exit(0, "SIGSEGV", true));
-        assert!(
-            line.ends_with("pid=1234 signal=SIGSEGV core_dumped=true"),
-            "{line}"
-        );
+        assert!(line.ends_with("pid=1234 signal=SIGSEGV core_dumped=true"), "{line}");
         assert!(!line.contains("status="), "{line}");
     }
 
@@ -415,6 +378,37 @@ mod tests {
         let b = compact(&exit(1, "", false));
         assert_eq!(a.find("/a"), b.find("/bin/ls"));
         assert_eq!(a.find("pid="), b.find("pid="));
+    }
+
+    #[test]
+    fn policy_alert_names_rule_action_peer_and_policy() {
+        let mut proxy = in_pod(process("/usr/bin/curl", &["http://127.0.0.1:15000"]));
+        if let Some(c) = proxy.container.as_mut() {
+            c.name = "istio-proxy".into();
+        }
+        let mut alert = sidewall_proto::v1::PolicyAlert {
+            rule_id: "loopback-egress".into(),
+            severity: "high".into(),
+            mitre_technique: "T1021".into(),
+            policy: "default/web".into(),
+            action: "would_block".into(),
+            process: Some(in_pod(process("/bin/app", &[]))),
+            peer: Some(proxy),
+            mode: "monitor".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            compact(&at(Event::PolicyAlert(alert.clone()))),
+            format!(
+                "{T} alert  {:<WORKLOAD_WIDTH$} {:<COMMAND_WIDTH$} rule=loopback-egress \
+                 action=would_block severity=high mitre=T1021 peer=default/web:istio-proxy \
+                 policy=default/web pid=1234",
+                "default/web:app", "/bin/app"
+            )
+        );
+        alert.peer = None;
+        let line = compact(&at(Event::PolicyAlert(alert)));
+        assert!(line.ends_with("mitre=T1021 policy=default/web pid=1234"), "{line}");
     }
 
     #[test]
@@ -434,21 +428,12 @@ mod tests {
     fn workload_forms() {
         let mut p = process("/x", &[]);
         assert_eq!(workload(&p), "host");
-        p.container = Some(Container {
-            id: "0123456789abcdef0123".into(),
-            ..Container::default()
-        });
+        p.container = Some(Container { id: "0123456789abcdef0123".into(), ..Container::default() });
         assert_eq!(workload(&p), "container:0123456789ab");
-        p.container = Some(Container {
-            name: "redis".into(),
-            ..Container::default()
-        });
+        p.container = Some(Container { name: "redis".into(), ..Container::default() });
         assert_eq!(workload(&p), "container:redis");
         // A host process may carry an empty container (role "host").
-        p.container = Some(Container {
-            role: "host".into(),
-            ..Container::default()
-        });
+        p.container = Some(Container { role: "host".into(), ..Container::default() });
         assert_eq!(workload(&p), "host");
         p = in_pod(p);
         p.container = None;
@@ -459,10 +444,7 @@ mod tests {
     fn awkward_arguments_are_quoted_on_one_line() {
         let mut p = process("/bin/sh", &["-c", "echo hi\nrm -rf /", "", "\u{1b}[31m", "it's"]);
         p.arguments_truncated = true;
-        assert_eq!(
-            command(&p),
-            r#"/bin/sh -c "echo hi\nrm -rf /" "" "\u{1b}[31m" "it's" ..."#
-        );
+        assert_eq!(command(&p), r#"/bin/sh -c "echo hi\nrm -rf /" "" "\u{1b}[31m" "it's" ..."#);
         assert!(!compact(&exec(p)).contains('\n'));
     }
 
@@ -472,14 +454,8 @@ mod tests {
             event: Some(Event::ProcessExec(ProcessExec::default())),
             ..GetEventsResponse::default()
         };
-        assert_eq!(
-            compact(&ev),
-            format!("{:<TIME_WIDTH$} exec   {:<WORKLOAD_WIDTH$} ?", "-", "?")
-        );
-        assert_eq!(
-            compact(&GetEventsResponse::default()),
-            format!("{:<TIME_WIDTH$} empty", "-")
-        );
+        assert_eq!(compact(&ev), format!("{:<TIME_WIDTH$} exec   {:<WORKLOAD_WIDTH$} ?", "-", "?"));
+        assert_eq!(compact(&GetEventsResponse::default()), format!("{:<TIME_WIDTH$} empty", "-"));
     }
 
     #[test]

@@ -58,10 +58,11 @@ fn grpc(status: &tonic::Status) -> (Option<String>, u8) {
     let (line, code) = match status.code() {
         _ if lost => (format!("lost connection to sidewalld: {message}"), EXIT_FAILURE),
         Code::InvalidArgument => (format!("invalid request: {message}"), EXIT_USAGE),
-        Code::Unimplemented => (
-            format!("sidewalld does not support this request (older version?): {message}"),
-            EXIT_FAILURE,
-        ),
+        // The daemon names what it did not find ("no policy shop/web").
+        Code::NotFound => (message, EXIT_FAILURE),
+        Code::Unimplemented => {
+            (format!("sidewalld does not support this request (older version?): {message}"), EXIT_FAILURE)
+        }
         Code::PermissionDenied | Code::Unauthenticated => {
             (format!("permission denied: {message}"), EXIT_FAILURE)
         }
@@ -72,11 +73,7 @@ fn grpc(status: &tonic::Status) -> (Option<String>, u8) {
 
 /// Server messages (regex errors, for one) can span lines; stderr gets one.
 fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -101,21 +98,21 @@ mod tests {
     }
 
     #[test]
+    fn not_found_is_the_message() {
+        let err = anyhow::Error::new(tonic::Status::not_found("no policy shop/web"));
+        assert_eq!(report(&err), (Some("no policy shop/web".into()), 1));
+    }
+
+    #[test]
     fn status_found_under_context() {
         let err = anyhow::Error::new(tonic::Status::unavailable("broken pipe")).context("status");
-        assert_eq!(
-            report(&err),
-            (Some("lost connection to sidewalld: broken pipe".into()), 1)
-        );
+        assert_eq!(report(&err), (Some("lost connection to sidewalld: broken pipe".into()), 1));
     }
 
     #[test]
     fn other_codes_name_the_code() {
         let err = anyhow::Error::new(tonic::Status::internal(""));
-        assert_eq!(
-            report(&err),
-            (Some("sidewalld error (Internal): Internal error".into()), 1)
-        );
+        assert_eq!(report(&err), (Some("sidewalld error (Internal): Internal error".into()), 1));
     }
 
     #[test]

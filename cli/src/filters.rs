@@ -39,11 +39,7 @@ pub struct FilterArgs {
     role: Vec<String>,
 
     /// Drop binaries whose whole path matches this regular expression
-    #[arg(
-        long,
-        value_name = "REGEX",
-        help_heading = "Exclusions (each one drops events on its own)"
-    )]
+    #[arg(long, value_name = "REGEX", help_heading = "Exclusions (each one drops events on its own)")]
     exclude_binary: Vec<String>,
 
     /// Drop events of this kind
@@ -72,23 +68,11 @@ impl FilterArgs {
             role: self.role.clone(),
         };
         let deny = [
-            Filter {
-                binary_regex: self.exclude_binary.clone(),
-                ..Filter::default()
-            },
-            Filter {
-                event_set: event_set(&self.exclude_event),
-                ..Filter::default()
-            },
-            Filter {
-                pid: self.exclude_pid.clone(),
-                ..Filter::default()
-            },
+            Filter { binary_regex: self.exclude_binary.clone(), ..Filter::default() },
+            Filter { event_set: event_set(&self.exclude_event), ..Filter::default() },
+            Filter { pid: self.exclude_pid.clone(), ..Filter::default() },
         ];
-        GetEventsRequest {
-            allow_list: non_empty([allow]),
-            deny_list: non_empty(deny),
-        }
+        GetEventsRequest { allow_list: non_empty([allow]), deny_list: non_empty(deny) }
     }
 }
 
@@ -105,12 +89,8 @@ fn non_empty<const N: usize>(filters: [Filter; N]) -> Vec<Filter> {
 /// short words the compact output prints (`exec`, `exit`, `lost`, `alert`).
 pub fn parse_event_type(s: &str) -> Result<EventType, String> {
     let name = s.trim().to_ascii_uppercase().replace('-', "_");
-    let candidates = [
-        name.clone(),
-        format!("PROCESS_{name}"),
-        format!("{name}_EVENTS"),
-        format!("POLICY_{name}"),
-    ];
+    let candidates =
+        [name.clone(), format!("PROCESS_{name}"), format!("{name}_EVENTS"), format!("POLICY_{name}")];
     candidates
         .iter()
         .filter_map(|c| EventType::from_str_name(c))
@@ -198,18 +178,9 @@ mod tests {
         assert_eq!(
             req.deny_list,
             vec![
-                Filter {
-                    binary_regex: vec!["/bin/sh".into(), "/bin/ls".into()],
-                    ..Filter::default()
-                },
-                Filter {
-                    event_set: vec![EventType::LostEvents as i32],
-                    ..Filter::default()
-                },
-                Filter {
-                    pid: vec![7],
-                    ..Filter::default()
-                },
+                Filter { binary_regex: vec!["/bin/sh".into(), "/bin/ls".into()], ..Filter::default() },
+                Filter { event_set: vec![EventType::LostEvents as i32], ..Filter::default() },
+                Filter { pid: vec![7], ..Filter::default() },
             ]
         );
     }

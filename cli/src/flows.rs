@@ -59,19 +59,10 @@ mod tests {
 
     #[test]
     fn text_lists_edges_per_pod() {
-        let c = |name: &str| {
-            Some(Container {
-                name: name.into(),
-                ..Default::default()
-            })
-        };
+        let c = |name: &str| Some(Container { name: name.into(), ..Default::default() });
         let flows = GetFlowsResponse {
             pods: vec![PodFlows {
-                pod: Some(Pod {
-                    namespace: "default".into(),
-                    name: "web".into(),
-                    ..Default::default()
-                }),
+                pod: Some(Pod { namespace: "default".into(), name: "web".into(), ..Default::default() }),
                 netns: 42,
                 edges: vec![FlowEdge {
                     protocol: "tcp".into(),

@@ -5,6 +5,7 @@ mod errors;
 mod events;
 mod filters;
 mod flows;
+mod policy;
 mod status;
 
 use std::{
@@ -67,6 +68,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: flows::FlowFormat,
     },
+    /// Add, list and delete SidecarPolicy documents; switch them between monitor and enforce
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Show the client's and the daemon's versions
     Version,
 }
@@ -97,11 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = client.get_status(GetStatusRequest {}).await?.into_inner();
             print(status::render(&status, output)?.trim_end())
         }
-        Command::Flows {
-            namespace,
-            pod,
-            output,
-        } => {
+        Command::Flows { namespace, pod, output } => {
             let mut client = client(&cli.server).await?;
             let req = GetFlowsRequest {
                 namespace: namespace.unwrap_or_default(),
@@ -110,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let flows = client.get_flows(req).await?.into_inner();
             print(flows::render(&flows, output)?.trim_end())
         }
+        Command::Policy { command } => policy::run(&cli.server, command).await,
         Command::Version => {
             // The client's version is worth showing even when the daemon is down.
             print(&format!("client: {}", env!("CARGO_PKG_VERSION")))?;

@@ -29,10 +29,7 @@ pub fn text(s: &GetStatusResponse) -> String {
             ["node:".into(), node],
             ["kernel:".into(), or_unknown(&s.kernel).into()],
             ["uptime:".into(), uptime(s.uptime_seconds)],
-            [
-                "process cache:".into(),
-                format!("{} processes", s.process_cache_size),
-            ],
+            ["process cache:".into(), format!("{} processes", s.process_cache_size)],
             ["subscribers:".into(), s.subscribers.to_string()],
         ],
         "",
@@ -57,16 +54,10 @@ pub fn text(s: &GetStatusResponse) -> String {
         .collect();
     [
         summary,
-        section(
-            "sensors",
-            &with_header(["NAME", "STATE", "HOOK", "REASON"], sensors),
-        ),
+        section("sensors", &with_header(["NAME", "STATE", "HOOK", "REASON"], sensors)),
         section("events by kind", &counters(&s.events_by_kind)),
         section("lost by stage", &counters(&s.lost_by_stage)),
-        section(
-            "exporters",
-            &with_header(["NAME", "STATE", "EVENTS", "LOST", "DETAIL"], exporters),
-        ),
+        section("exporters", &with_header(["NAME", "STATE", "EVENTS", "LOST", "DETAIL"], exporters)),
     ]
     .join("\n")
 }
@@ -76,11 +67,7 @@ fn or_unknown(s: &str) -> &str {
 }
 
 fn section<const N: usize>(title: &str, rows: &[[String; N]]) -> String {
-    if rows.is_empty() {
-        format!("{title}: none\n")
-    } else {
-        format!("{title}:\n{}", table(rows, "  "))
-    }
+    if rows.is_empty() { format!("{title}: none\n") } else { format!("{title}:\n{}", table(rows, "  ")) }
 }
 
 /// A header only when there are rows, so that an empty section reads "none".
@@ -107,11 +94,7 @@ fn table<const N: usize>(rows: &[[String; N]], indent: &str) -> String {
     }
     let mut out = String::new();
     for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(indent);
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -217,10 +200,7 @@ exporters:
 
     #[test]
     fn json_uses_proto_field_names() {
-        let status = GetStatusResponse {
-            node_name: "n1".into(),
-            ..GetStatusResponse::default()
-        };
+        let status = GetStatusResponse { node_name: "n1".into(), ..GetStatusResponse::default() };
         let json = render(&status, StatusFormat::Json).expect("serializes");
         assert!(json.contains("\"node_name\": \"n1\""), "{json}");
     }

@@ -17,11 +17,7 @@ pub enum ConfigError {
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("{origin}: {field}: {message}")]
-    Invalid {
-        origin: String,
-        field: &'static str,
-        message: String,
-    },
+    Invalid { origin: String, field: &'static str, message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +37,7 @@ pub struct Config {
     pub podman_storage: String,
     pub btf_path: PathBuf,
     pub sensor_set: SensorSet,
+    pub policy_dir: String,
     pub log: String,
 }
 
@@ -71,6 +68,7 @@ pub struct Overrides {
     pub export_file_keep: Option<u32>,
     pub ring_buffer_mb: Option<u32>,
     pub kubeconfig: Option<String>,
+    pub policy_dir: Option<String>,
     pub log: Option<String>,
 }
 
@@ -81,20 +79,16 @@ impl Config {
         let mut origin = "built-in defaults".to_string();
         if let Some(path) = file {
             origin = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: origin.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
             for (k, v) in parse_table(&origin, &text)? {
                 table.insert(k, v);
             }
         }
-        let mut cfg: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                origin: origin.clone(),
-                message: e.message().to_string(),
-            })?;
+        let mut cfg: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.message().to_string(),
+        })?;
         cfg.apply(flags);
         cfg.validate(&origin)?;
         Ok(cfg)
@@ -112,25 +106,18 @@ impl Config {
             export_file_keep,
             ring_buffer_mb,
             kubeconfig,
+            policy_dir,
             log
         );
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |field, message: String| {
-            Err(ConfigError::Invalid {
-                origin: origin.into(),
-                field,
-                message,
-            })
-        };
+        let bad =
+            |field, message: String| Err(ConfigError::Invalid { origin: origin.into(), field, message });
         match parse_address(&self.grpc_address) {
             Err(e) => return bad("grpc_address", e),
             Ok(Address::Tcp(a)) if tcp_listen_addr(&a).is_err() => {
-                return bad(
-                    "grpc_address",
-                    format!("{a}: a TCP listen address must be ip:port"),
-                );
+                return bad("grpc_address", format!("{a}: a TCP listen address must be ip:port"));
             }
             Ok(_) => {}
         }
@@ -178,10 +165,8 @@ impl Config {
 }
 
 fn parse_table(origin: &str, text: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-        origin: origin.into(),
-        message: located(text, &e),
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Parse { origin: origin.into(), message: located(text, &e) })
 }
 
 /// "line L, column C: message" for a TOML error.
@@ -218,10 +203,7 @@ mod tests {
     #[test]
     fn file_then_flags_override() {
         let f = file("export_file = \"/tmp/e.json\"\nring_buffer_mb = 16\n");
-        let flags = Overrides {
-            ring_buffer_mb: Some(32),
-            ..Default::default()
-        };
+        let flags = Overrides { ring_buffer_mb: Some(32), ..Default::default() };
         let c = Config::load(Some(f.path()), &flags).expect("valid");
         assert_eq!(c.export_file, "/tmp/e.json");
         assert_eq!(c.ring_buffer_mb, 32);
@@ -230,28 +212,20 @@ mod tests {
     #[test]
     fn errors_name_file_place_and_field() {
         let f = file("node_name = \"a\"\nring_buffer_mb = \"big\"\n");
-        let e = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.starts_with(&f.path().display().to_string()), "{e}");
         assert!(e.contains("ring_buffer_mb") || e.contains("invalid type"), "{e}");
 
         let f = file("grpc_adress = \"x\"\n");
-        let e = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("unknown field `grpc_adress`"), "{e}");
 
         let f = file("ring_buffer_mb = 3\n");
-        let e = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("ring_buffer_mb: 3 is not a power of two"), "{e}");
 
         let f = file("x = [\n");
-        let e = Config::load(Some(f.path()), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("line "), "{e}");
     }
 }

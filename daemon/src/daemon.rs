@@ -26,6 +26,10 @@ use crate::{
         ringbuf::{KernelDrops, RingReader},
     },
     pipeline::{self, Pipeline},
+    policy::{
+        enforce::Enforcer,
+        store::{self, PolicyStore},
+    },
     process::{Clock, ProcessCache, procfs},
     stats::Stats,
 };
@@ -50,15 +54,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reader = RingReader::take(&mut loaded.ebpf)?;
     let drops = KernelDrops::take(&mut loaded.ebpf)?;
     // Seed after attaching, so a process started in between is seen by one or the other.
-    let mut cache = ProcessCache::new(
-        node.clone(),
-        clock,
-        Duration::from_secs(cfg.process_grace_seconds),
-    );
+    let mut cache = ProcessCache::new(node.clone(), clock, Duration::from_secs(cfg.process_grace_seconds));
     cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
-    let (sources, identity_source) = identity_sources(&cfg, cgroups, &node).await?;
+    let policies = PolicyStore::with_builtin();
+    let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, &policies).await?;
     let export_file = start_export(&cfg, &hub)?;
     let status = Arc::new(StatusSource {
         node_name: node.clone(),
@@ -68,17 +69,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         export_file,
         identity_source,
     });
+    let enforcer = Enforcer::take(&mut loaded.ebpf)?;
     let mut pipeline = Pipeline::new(cache, Identity::new(sources), hub.clone(), stats, clock, node);
+    pipeline.enforcer = Some(enforcer);
+    pipeline.policies = policies.clone();
+    if !cfg.policy_dir.is_empty() {
+        let dir = std::path::PathBuf::from(&cfg.policy_dir);
+        tracing::info!(dir = %dir.display(), "watching the policy directory");
+        tokio::spawn(store::watch_dir(policies.clone(), dir, Duration::from_secs(1)));
+    }
     pipeline.learn_namespaces();
     let flows = pipeline.net.flows.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let svc = SensorsService {
-        hub,
-        status,
-        flows,
-        queue: cfg.subscriber_queue,
-    };
+    let svc = SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue };
     let address = cfg.address();
     tracing::info!(%address, "serving the gRPC API");
     let api = tokio::spawn(listen::serve(address, svc, stop_rx.clone()));
@@ -116,6 +120,7 @@ async fn identity_sources(
     cfg: &Config,
     cgroups: Option<CgroupFs>,
     node: &str,
+    policies: &Arc<PolicyStore>,
 ) -> anyhow::Result<(Sources, String)> {
     let mut names = vec!["cgroup"];
     let podman = (!cfg.podman_storage.is_empty() && Path::new(&cfg.podman_storage).is_dir())
@@ -125,30 +130,21 @@ async fn identity_sources(
     }
     let kube = if cfg.use_kubernetes() {
         let kubeconfig = (!cfg.kubeconfig.is_empty()).then(|| Path::new(&cfg.kubeconfig));
-        let client = kubernetes::client(kubeconfig)
-            .await
-            .context("connecting to the Kubernetes API")?;
+        let client = kubernetes::client(kubeconfig).await.context("connecting to the Kubernetes API")?;
         let index = Arc::new(KubeIndex::new());
-        tokio::spawn(kubernetes::watch(client, node.to_string(), index.clone()));
+        tokio::spawn(kubernetes::watch(client.clone(), node.to_string(), index.clone()));
+        // SidecarPolicy objects, in every namespace.
+        tokio::spawn(crate::policy::crd::watch(client, policies.clone()));
         names.push("kubernetes");
         Some(index)
     } else {
         None
     };
-    Ok((
-        Sources {
-            cgroups,
-            kube,
-            podman,
-        },
-        names.join("+"),
-    ))
+    Ok((Sources { cgroups, kube, podman }, names.join("+")))
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 async fn shutdown_signal() -> &'static str {

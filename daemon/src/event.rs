@@ -15,6 +15,7 @@ pub fn kind(ev: &pb::GetEventsResponse) -> EventType {
         Some(Event::ProcessDatagram(_)) => EventType::ProcessDatagram,
         Some(Event::ProcessNamespace(_)) => EventType::ProcessNamespace,
         Some(Event::ProcessAccess(_)) => EventType::ProcessAccess,
+        Some(Event::PolicyAlert(_)) => EventType::PolicyAlert,
         Some(Event::LostEvents(_)) => EventType::LostEvents,
         None => EventType::Unspecified,
     }
@@ -32,6 +33,7 @@ pub fn subject(ev: &pb::GetEventsResponse) -> Option<&pb::Process> {
         Some(Event::ProcessDatagram(e)) => e.process.as_ref(),
         Some(Event::ProcessNamespace(e)) => e.process.as_ref(),
         Some(Event::ProcessAccess(e)) => e.process.as_ref(),
+        Some(Event::PolicyAlert(e)) => e.process.as_ref(),
         Some(Event::LostEvents(_)) | None => None,
     }
 }

@@ -70,10 +70,7 @@ pub fn changed(a: &Namespaces, b: &Namespaces) -> Vec<&'static str> {
         ("ipc", a.ipc != b.ipc),
         ("user", a.user != b.user),
         ("cgroup", a.cgroup != b.cgroup),
-        (
-            "time",
-            a.time != b.time || a.time_for_children != b.time_for_children,
-        ),
+        ("time", a.time != b.time || a.time_for_children != b.time_for_children),
     ];
     pairs.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect()
 }
@@ -115,6 +112,11 @@ impl Isolation {
         self.host = Some(Baseline { ns, first });
     }
 
+    /// Whether `pid` was seen inside its container's own namespaces.
+    pub fn is_home(&self, pid: u32) -> bool {
+        self.home.contains(&pid)
+    }
+
     /// The host's pid namespace inode, when known.
     pub fn host_pidns(&self) -> Option<u32> {
         self.host.as_ref().map(|h| h.ns.pid)
@@ -141,13 +143,7 @@ impl Isolation {
                 self.owners.insert(inode, cgroup);
             }
         }
-        self.baselines.insert(
-            cgroup,
-            Baseline {
-                ns: *ns,
-                first: entry.clone(),
-            },
-        );
+        self.baselines.insert(cgroup, Baseline { ns: *ns, first: entry.clone() });
         self.home.insert(entry.process.pid);
     }
 
@@ -185,10 +181,7 @@ impl Isolation {
         parent_ns: &Namespaces,
         child_ns: &Namespaces,
     ) -> Option<IsoEvent> {
-        let parent_home = child
-            .parent
-            .as_ref()
-            .is_some_and(|p| self.home.contains(&p.process.pid));
+        let parent_home = child.parent.as_ref().is_some_and(|p| self.home.contains(&p.process.pid));
         if !parent_home || parent_ns.mnt == 0 || child_ns.mnt == 0 {
             return None;
         }
@@ -229,16 +222,8 @@ impl Isolation {
             access_op::VM_WRITEV => "process_vm_writev",
             _ => "proc_open",
         };
-        let cross = target
-            .as_ref()
-            .is_some_and(|t| t.process.cgroup_id != owner.process.cgroup_id);
-        IsoEvent::Access {
-            owner,
-            access,
-            target,
-            path,
-            cross,
-        }
+        let cross = target.as_ref().is_some_and(|t| t.process.cgroup_id != owner.process.cgroup_id);
+        IsoEvent::Access { owner, access, target, path, cross }
     }
 
     /// A container's cgroup was removed: its namespaces are gone (and their inode numbers
@@ -263,15 +248,7 @@ impl Isolation {
         result: String,
     ) -> IsoEvent {
         let (target, target_host) = self.target(entry.process.cgroup_id, &before, &after);
-        IsoEvent::Namespace {
-            owner: entry.clone(),
-            operation,
-            before,
-            after,
-            result,
-            target,
-            target_host,
-        }
+        IsoEvent::Namespace { owner: entry.clone(), operation, before, after, result, target, target_host }
     }
 
     /// Whose namespaces were entered: another container's, or the host's.
@@ -281,10 +258,8 @@ impl Isolation {
         before: &Namespaces,
         after: &Namespaces,
     ) -> (Option<Arc<ProcEntry>>, bool) {
-        let entered: HashSet<u32> = inodes(after)
-            .into_iter()
-            .filter(|i| *i != 0 && !inodes(before).contains(i))
-            .collect();
+        let entered: HashSet<u32> =
+            inodes(after).into_iter().filter(|i| *i != 0 && !inodes(before).contains(i)).collect();
         let other = entered.iter().find_map(|i| {
             let cgroup = *self.owners.get(i)?;
             (cgroup != own_cgroup).then(|| self.baselines.get(&cgroup).map(|b| b.first.clone()))?
@@ -321,12 +296,7 @@ mod tests {
     }
 
     fn entry(cache: &mut ProcessCache, pid: u32, ppid: u32, cgroup: u64) -> Arc<ProcEntry> {
-        cache.lookup(&Header {
-            pid,
-            ppid,
-            cgroup_id: cgroup,
-            ..Default::default()
-        })
+        cache.lookup(&Header { pid, ppid, cgroup_id: cgroup, ..Default::default() })
     }
 
     #[test]
@@ -341,23 +311,9 @@ mod tests {
         let mut entered = ns(300);
         entered.mnt = ns(200).mnt;
         let ev = iso.drift(&side, &entered, true).expect("drift");
-        let IsoEvent::Namespace {
-            operation,
-            target,
-            target_host,
-            before,
-            after,
-            ..
-        } = ev
-        else {
-            panic!()
-        };
+        let IsoEvent::Namespace { operation, target, target_host, before, after, .. } = ev else { panic!() };
         assert_eq!((operation, target_host), ("drift", false));
-        assert_eq!(
-            target.map(|t| t.process.pid),
-            Some(10),
-            "the app container's first process"
-        );
+        assert_eq!(target.map(|t| t.process.pid), Some(10), "the app container's first process");
         assert_eq!(changed(&before, &after), ["mnt"]);
         assert!(iso.drift(&side, &entered, true).is_none(), "reported once");
         let setup = entry(&mut c, 35, 1, 40);
@@ -373,10 +329,7 @@ mod tests {
             "the host's namespaces are no container's baseline"
         );
         let child = entry(&mut c, 31, 30, 40);
-        assert!(
-            iso.drift(&child, &entered, true).is_none(),
-            "inherited by a child"
-        );
+        assert!(iso.drift(&child, &entered, true).is_none(), "inherited by a child");
     }
 
     #[test]
@@ -388,9 +341,8 @@ mod tests {
         iso.observe(&side, &ns(300), true);
         let mut after = ns(300);
         after.net = ns(100).net;
-        let IsoEvent::Namespace {
-            target_host, result, ..
-        } = iso.transition(&side, "setns", ns(300), after, 0)
+        let IsoEvent::Namespace { target_host, result, .. } =
+            iso.transition(&side, "setns", ns(300), after, 0)
         else {
             panic!()
         };
@@ -410,14 +362,9 @@ mod tests {
         let mut child_ns = ns(100);
         child_ns.user = 9;
         let ev = iso.fork(&child, &ns(100), &child_ns).expect("clone event");
-        let IsoEvent::Namespace { before, after, .. } = ev else {
-            panic!()
-        };
+        let IsoEvent::Namespace { before, after, .. } = ev else { panic!() };
         assert_eq!(changed(&before, &after), ["user"]);
         let setup = entry(&mut c, 60, 1, 8);
-        assert!(
-            iso.fork(&setup, &ns(100), &child_ns).is_none(),
-            "parent never at home: runtime setup"
-        );
+        assert!(iso.fork(&setup, &ns(100), &child_ns).is_none(), "parent never at home: runtime setup");
     }
 }

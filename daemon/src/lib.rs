@@ -11,5 +11,6 @@ pub mod isolation;
 pub mod kernel;
 pub mod net;
 pub mod pipeline;
+pub mod policy;
 pub mod process;
 pub mod stats;

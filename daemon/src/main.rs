@@ -33,16 +33,33 @@ struct Args {
     /// kubeconfig for the Kubernetes API (default: in-cluster configuration when in a cluster).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<String>,
+    /// Directory of SidecarPolicy documents, reloaded when they change.
+    #[arg(long)]
+    policy_dir: Option<String>,
     /// Log filter (tracing-subscriber syntax), e.g. "debug".
     #[arg(long, env = "SIDEWALL_LOG")]
     log: Option<String>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Print the SidecarPolicy CustomResourceDefinition (generated from the types) and exit.
+    #[arg(long)]
+    print_crd: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_crd {
+        use kube::CustomResourceExt as _;
+        match serde_yaml_ng::to_string(&sidewalld::policy::model::SidecarPolicy::crd()) {
+            Ok(y) => print!("{y}"),
+            Err(e) => {
+                eprintln!("sidewalld: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     if args.print_default_config {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;
@@ -55,6 +72,7 @@ fn main() -> ExitCode {
         export_file_keep: args.export_file_keep,
         ring_buffer_mb: args.ring_buffer_mb,
         kubeconfig: args.kubeconfig,
+        policy_dir: args.policy_dir,
         log: args.log,
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {
@@ -85,8 +103,5 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -20,6 +20,12 @@ use crate::{
         ringbuf::{KernelDrops, RingReader},
     },
     net::{Net, NetEvent},
+    policy::{
+        detect,
+        enforce::{self, Enforcer},
+        parse::Policy,
+        store::{self, PolicyStore},
+    },
     process::{Clock, ProcEntry, ProcessCache, cache::namespaces, procfs},
     stats::{Stage, Stats},
 };
@@ -29,6 +35,11 @@ pub struct Pipeline {
     pub identity: Identity,
     pub net: Net,
     pub iso: Isolation,
+    pub policies: Arc<PolicyStore>,
+    /// The policies as of `policy_generation`; refreshed when the store moves on.
+    snapshot: Vec<Policy>,
+    policy_generation: u64,
+    pub enforcer: Option<Enforcer>,
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
     pub clock: Clock,
@@ -50,6 +61,10 @@ impl Pipeline {
             identity,
             net: Net::new(clock),
             iso: Isolation::default(),
+            policies: PolicyStore::with_builtin(),
+            snapshot: Vec::new(),
+            policy_generation: u64::MAX,
+            enforcer: None,
             hub,
             stats,
             clock,
@@ -113,7 +128,7 @@ impl Pipeline {
     }
 
     /// `ktime`: boot-time ns when the kernel saw it, which becomes the event's `time`.
-    fn publish(&self, event: Event, ktime: u64) {
+    fn publish(&mut self, event: Event, ktime: u64) {
         let ev: Shared = Arc::new(pb::GetEventsResponse {
             event: Some(event),
             node_name: self.node_name.clone(),
@@ -121,6 +136,89 @@ impl Pipeline {
         });
         self.stats.count_event(event::kind(&ev));
         self.hub.publish(&ev);
+        self.detect(&ev, ktime);
+    }
+
+    /// Checks an event against the policies; each violation is published as a policy_alert,
+    /// and a process that a policy kills (and the kernel did not) is killed here.
+    fn detect(&mut self, ev: &pb::GetEventsResponse, ktime: u64) {
+        if matches!(ev.event, Some(Event::PolicyAlert(_)) | Some(Event::LostEvents(_)) | None) {
+            return;
+        }
+        self.refresh_policies();
+        for v in detect::check(&self.snapshot, ev) {
+            let alert = self.alert(ev, &v);
+            if alert.action == "killed"
+                && let Some(p) = alert.process.as_ref()
+            {
+                // SAFETY: kill(2) of the offending process, by the pid the kernel reported.
+                unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+            }
+            tracing::info!(rule = v.rule_id, action = %alert.action, policy = %v.policy, "{}", v.message);
+            let wrapped = Arc::new(pb::GetEventsResponse {
+                event: Some(Event::PolicyAlert(alert)),
+                node_name: self.node_name.clone(),
+                time: Some(self.clock.timestamp(ktime)),
+            });
+            self.stats.count_event(event::kind(&wrapped));
+            self.hub.publish(&wrapped);
+        }
+    }
+
+    fn alert(&self, ev: &pb::GetEventsResponse, v: &detect::Violation) -> pb::PolicyAlert {
+        let (denied, killable, peer, socket) = match &ev.event {
+            Some(Event::ProcessConnect(c)) => (c.result == "denied", false, c.peer.clone(), c.socket.clone()),
+            Some(Event::ProcessDatagram(d)) => {
+                (d.result == "denied", false, d.peer.clone(), d.socket.clone())
+            }
+            Some(Event::ProcessBind(b)) => (b.result == "denied", false, None, b.socket.clone()),
+            Some(Event::ProcessNamespace(n)) => (false, true, n.target.clone(), None),
+            Some(Event::ProcessAccess(a)) => (false, true, a.target.clone(), None),
+            _ => (false, false, None, None),
+        };
+        pb::PolicyAlert {
+            rule_id: v.rule_id.into(),
+            severity: v.severity.into(),
+            mitre_technique: v.mitre.into(),
+            policy: v.policy.clone(),
+            action: v.action_taken(denied, killable).into(),
+            message: v.message.clone(),
+            process: event::subject(ev).cloned(),
+            peer,
+            socket,
+            mode: store::mode_name(v.mode).into(),
+            trigger: event::kind(ev) as i32,
+        }
+    }
+
+    /// Picks up policy changes, and recompiles the kernel's maps for every known container.
+    fn refresh_policies(&mut self) {
+        let generation = self.policies.generation();
+        if generation == self.policy_generation {
+            return;
+        }
+        self.policy_generation = generation;
+        self.snapshot = self.policies.snapshot();
+        let known: Vec<u64> =
+            self.enforcer.as_ref().map(|e| e.known.iter().copied().collect()).unwrap_or_default();
+        for cgroup in known {
+            self.enforce_cgroup(cgroup);
+        }
+    }
+
+    /// Compiles the rule governing `cgroup`'s container into the kernel's maps.
+    pub fn enforce_cgroup(&mut self, cgroup: u64) {
+        if self.enforcer.is_none() {
+            return;
+        }
+        let w = self.identity.resolve(cgroup);
+        let probe = pb::Process { pod: w.pod.clone(), container: w.container.clone(), ..Default::default() };
+        let compiled = detect::rule_for(&self.snapshot, &probe)
+            .map(|(pol, rule)| enforce::compile(pol.spec.mode, rule))
+            .unwrap_or_default();
+        if let Some(e) = self.enforcer.as_mut() {
+            e.apply(cgroup, compiled);
+        }
     }
 
     fn enrich(&mut self, rec: Record) -> Option<Event> {
@@ -158,12 +256,7 @@ impl Pipeline {
                 let ie = self.iso.transition(&entry, op, e.before, e.hdr.ns, e.ret);
                 self.iso_event(ie)
             }
-            Record::Access {
-                hdr,
-                op,
-                target_pid,
-                path,
-            } => {
+            Record::Access { hdr, op, target_pid, path } => {
                 let owner = self.cache.lookup(&hdr);
                 let target = self.process_in_pidns(hdr.ns.pid, target_pid);
                 let ie = self.iso.access(owner, op, target, path);
@@ -171,11 +264,17 @@ impl Pipeline {
             }
             Record::CgroupMkdir { id, path, .. } => {
                 self.identity.learn(id, &path);
+                // A new container is under its policy as soon as its cgroup exists.
+                self.refresh_policies();
+                self.enforce_cgroup(id);
                 return None;
             }
             Record::CgroupRmdir { id, .. } => {
                 self.identity.forget(id);
                 self.iso.forget_cgroup(id);
+                if let Some(e) = self.enforcer.as_mut() {
+                    e.forget(id);
+                }
                 return None;
             }
             Record::Sock(e) => {
@@ -196,12 +295,7 @@ impl Pipeline {
 
     fn net_event(&mut self, ne: NetEvent) -> Event {
         match ne {
-            NetEvent::Connect {
-                owner,
-                socket,
-                result,
-                peer,
-            } => Event::ProcessConnect(pb::ProcessConnect {
+            NetEvent::Connect { owner, socket, result, peer } => Event::ProcessConnect(pb::ProcessConnect {
                 process: Some(self.process(&owner)),
                 parent: self.parent(&owner),
                 socket: Some(socket),
@@ -214,46 +308,34 @@ impl Pipeline {
                 socket: Some(socket),
                 peer: peer.map(|p| self.process(&p)),
             }),
-            NetEvent::Bind {
-                owner,
-                socket,
-                wildcard,
-            } => Event::ProcessBind(pb::ProcessBind {
+            NetEvent::Bind { owner, socket, wildcard, denied } => Event::ProcessBind(pb::ProcessBind {
                 process: Some(self.process(&owner)),
                 parent: self.parent(&owner),
                 socket: Some(socket),
                 wildcard,
-                result: "success".into(),
+                result: if denied { "denied" } else { "success" }.into(),
             }),
-            NetEvent::Close {
-                owner,
-                socket,
-                outbound,
-                sent,
-                received,
-                duration_ns,
-                peer,
-            } => Event::ProcessClose(pb::ProcessClose {
-                process: Some(self.process(&owner)),
-                socket: Some(socket),
-                direction: if outbound { "outbound" } else { "inbound" }.into(),
-                bytes_sent: sent,
-                bytes_received: received,
-                duration_ns,
-                peer: peer.map(|p| self.process(&p)),
-            }),
-            NetEvent::Datagram {
-                owner,
-                socket,
-                count,
-                peer,
-            } => Event::ProcessDatagram(pb::ProcessDatagram {
-                process: Some(self.process(&owner)),
-                parent: self.parent(&owner),
-                socket: Some(socket),
-                count,
-                peer: peer.map(|p| self.process(&p)),
-            }),
+            NetEvent::Close { owner, socket, outbound, sent, received, duration_ns, peer } => {
+                Event::ProcessClose(pb::ProcessClose {
+                    process: Some(self.process(&owner)),
+                    socket: Some(socket),
+                    direction: if outbound { "outbound" } else { "inbound" }.into(),
+                    bytes_sent: sent,
+                    bytes_received: received,
+                    duration_ns,
+                    peer: peer.map(|p| self.process(&p)),
+                })
+            }
+            NetEvent::Datagram { owner, socket, count, peer, denied } => {
+                Event::ProcessDatagram(pb::ProcessDatagram {
+                    process: Some(self.process(&owner)),
+                    parent: self.parent(&owner),
+                    socket: Some(socket),
+                    count,
+                    peer: peer.map(|p| self.process(&p)),
+                    result: if denied { "denied" } else { "success" }.into(),
+                })
+            }
         }
     }
 
@@ -264,8 +346,19 @@ impl Pipeline {
             return;
         }
         let in_container = self.in_container(entry);
+        if in_container && self.enforcer.as_ref().is_some_and(|e| !e.known.contains(&entry.process.cgroup_id))
+        {
+            self.refresh_policies();
+            self.enforce_cgroup(entry.process.cgroup_id);
+        }
         self.iso.observe(entry, &hdr.ns, in_container);
-        if let Some(ie) = self.iso.drift(entry, &hdr.ns, in_container) {
+        let drift = self.iso.drift(entry, &hdr.ns, in_container);
+        if self.iso.is_home(entry.process.pid)
+            && let Some(e) = self.enforcer.as_mut()
+        {
+            e.arm(entry.process.pid);
+        }
+        if let Some(ie) = drift {
             let ev = self.iso_event(ie);
             self.publish(ev, hdr.ktime);
         }
@@ -273,42 +366,29 @@ impl Pipeline {
 
     fn iso_event(&mut self, ie: IsoEvent) -> Event {
         match ie {
-            IsoEvent::Namespace {
-                owner,
-                operation,
-                before,
-                after,
-                result,
-                target,
-                target_host,
-            } => Event::ProcessNamespace(pb::ProcessNamespace {
-                process: Some(self.process(&owner)),
-                parent: self.parent(&owner),
-                operation: operation.into(),
-                changed: isolation::changed(&before, &after)
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-                before: Some(namespaces(&before)),
-                after: Some(namespaces(&after)),
-                result,
-                target: target.map(|t| self.process(&t)),
-                target_host,
-            }),
-            IsoEvent::Access {
-                owner,
-                access,
-                target,
-                path,
-                cross,
-            } => Event::ProcessAccess(pb::ProcessAccess {
-                process: Some(self.process(&owner)),
-                parent: self.parent(&owner),
-                access: access.into(),
-                target: target.map(|t| self.process(&t)),
-                path,
-                cross_container: cross,
-            }),
+            IsoEvent::Namespace { owner, operation, before, after, result, target, target_host } => {
+                Event::ProcessNamespace(pb::ProcessNamespace {
+                    process: Some(self.process(&owner)),
+                    parent: self.parent(&owner),
+                    operation: operation.into(),
+                    changed: isolation::changed(&before, &after).into_iter().map(String::from).collect(),
+                    before: Some(namespaces(&before)),
+                    after: Some(namespaces(&after)),
+                    result,
+                    target: target.map(|t| self.process(&t)),
+                    target_host,
+                })
+            }
+            IsoEvent::Access { owner, access, target, path, cross } => {
+                Event::ProcessAccess(pb::ProcessAccess {
+                    process: Some(self.process(&owner)),
+                    parent: self.parent(&owner),
+                    access: access.into(),
+                    target: target.map(|t| self.process(&t)),
+                    path,
+                    cross_container: cross,
+                })
+            }
         }
     }
 
@@ -329,11 +409,7 @@ impl Pipeline {
     pub fn report_kernel_drops(&mut self, totals: [u64; kind::MAX as usize]) {
         let mut by_kind = std::collections::HashMap::new();
         let mut count = 0;
-        for (k, (&now, seen)) in totals
-            .iter()
-            .zip(self.kernel_drops_reported.iter_mut())
-            .enumerate()
-        {
+        for (k, (&now, seen)) in totals.iter().zip(self.kernel_drops_reported.iter_mut()).enumerate() {
             let delta = now.saturating_sub(*seen);
             *seen = now;
             if delta > 0 {
@@ -346,11 +422,7 @@ impl Pipeline {
         }
         self.stats.count_lost(Stage::KernelRingbuf, count);
         tracing::warn!(count, "kernel ring buffer full: events lost");
-        let lost = pb::LostEvents {
-            stage: Stage::KernelRingbuf.name().into(),
-            count,
-            by_kind,
-        };
+        let lost = pb::LostEvents { stage: Stage::KernelRingbuf.name().into(), count, by_kind };
         self.publish(Event::LostEvents(lost), Clock::boot_ns());
     }
 
@@ -362,9 +434,14 @@ impl Pipeline {
         }
         self.cache.sweep(now);
         self.hub.report_losses();
-        self.stats
-            .process_cache_size
-            .store(self.cache.len() as u64, Relaxed);
+        self.refresh_policies();
+        // Names from the Kubernetes API can come after a container starts: recompile.
+        let known: Vec<u64> =
+            self.enforcer.as_ref().map(|e| e.known.iter().copied().collect()).unwrap_or_default();
+        for cgroup in known {
+            self.enforce_cgroup(cgroup);
+        }
+        self.stats.process_cache_size.store(self.cache.len() as u64, Relaxed);
     }
 }
 
@@ -401,11 +478,7 @@ fn to_abi(n: &pb::Namespaces) -> sidewall_common::Namespaces {
 /// (exit status, signal name, core dumped) from a wait(2)-style status word.
 pub fn wait_status(code: u32) -> (u32, &'static str, bool) {
     let sig = code & 0x7f;
-    if sig == 0 {
-        ((code >> 8) & 0xff, "", false)
-    } else {
-        (0, signal_name(sig), code & 0x80 != 0)
-    }
+    if sig == 0 { ((code >> 8) & 0xff, "", false) } else { (0, signal_name(sig), code & 0x80 != 0) }
 }
 
 pub fn signal_name(sig: u32) -> &'static str {
@@ -443,11 +516,7 @@ pub fn signal_name(sig: u32) -> &'static str {
         "SIGPWR",
         "SIGSYS",
     ];
-    NAMES
-        .get(sig as usize)
-        .copied()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("SIGRT")
+    NAMES.get(sig as usize).copied().filter(|n| !n.is_empty()).unwrap_or("SIGRT")
 }
 
 /// Reads the ring buffer until `shutdown` flips, with housekeeping once a second.

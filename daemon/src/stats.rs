@@ -23,12 +23,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
-        Stage::KernelRingbuf,
-        Stage::Decode,
-        Stage::SubscriberQueue,
-        Stage::ExportFile,
-    ];
+    pub const ALL: [Stage; 4] =
+        [Stage::KernelRingbuf, Stage::Decode, Stage::SubscriberQueue, Stage::ExportFile];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -42,10 +42,7 @@ pub fn parse_address(s: &str) -> Result<Address, String> {
     if s.starts_with("https://") {
         return Err("TLS is not supported; use tcp://host:port".into());
     }
-    let authority = s
-        .strip_prefix("tcp://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
+    let authority = s.strip_prefix("tcp://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
     tcp_authority(authority.strip_suffix('/').unwrap_or(authority))
 }
 
@@ -58,9 +55,7 @@ fn unix_path(path: &str) -> Result<Address, String> {
 }
 
 fn tcp_authority(authority: &str) -> Result<Address, String> {
-    let uri: Uri = format!("http://{authority}")
-        .parse()
-        .map_err(|_| FORMS.to_string())?;
+    let uri: Uri = format!("http://{authority}").parse().map_err(|_| FORMS.to_string())?;
     // The round trip rejects paths and queries; a gRPC server address is only host:port.
     let whole = uri.authority().is_some_and(|a| a.as_str() == authority) && !authority.contains('@');
     let has_host = uri.host().is_some_and(|h| !h.is_empty());
@@ -81,11 +76,7 @@ pub struct ConnectError {
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot connect to sidewalld at {}: {}",
-            self.server, self.reason
-        )?;
+        write!(f, "cannot connect to sidewalld at {}: {}", self.server, self.reason)?;
         match self.hint {
             Some(hint) => write!(f, " ({hint})"),
             None => Ok(()),
@@ -104,11 +95,7 @@ impl ConnectError {
             Some(io::ErrorKind::PermissionDenied) => Some("the socket is for root; try sudo"),
             _ => None,
         };
-        ConnectError {
-            server: addr.to_string(),
-            reason,
-            hint,
-        }
+        ConnectError { server: addr.to_string(), reason, hint }
     }
 }
 
@@ -217,22 +204,13 @@ mod tests {
 
     #[test]
     fn displays_canonical_forms() {
-        assert_eq!(
-            parse_address("/run/x.sock").map(|a| a.to_string()),
-            Ok("unix:///run/x.sock".to_string())
-        );
-        assert_eq!(
-            parse_address("h:1").map(|a| a.to_string()),
-            Ok("tcp://h:1".to_string())
-        );
+        assert_eq!(parse_address("/run/x.sock").map(|a| a.to_string()), Ok("unix:///run/x.sock".to_string()));
+        assert_eq!(parse_address("h:1").map(|a| a.to_string()), Ok("tcp://h:1".to_string()));
     }
 
     #[test]
     fn strips_os_error_suffix() {
-        assert_eq!(
-            strip_os_error("No such file or directory (os error 2)"),
-            "No such file or directory"
-        );
+        assert_eq!(strip_os_error("No such file or directory (os error 2)"), "No such file or directory");
         assert_eq!(strip_os_error("broken"), "broken");
     }
 
@@ -275,11 +253,7 @@ mod tests {
                 request: Request<GetEventsRequest>,
             ) -> Result<Response<Events>, Status> {
                 let request = request.into_inner();
-                if request
-                    .allow_list
-                    .iter()
-                    .any(|f| f.pod_regex.iter().any(|r| r == "("))
-                {
+                if request.allow_list.iter().any(|f| f.pod_regex.iter().any(|r| r == "(")) {
                     return Err(Status::invalid_argument("bad pod_regex"));
                 }
                 // Echo the filter count in node_name so that the test sees what arrived.
@@ -307,13 +281,39 @@ mod tests {
                 Ok(Response::new(Default::default()))
             }
 
+            async fn add_policy(
+                &self,
+                _: Request<crate::v1::AddPolicyRequest>,
+            ) -> Result<Response<crate::v1::AddPolicyResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+
+            async fn delete_policy(
+                &self,
+                _: Request<crate::v1::DeletePolicyRequest>,
+            ) -> Result<Response<crate::v1::DeletePolicyResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+
+            async fn list_policies(
+                &self,
+                _: Request<crate::v1::ListPoliciesRequest>,
+            ) -> Result<Response<crate::v1::ListPoliciesResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+
+            async fn set_policy_mode(
+                &self,
+                _: Request<crate::v1::SetPolicyModeRequest>,
+            ) -> Result<Response<crate::v1::SetPolicyModeResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+
             async fn get_version(
                 &self,
                 _: Request<GetVersionRequest>,
             ) -> Result<Response<GetVersionResponse>, Status> {
-                Ok(Response::new(GetVersionResponse {
-                    version: "9.9.9".into(),
-                }))
+                Ok(Response::new(GetVersionResponse { version: "9.9.9".into() }))
             }
         }
 
@@ -352,10 +352,7 @@ mod tests {
         assert_eq!(first.map(|e| e.node_name), Some("1/2".to_string()));
 
         let bad = GetEventsRequest {
-            allow_list: vec![Filter {
-                pod_regex: vec!["(".into()],
-                ..Filter::default()
-            }],
+            allow_list: vec![Filter { pod_regex: vec!["(".into()], ..Filter::default() }],
             deny_list: Vec::new(),
         };
         let err = client.get_events(bad).await.expect_err("rejected");

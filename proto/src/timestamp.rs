@@ -20,10 +20,7 @@ impl Timestamp {
 
 impl From<DateTime<Utc>> for Timestamp {
     fn from(t: DateTime<Utc>) -> Self {
-        Self {
-            seconds: t.timestamp(),
-            nanos: t.timestamp_subsec_nanos() as i32,
-        }
+        Self { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
     }
 }
 
@@ -56,12 +53,6 @@ mod tests {
         assert_eq!(json(1_800_000_000, 123_000_000), "\"2027-01-15T08:00:00.123Z\"");
         assert_eq!(json(1_800_000_000, 5), "\"2027-01-15T08:00:00.000000005Z\"");
         let back: Timestamp = serde_json::from_str("\"2027-01-15T09:00:00.5+01:00\"").expect("parses");
-        assert_eq!(
-            back,
-            Timestamp {
-                seconds: 1_800_000_000,
-                nanos: 500_000_000
-            }
-        );
+        assert_eq!(back, Timestamp { seconds: 1_800_000_000, nanos: 500_000_000 });
     }
 }

@@ -85,11 +85,7 @@ pub fn command_in(procs: &Path, program: impl AsRef<Path>) -> Command {
             }
             let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
             libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
+            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
         });
     }
     cmd

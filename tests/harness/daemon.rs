@@ -33,10 +33,7 @@ impl Daemon {
     /// Starts sidewalld with the test defaults plus `extra` TOML lines.
     pub async fn with_config(extra: &str) -> Self {
         crate::require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("sidewall-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("sidewall-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("sidewall.sock");
         let export = dir.path().join("events.json");
         let config = dir.path().join("config.toml");
@@ -58,12 +55,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("spawn sidewalld");
-        let mut d = Self {
-            child,
-            dir,
-            socket,
-            export,
-        };
+        let mut d = Self { child, dir, socket, export };
         d.wait_ready().await;
         d
     }
@@ -77,11 +69,7 @@ impl Daemon {
             if self.socket.exists() && self.try_status().await.is_some() {
                 return;
             }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "sidewalld did not start in time:\n{}",
-                self.log()
-            );
+            assert!(start.elapsed() < START_TIMEOUT, "sidewalld did not start in time:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -100,32 +88,17 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> SensorsClient<Channel> {
-        SensorsClient::new(
-            client::connect(&self.address())
-                .await
-                .expect("connect to sidewalld"),
-        )
+        SensorsClient::new(client::connect(&self.address()).await.expect("connect to sidewalld"))
     }
 
     pub async fn status(&self) -> GetStatusResponse {
-        self.client()
-            .await
-            .get_status(GetStatusRequest {})
-            .await
-            .expect("GetStatus")
-            .into_inner()
+        self.client().await.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner()
     }
 
     /// Opens an event stream; returns once the daemon has registered it.
     pub async fn events(&self, req: GetEventsRequest) -> EventStream {
         let before = self.status().await.subscribers;
-        let stream = self
-            .client()
-            .await
-            .get_events(req)
-            .await
-            .expect("GetEvents")
-            .into_inner();
+        let stream = self.client().await.get_events(req).await.expect("GetEvents").into_inner();
         let start = Instant::now();
         while self.status().await.subscribers <= before && start.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;

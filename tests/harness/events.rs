@@ -13,18 +13,12 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn new(inner: Streaming<GetEventsResponse>) -> Self {
-        Self {
-            inner,
-            seen: Vec::new(),
-        }
+        Self { inner, seen: Vec::new() }
     }
 
     /// The next event, or None after `timeout` or when the stream ends.
     pub async fn next(&mut self, timeout: Duration) -> Option<GetEventsResponse> {
-        let ev = tokio::time::timeout(timeout, self.inner.message())
-            .await
-            .ok()?
-            .ok()??;
+        let ev = tokio::time::timeout(timeout, self.inner.message()).await.ok()?.ok()??;
         self.seen.push(ev.clone());
         Some(ev)
     }

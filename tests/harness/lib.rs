@@ -17,11 +17,7 @@ use std::path::PathBuf;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join(name))
-        .expect("target directory");
+    let path = exe.parent().and_then(|d| d.parent()).map(|d| d.join(name)).expect("target directory");
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace` (or `make test`) first",
@@ -32,9 +28,5 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests load eBPF programs and must run as root"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests load eBPF programs and must run as root");
 }

@@ -34,10 +34,7 @@ fn env() -> &'static (PathBuf, String) {
         let dir = std::env::temp_dir().join(format!("sidewall-podman-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("podman config dir");
         let conf = dir.join("containers.conf");
-        let (nofile, nproc) = (
-            hard_limit(libc::RLIMIT_NOFILE),
-            hard_limit(libc::RLIMIT_NPROC).min(32768),
-        );
+        let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
         fs::write(
             &conf,
             format!(
@@ -52,17 +49,10 @@ fn env() -> &'static (PathBuf, String) {
 }
 
 fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit with a valid pointer.
     unsafe { libc::getrlimit(resource, &mut r) };
-    if r.rlim_max == libc::RLIM_INFINITY {
-        1 << 20
-    } else {
-        r.rlim_max
-    }
+    if r.rlim_max == libc::RLIM_INFINITY { 1 << 20 } else { r.rlim_max }
 }
 
 pub fn podman(conf: &Path) -> Command {
@@ -73,11 +63,7 @@ pub fn podman(conf: &Path) -> Command {
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -87,11 +73,7 @@ fn ensure_image(conf: &Path, dir: &Path) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     SWTOOL_SRC.hash(&mut h);
     let image = format!("localhost/sidewall-test:{:012x}", h.finish() & 0xffff_ffff_ffff);
-    if podman(conf)
-        .args(["image", "exists", &image])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if podman(conf).args(["image", "exists", &image]).status().is_ok_and(|s| s.success()) {
         return image;
     }
     let root = dir.join("rootfs");
@@ -99,29 +81,15 @@ fn ensure_image(conf: &Path, dir: &Path) -> String {
     fs::create_dir_all(&bin).expect("rootfs");
     fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox (apt-get install busybox-static)");
     let list = run(Command::new("/bin/busybox").arg("--list"));
-    for applet in String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter(|a| *a != "busybox")
-    {
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
         let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
     }
     let src = dir.join("swtool.c");
     fs::write(&src, SWTOOL_SRC).expect("write swtool.c");
-    run(Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(bin.join("swtool"))
-        .arg(&src));
+    run(Command::new("cc").args(["-static", "-O2", "-o"]).arg(bin.join("swtool")).arg(&src));
     let tar = dir.join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    run(podman(conf)
-        .args(["import", "--change", "ENV PATH=/bin"])
-        .arg(&tar)
-        .arg(&image));
+    run(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg("."));
+    run(podman(conf).args(["import", "--change", "ENV PATH=/bin"]).arg(&tar).arg(&image));
     image
 }
 
@@ -151,30 +119,17 @@ pub struct Pod {
 impl Pod {
     /// Plays a pod named `<prefix>-<pid>-<n>` with `containers`, and `annotations` on the pod.
     pub fn play(prefix: &str, containers: &[Spec<'_>], annotations: &[(&str, &str)]) -> Self {
-        Self::play_with(
-            prefix,
-            containers,
-            &Options {
-                annotations,
-                ..Default::default()
-            },
-        )
+        Self::play_with(prefix, containers, &Options { annotations, ..Default::default() })
     }
 
     pub fn play_with(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
         let conf = containers_conf();
-        let name = format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::tempdir().expect("tmp");
         let yaml = dir.path().join("pod.yaml");
         fs::write(&yaml, manifest(&name, containers, opts)).expect("write manifest");
         let pod = Self { name, conf, dir };
-        run(podman(conf)
-            .args(["kube", "play", "--network", "none"])
-            .arg(&yaml));
+        run(podman(conf).args(["kube", "play", "--network", "none"]).arg(&yaml));
         pod
     }
 
@@ -203,25 +158,15 @@ impl Pod {
             "{{.State.Pid}}",
             &self.container(container),
         ]));
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a pid")
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a pid")
     }
 
     /// The same process's pid inside the pod's pid namespace (NSpid's last field).
     pub fn pod_pid(&self, container: &str) -> u32 {
         let status =
             fs::read_to_string(format!("/proc/{}/status", self.host_pid(container))).expect("status");
-        let nspid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .expect("NSpid");
-        nspid
-            .split_whitespace()
-            .last()
-            .and_then(|p| p.parse().ok())
-            .expect("a pid")
+        let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).expect("NSpid");
+        nspid.split_whitespace().last().and_then(|p| p.parse().ok()).expect("a pid")
     }
 
     pub fn pod_id(&self) -> String {
@@ -237,9 +182,7 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         let pod_id = self.pod_id();
-        let _ = podman(self.conf)
-            .args(["pod", "rm", "-f", "-t", "0", &self.name])
-            .output();
+        let _ = podman(self.conf).args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
         // podman leaves the pod's empty cgroup directories behind; remove ours, deepest first.
         let parent = crate::cgroup::cgroup2_root().join("libpod_parent").join(&pod_id);
         if let Ok(entries) = fs::read_dir(&parent) {

@@ -200,6 +200,36 @@ pub mod sock_op {
     pub const RELEASE: u32 = 7;
 }
 
+/// What enforcement applies to a cgroup (bits of the `ENFORCE` map's value).
+pub mod enforce {
+    /// Loopback connects and sends only to ports in `CONNECT_ALLOW`.
+    pub const LOOPBACK: u32 = 1 << 0;
+    /// Binds only to ports in `BIND_ALLOW`.
+    pub const BIND: u32 = 1 << 1;
+    /// Non-loopback connects and sends only to ranges in `EGRESS_ALLOW`.
+    pub const EGRESS: u32 = 1 << 2;
+    /// setns, unshare and clone into new namespaces kill the caller.
+    pub const KILL_NAMESPACE: u32 = 1 << 3;
+}
+
+/// Key of `CONNECT_ALLOW` and `BIND_ALLOW`: a cgroup and a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub cgroup_id: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Data of an `EGRESS_ALLOW` LPM key: a cgroup (always matched whole, 64 bits of prefix) and
+/// an IPv6 address (IPv4 as ::ffff:a.b.c.d).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+
 /// Verdicts of the cgroup socket hooks.
 pub mod verdict {
     pub const ALLOWED: u8 = 0;
@@ -336,6 +366,8 @@ mod user {
     // have explicit padding, so any bit pattern is valid.
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Header {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::EgressKey {}
 }
 
 #[cfg(test)]
@@ -356,9 +388,6 @@ mod tests {
         assert_eq!(size_of::<CgroupEvent>(), 88 + 16 + CGROUP_PATH_MAX);
         assert_eq!(size_of::<SockEvent>(), 88 + 8 + 16 + 32 + 8 + 16 + 8);
         assert_eq!(size_of::<UnixConnectEvent>(), 88 + 8 + UNIX_PATH_MAX + 4);
-        assert_eq!(
-            size_of::<ExecEvent>(),
-            88 + 16 + FILENAME_MAX + ARGS_MAX + CWD_BUF
-        );
+        assert_eq!(size_of::<ExecEvent>(), 88 + 16 + FILENAME_MAX + ARGS_MAX + CWD_BUF);
     }
 }

@@ -60,10 +60,9 @@ pub fn read_cwd(task: *const u8, ev: &mut ExecEvent) {
             vfsmnt = parent.wrapping_add(off!(mount_mnt));
             continue;
         }
-        let (Some(parent), Some(name)) = (
-            read_ptr(dentry, off!(dentry_parent)),
-            read_ptr(dentry, off!(dentry_name_ptr)),
-        ) else {
+        let (Some(parent), Some(name)) =
+            (read_ptr(dentry, off!(dentry_parent)), read_ptr(dentry, off!(dentry_name_ptr)))
+        else {
             return;
         };
         if parent == dentry {

@@ -42,9 +42,7 @@ pub fn read_ptr(base: *const u8, off: usize) -> Option<*const u8> {
 /// `ns->ns.inum` of the namespace pointer at `owner + ptr_off`.
 #[inline(always)]
 fn ns_inum(owner: *const u8, ptr_off: usize, inum_off: usize) -> u32 {
-    read_ptr(owner, ptr_off)
-        .and_then(|ns| read::<u32>(ns, inum_off))
-        .unwrap_or(0)
+    read_ptr(owner, ptr_off).and_then(|ns| read::<u32>(ns, inum_off)).unwrap_or(0)
 }
 
 /// The pid namespace the task lives in (not the one its children get):

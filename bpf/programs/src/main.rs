@@ -7,6 +7,7 @@
 mod cwd;
 mod kernel;
 mod maps;
+mod policy;
 mod probes;
 
 #[cfg(not(test))]

@@ -23,16 +23,11 @@ pub async fn serve(
     match addr {
         Address::Tcp(authority) => {
             let a = tcp_listen_addr(&authority)?;
-            router
-                .serve_with_shutdown(a, stop)
-                .await
-                .with_context(|| format!("serving on tcp://{a}"))
+            router.serve_with_shutdown(a, stop).await.with_context(|| format!("serving on tcp://{a}"))
         }
         Address::Unix(path) => {
             let listener = bind_unix(&path)?;
-            let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-                .await;
+            let r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop).await;
             let _ = fs::remove_file(&path);
             r.with_context(|| format!("serving on unix://{}", path.display()))
         }
@@ -41,9 +36,7 @@ pub async fn serve(
 
 /// A listen address must be an IP and port; host names are for clients.
 pub fn tcp_listen_addr(authority: &str) -> anyhow::Result<SocketAddr> {
-    authority
-        .parse()
-        .with_context(|| format!("tcp://{authority}: listen address must be ip:port"))
+    authority.parse().with_context(|| format!("tcp://{authority}: listen address must be ip:port"))
 }
 
 /// Binds the socket with mode 0600. A stale socket is replaced; a live one (another daemon

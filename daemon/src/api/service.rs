@@ -13,6 +13,7 @@ use crate::{
     export::{filter::EventFilter, hub::Hub, jsonl},
     kernel::loader::{SensorReport, SensorState},
     net::flows::FlowGraph,
+    policy::{model::Mode, store::PolicyStore},
     stats::{Stage, Stats},
 };
 
@@ -30,6 +31,7 @@ pub struct StatusSource {
 
 pub struct SensorsService {
     pub hub: Arc<Hub>,
+    pub policies: Arc<PolicyStore>,
     pub status: Arc<StatusSource>,
     pub flows: Arc<Mutex<FlowGraph>>,
     /// Queue length of each gRPC stream; past it the stream loses events (counted).
@@ -45,13 +47,9 @@ impl Sensors for SensorsService {
     async fn get_events(&self, req: Request<pb::GetEventsRequest>) -> Result<Response<EventStream>, Status> {
         let filter =
             EventFilter::compile(req.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let peer = req
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unix".into());
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unix".into());
         let (_sub, rx) =
-            self.hub
-                .subscribe(format!("grpc:{peer}"), Stage::SubscriberQueue, filter, self.queue);
+            self.hub.subscribe(format!("grpc:{peer}"), Stage::SubscriberQueue, filter, self.queue);
         let stream = ReceiverStream::new(rx).map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -71,36 +69,72 @@ impl Sensors for SensorsService {
         let pod_re = if req.pod_regex.is_empty() {
             None
         } else {
-            Some(
-                regex::Regex::new(&format!("^(?:{})$", req.pod_regex)).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "pod_regex: invalid regular expression {:?}: {e}",
-                        req.pod_regex
-                    ))
-                })?,
-            )
+            Some(regex::Regex::new(&format!("^(?:{})$", req.pod_regex)).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "pod_regex: invalid regular expression {:?}: {e}",
+                    req.pod_regex
+                ))
+            })?)
         };
         let keep = |pod: Option<&pb::Pod>| {
             (req.namespace.is_empty() || pod.is_some_and(|p| p.namespace == req.namespace))
-                && pod_re
-                    .as_ref()
-                    .is_none_or(|re| pod.is_some_and(|p| re.is_match(&p.name)))
+                && pod_re.as_ref().is_none_or(|re| pod.is_some_and(|p| re.is_match(&p.name)))
         };
-        let pods = self
-            .flows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snapshot(keep);
+        let pods = self.flows.lock().unwrap_or_else(|e| e.into_inner()).snapshot(keep);
         Ok(Response::new(pb::GetFlowsResponse { pods }))
+    }
+
+    async fn add_policy(
+        &self,
+        req: Request<pb::AddPolicyRequest>,
+    ) -> Result<Response<pb::AddPolicyResponse>, Status> {
+        let name = self
+            .policies
+            .add_document(&req.get_ref().document)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(policy = %name, "policy added over the API");
+        Ok(Response::new(pb::AddPolicyResponse { name }))
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<pb::DeletePolicyRequest>,
+    ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        let name = &req.get_ref().name;
+        if !self.policies.remove(name) {
+            return Err(Status::not_found(format!("no policy {name}")));
+        }
+        Ok(Response::new(pb::DeletePolicyResponse {}))
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        Ok(Response::new(pb::ListPoliciesResponse { policies: self.policies.list() }))
+    }
+
+    async fn set_policy_mode(
+        &self,
+        req: Request<pb::SetPolicyModeRequest>,
+    ) -> Result<Response<pb::SetPolicyModeResponse>, Status> {
+        let r = req.get_ref();
+        let mode = match r.mode.as_str() {
+            "monitor" => Mode::Monitor,
+            "enforce" => Mode::Enforce,
+            m => return Err(Status::invalid_argument(format!("mode: {m:?} is not monitor or enforce"))),
+        };
+        if !self.policies.set_mode(&r.name, mode) {
+            return Err(Status::not_found(format!("no policy {}", r.name)));
+        }
+        Ok(Response::new(pb::SetPolicyModeResponse {}))
     }
 
     async fn get_version(
         &self,
         _: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
-        Ok(Response::new(pb::GetVersionResponse {
-            version: VERSION.into(),
-        }))
+        Ok(Response::new(pb::GetVersionResponse { version: VERSION.into() }))
     }
 }
 
@@ -113,19 +147,9 @@ impl StatusSource {
             node_name: self.node_name.clone(),
             uptime_seconds: stats.started.elapsed().as_secs(),
             sensors: self.sensors.iter().map(sensor_status).collect(),
-            events_by_kind: stats
-                .events_by_kind()
-                .into_iter()
-                .map(|(k, n)| (k.into(), n))
-                .collect(),
-            lost_by_stage: stats
-                .lost_by_stage()
-                .into_iter()
-                .map(|(k, n)| (k.into(), n))
-                .collect(),
-            process_cache_size: stats
-                .process_cache_size
-                .load(std::sync::atomic::Ordering::Relaxed),
+            events_by_kind: stats.events_by_kind().into_iter().map(|(k, n)| (k.into(), n)).collect(),
+            lost_by_stage: stats.lost_by_stage().into_iter().map(|(k, n)| (k.into(), n)).collect(),
+            process_cache_size: stats.process_cache_size.load(std::sync::atomic::Ordering::Relaxed),
             subscribers: subscribers as u32,
             identity_source: self.identity_source.clone(),
             exporters: self.exporters(),
@@ -158,10 +182,5 @@ fn sensor_status(s: &SensorReport) -> pb::SensorStatus {
         SensorState::Skipped(why) => ("skipped", why.clone()),
         SensorState::Failed(why) => ("failed", why.clone()),
     };
-    pb::SensorStatus {
-        name: s.name.into(),
-        state: state.into(),
-        reason,
-        hook: s.hook.into(),
-    }
+    pb::SensorStatus { name: s.name.into(), state: state.into(), reason, hook: s.hook.into() }
 }

@@ -8,11 +8,7 @@ use crate::event;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
     #[error("{field}: invalid regular expression {pattern:?}: {reason}")]
-    Regex {
-        field: String,
-        pattern: String,
-        reason: String,
-    },
+    Regex { field: String, pattern: String, reason: String },
     #[error("{field}: unknown event type {value}")]
     EventType { field: String, value: i32 },
     #[error("{field}: unknown role {value:?} (expected app, sidecar, init, host or infra)")]
@@ -42,16 +38,9 @@ pub struct EventFilter {
 impl EventFilter {
     pub fn compile(req: &pb::GetEventsRequest) -> Result<Self, FilterError> {
         let list = |name: &str, filters: &[pb::Filter]| -> Result<Vec<Compiled>, FilterError> {
-            filters
-                .iter()
-                .enumerate()
-                .map(|(i, f)| compile_one(&format!("{name}[{i}]"), f))
-                .collect()
+            filters.iter().enumerate().map(|(i, f)| compile_one(&format!("{name}[{i}]"), f)).collect()
         };
-        Ok(Self {
-            allow: list("allow_list", &req.allow_list)?,
-            deny: list("deny_list", &req.deny_list)?,
-        })
+        Ok(Self { allow: list("allow_list", &req.allow_list)?, deny: list("deny_list", &req.deny_list)? })
     }
 
     /// Allowed by any allow filter (or there are none), and by no deny filter.
@@ -69,18 +58,12 @@ fn compile_one(field: &str, f: &pb::Filter) -> Result<Compiled, FilterError> {
             EventType::try_from(v)
                 .ok()
                 .filter(|k| *k != EventType::Unspecified)
-                .ok_or_else(|| FilterError::EventType {
-                    field: format!("{field}.event_set"),
-                    value: v,
-                })
+                .ok_or_else(|| FilterError::EventType { field: format!("{field}.event_set"), value: v })
         })
         .collect::<Result<_, _>>()?;
     for r in &f.role {
         if !matches!(r.as_str(), "app" | "sidecar" | "init" | "host" | "infra") {
-            return Err(FilterError::Role {
-                field: format!("{field}.role"),
-                value: r.clone(),
-            });
+            return Err(FilterError::Role { field: format!("{field}.role"), value: r.clone() });
         }
     }
     Ok(Compiled {
@@ -106,13 +89,7 @@ fn anchored(field: &str, patterns: &[String]) -> Result<Option<RegexSet>, Filter
             return Err(FilterError::Regex {
                 field: format!("{field}[{i}]"),
                 pattern: p.clone(),
-                reason: e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
+                reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
             });
         }
     }
@@ -136,10 +113,7 @@ impl Compiled {
         let container = p.container.as_ref();
         let any = |v: &[String], f: &dyn Fn(&str) -> bool| v.is_empty() || v.iter().any(|x| f(x));
         any(&self.namespaces, &|ns| pod.is_some_and(|pod| pod.namespace == ns))
-            && self
-                .pods
-                .as_ref()
-                .is_none_or(|set| pod.is_some_and(|pod| set.is_match(&pod.name)))
+            && self.pods.as_ref().is_none_or(|set| pod.is_some_and(|pod| set.is_match(&pod.name)))
             && any(&self.containers, &|c| {
                 container.is_some_and(|k| k.name == c || (c.len() >= MIN_ID_PREFIX && k.id.starts_with(c)))
             })
@@ -172,19 +146,13 @@ mod tests {
             ..Default::default()
         };
         pb::GetEventsResponse {
-            event: Some(Event::ProcessExec(pb::ProcessExec {
-                process: Some(process),
-                ..Default::default()
-            })),
+            event: Some(Event::ProcessExec(pb::ProcessExec { process: Some(process), ..Default::default() })),
             ..Default::default()
         }
     }
 
     fn req(allow: Vec<pb::Filter>, deny: Vec<pb::Filter>) -> pb::GetEventsRequest {
-        pb::GetEventsRequest {
-            allow_list: allow,
-            deny_list: deny,
-        }
+        pb::GetEventsRequest { allow_list: allow, deny_list: deny }
     }
 
     #[test]
@@ -200,10 +168,7 @@ mod tests {
         .expect("valid");
         assert!(f.matches(&exec("/usr/bin/curl", 1, Some(("prod", "web")), "app")));
         assert!(f.matches(&exec("/bin/sh", 1, Some(("prod", "web")), "app")));
-        assert!(
-            !f.matches(&exec("/bin/shx", 1, Some(("prod", "web")), "app")),
-            "anchored"
-        );
+        assert!(!f.matches(&exec("/bin/shx", 1, Some(("prod", "web")), "app")), "anchored");
         assert!(!f.matches(&exec("/usr/bin/curl", 1, Some(("dev", "web")), "app")));
         assert!(!f.matches(&exec("/usr/bin/curl", 1, None, "host")));
     }
@@ -211,14 +176,8 @@ mod tests {
     #[test]
     fn deny_excludes_and_kinds_select() {
         let f = EventFilter::compile(&req(
-            vec![pb::Filter {
-                event_set: vec![EventType::ProcessExec as i32],
-                ..Default::default()
-            }],
-            vec![pb::Filter {
-                pid: vec![7],
-                ..Default::default()
-            }],
+            vec![pb::Filter { event_set: vec![EventType::ProcessExec as i32], ..Default::default() }],
+            vec![pb::Filter { pid: vec![7], ..Default::default() }],
         ))
         .expect("valid");
         assert!(f.matches(&exec("/x", 6, None, "host")));
@@ -237,11 +196,7 @@ mod tests {
             EventFilter::compile(&req(
                 vec![pb::Filter {
                     container: vec![container.into()],
-                    role: if role.is_empty() {
-                        vec![]
-                    } else {
-                        vec![role.into()]
-                    },
+                    role: if role.is_empty() { vec![] } else { vec![role.into()] },
                     ..Default::default()
                 }],
                 vec![],
@@ -258,10 +213,7 @@ mod tests {
     #[test]
     fn bad_regex_names_its_place() {
         let err = EventFilter::compile(&req(
-            vec![pb::Filter {
-                binary_regex: vec!["ok".into(), "(unclosed".into()],
-                ..Default::default()
-            }],
+            vec![pb::Filter { binary_regex: vec!["ok".into(), "(unclosed".into()], ..Default::default() }],
             vec![],
         ))
         .unwrap_err();
@@ -271,10 +223,7 @@ mod tests {
             "{msg}"
         );
         let err = EventFilter::compile(&req(
-            vec![pb::Filter {
-                role: vec!["boss".into()],
-                ..Default::default()
-            }],
+            vec![pb::Filter { role: vec!["boss".into()], ..Default::default() }],
             vec![],
         ))
         .unwrap_err();

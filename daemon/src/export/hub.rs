@@ -38,12 +38,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(stats: Arc<Stats>, node_name: String, clock: Clock) -> Self {
-        Self {
-            subscribers: Mutex::new(Vec::new()),
-            stats,
-            node_name,
-            clock,
-        }
+        Self { subscribers: Mutex::new(Vec::new()), stats, node_name, clock }
     }
 
     /// Registers a subscriber; it is removed when its receiver is dropped.
@@ -148,10 +143,7 @@ mod tests {
     fn ev(pid: u32) -> Shared {
         Arc::new(pb::GetEventsResponse {
             event: Some(Event::ProcessExec(pb::ProcessExec {
-                process: Some(pb::Process {
-                    pid,
-                    ..Default::default()
-                }),
+                process: Some(pb::Process { pid, ..Default::default() }),
                 ..Default::default()
             })),
             ..Default::default()
@@ -172,9 +164,7 @@ mod tests {
             hub.publish(&ev(pid));
         }
         // The fast subscriber got everything despite the slow one.
-        let fast: Vec<_> = std::iter::from_fn(|| fast_rx.try_recv().ok())
-            .map(|e| pid_of(&e))
-            .collect();
+        let fast: Vec<_> = std::iter::from_fn(|| fast_rx.try_recv().ok()).map(|e| pid_of(&e)).collect();
         assert_eq!(fast, [Some(1), Some(2), Some(3), Some(4), Some(5)]);
         assert_eq!(slow.lost.load(Relaxed), 3);
         assert_eq!(stats.lost(Stage::SubscriberQueue), 3);

@@ -38,17 +38,10 @@ pub struct Health {
 /// Subscribes to the hub and starts the writer thread.
 pub fn start(hub: &Hub, cfg: JsonlConfig) -> io::Result<Arc<Health>> {
     let writer = Writer::open(cfg.clone())?;
-    let (_sub, rx) = hub.subscribe(
-        "export_file",
-        Stage::ExportFile,
-        EventFilter::default(),
-        cfg.queue,
-    );
+    let (_sub, rx) = hub.subscribe("export_file", Stage::ExportFile, EventFilter::default(), cfg.queue);
     let health = Arc::new(Health::default());
     let h = health.clone();
-    std::thread::Builder::new()
-        .name("export-file".into())
-        .spawn(move || run(writer, rx, &h))?;
+    std::thread::Builder::new().name("export-file".into()).spawn(move || run(writer, rx, &h))?;
     Ok(health)
 }
 
@@ -127,10 +120,7 @@ impl Writer {
                 rename_if_exists(&numbered(&self.cfg.path, i), &numbered(&self.cfg.path, i + 1))?;
             }
             fs::rename(&self.cfg.path, numbered(&self.cfg.path, 1))?;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.cfg.path)?;
+            let file = OpenOptions::new().create(true).append(true).open(&self.cfg.path)?;
             self.out = BufWriter::with_capacity(256 * 1024, file);
         }
         self.size = 0;
@@ -175,10 +165,7 @@ mod tests {
                 ..Default::default()
             })),
             node_name: "n1".into(),
-            time: Some(sidewall_proto::Timestamp {
-                seconds: 1_800_000_000,
-                nanos: 5,
-            }),
+            time: Some(sidewall_proto::Timestamp { seconds: 1_800_000_000, nanos: 5 }),
         })
     }
 
@@ -197,13 +184,8 @@ mod tests {
     fn lines_are_canonical_proto_json() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("events.json");
-        let mut w = Writer::open(JsonlConfig {
-            path: path.clone(),
-            max_bytes: 1 << 20,
-            keep: 2,
-            queue: 8,
-        })
-        .expect("open");
+        let mut w = Writer::open(JsonlConfig { path: path.clone(), max_bytes: 1 << 20, keep: 2, queue: 8 })
+            .expect("open");
         w.write(&ev(42)).expect("write");
         w.flush().expect("flush");
         let line = fs::read_to_string(&path).expect("read");
@@ -212,10 +194,7 @@ mod tests {
         assert_eq!(v["time"], "2027-01-15T08:00:00.000000005Z");
         // Proto field names, 64-bit integers as strings, as the proto3 JSON mapping says.
         assert_eq!(v["process_exec"]["process"]["pid"], 42);
-        assert_eq!(
-            v["process_exec"]["process"]["cgroup_id"],
-            (1u64 << 40).to_string()
-        );
+        assert_eq!(v["process_exec"]["process"]["cgroup_id"], (1u64 << 40).to_string());
     }
 
     #[test]
@@ -223,12 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("events.json");
         let one_line = serde_json::to_vec(&*ev(1)).expect("json").len() as u64 + 1;
-        let cfg = JsonlConfig {
-            path: path.clone(),
-            max_bytes: one_line * 2,
-            keep: 2,
-            queue: 8,
-        };
+        let cfg = JsonlConfig { path: path.clone(), max_bytes: one_line * 2, keep: 2, queue: 8 };
         let mut w = Writer::open(cfg).expect("open");
         for pid in 1..=7 {
             w.write(&ev(pid)).expect("write");

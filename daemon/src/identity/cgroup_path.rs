@@ -174,10 +174,7 @@ fn canonical_uid(raw: &str, sep: char) -> Option<String> {
     }
     let groups: Vec<&str> = raw.split(sep).collect();
     let valid = groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, len)| g.len() == len && is_lower_hex(g));
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, len)| g.len() == len && is_lower_hex(g));
     valid.then(|| groups.join("-"))
 }
 
@@ -186,10 +183,7 @@ fn podman_pod(id: &mut CgroupIdentity, parent: Level, name: &str) -> bool {
     let pod = if parent == Level::LibpodParent && is_id(name) {
         Some(name)
     } else {
-        PODMAN_POD_SLICE
-            .captures(name)
-            .and_then(|caps| caps.get(1))
-            .map(|m| m.as_str())
+        PODMAN_POD_SLICE.captures(name).and_then(|caps| caps.get(1)).map(|m| m.as_str())
     };
     match pod {
         Some(pod) => {
@@ -300,42 +294,21 @@ mod tests {
             ("/user.slice/user-0.slice/session-3.scope".into(), none.clone()),
             ("/system.slice/containerd.service".into(), none.clone()),
             // containerd, systemd driver, every QoS class.
-            (
-                format!("{sd_burst}/cri-containerd-{C}.scope"),
-                ident(C, "containerd", U, "burstable", ""),
-            ),
-            (
-                format!("{sd_best}/cri-containerd-{C}.scope"),
-                ident(C, "containerd", U, "besteffort", ""),
-            ),
+            (format!("{sd_burst}/cri-containerd-{C}.scope"), ident(C, "containerd", U, "burstable", "")),
+            (format!("{sd_best}/cri-containerd-{C}.scope"), ident(C, "containerd", U, "besteffort", "")),
             (
                 format!("/kubepods.slice/kubepods-pod{U_}.slice/cri-containerd-{C}.scope"),
                 ident(C, "containerd", U, "guaranteed", ""),
             ),
             // containerd, cgroupfs driver.
-            (
-                format!("/kubepods/burstable/pod{U}/{C}"),
-                ident(C, "containerd", U, "burstable", ""),
-            ),
-            (
-                format!("/kubepods/besteffort/pod{U}/{C}"),
-                ident(C, "containerd", U, "besteffort", ""),
-            ),
-            (
-                format!("/kubepods/pod{U}/{C}"),
-                ident(C, "containerd", U, "guaranteed", ""),
-            ),
+            (format!("/kubepods/burstable/pod{U}/{C}"), ident(C, "containerd", U, "burstable", "")),
+            (format!("/kubepods/besteffort/pod{U}/{C}"), ident(C, "containerd", U, "besteffort", "")),
+            (format!("/kubepods/pod{U}/{C}"), ident(C, "containerd", U, "guaranteed", "")),
             // Custom cgroup root (kubelet --cgroup-root=/kubelet).
-            (
-                format!("/kubelet/kubepods/besteffort/pod{U}/{C}"),
-                ident(C, "containerd", U, "besteffort", ""),
-            ),
+            (format!("/kubelet/kubepods/besteffort/pod{U}/{C}"), ident(C, "containerd", U, "besteffort", "")),
             // Pod- and QoS-level cgroups.
             (sd_burst.clone(), ident("", "", U, "burstable", "")),
-            (
-                format!("/kubepods.slice/kubepods-pod{U_}.slice"),
-                ident("", "", U, "guaranteed", ""),
-            ),
+            (format!("/kubepods.slice/kubepods-pod{U_}.slice"), ident("", "", U, "guaranteed", "")),
             (format!("/kubepods/pod{U}"), ident("", "", U, "guaranteed", "")),
             ("/kubepods/besteffort".into(), ident("", "", "", "besteffort", "")),
             ("/kubepods.slice".into(), none.clone()),
@@ -348,56 +321,23 @@ mod tests {
                 ident(C, "containerd", STATIC_UID, "burstable", ""),
             ),
             // CRI-O, both drivers; conmon is not the container.
-            (
-                format!("{sd_best}/crio-{C}.scope"),
-                ident(C, "cri-o", U, "besteffort", ""),
-            ),
-            (
-                format!("{sd_best}/crio-{C}.scope/container"),
-                ident(C, "cri-o", U, "besteffort", ""),
-            ),
-            (
-                format!("/kubepods/burstable/pod{U}/crio-{C}"),
-                ident(C, "cri-o", U, "burstable", ""),
-            ),
-            (
-                format!("{sd_burst}/crio-conmon-{C}.scope"),
-                ident("", "", U, "burstable", ""),
-            ),
-            (
-                format!("/kubepods/pod{U}/crio-conmon-{C}"),
-                ident("", "", U, "guaranteed", ""),
-            ),
+            (format!("{sd_best}/crio-{C}.scope"), ident(C, "cri-o", U, "besteffort", "")),
+            (format!("{sd_best}/crio-{C}.scope/container"), ident(C, "cri-o", U, "besteffort", "")),
+            (format!("/kubepods/burstable/pod{U}/crio-{C}"), ident(C, "cri-o", U, "burstable", "")),
+            (format!("{sd_burst}/crio-conmon-{C}.scope"), ident("", "", U, "burstable", "")),
+            (format!("/kubepods/pod{U}/crio-conmon-{C}"), ident("", "", U, "guaranteed", "")),
             // Docker, both drivers, and cri-dockerd under kubepods.
             (format!("/docker/{C}"), ident(C, "docker", "", "", "")),
-            (
-                format!("/system.slice/docker-{C}.scope"),
-                ident(C, "docker", "", "", ""),
-            ),
-            (
-                format!("{sd_burst}/docker-{C}.scope"),
-                ident(C, "docker", U, "burstable", ""),
-            ),
+            (format!("/system.slice/docker-{C}.scope"), ident(C, "docker", "", "", "")),
+            (format!("{sd_burst}/docker-{C}.scope"), ident(C, "docker", U, "burstable", "")),
             (format!("/docker/{N}/docker/{C}"), ident(C, "docker", "", "", "")),
             // podman, cgroupfs.
-            (
-                format!("/libpod_parent/{P}/libpod-{C}"),
-                ident(C, "podman", "", "", P),
-            ),
+            (format!("/libpod_parent/{P}/libpod-{C}"), ident(C, "podman", "", "", P)),
             (format!("/libpod_parent/{P}"), ident("", "", "", "", P)),
-            (
-                format!("/libpod_parent/libpod-{C}"),
-                ident(C, "podman", "", "", ""),
-            ),
+            (format!("/libpod_parent/libpod-{C}"), ident(C, "podman", "", "", "")),
             // podman, systemd, rootful and rootless.
-            (
-                format!("/machine.slice/libpod-{C}.scope"),
-                ident(C, "podman", "", "", ""),
-            ),
-            (
-                format!("/machine.slice/libpod-{C}.scope/container"),
-                ident(C, "podman", "", "", ""),
-            ),
+            (format!("/machine.slice/libpod-{C}.scope"), ident(C, "podman", "", "", "")),
+            (format!("/machine.slice/libpod-{C}.scope/container"), ident(C, "podman", "", "", "")),
             (
                 format!("/machine.slice/machine-libpod_pod_{P}.slice/libpod-{C}.scope"),
                 ident(C, "podman", "", "", P),
@@ -413,10 +353,7 @@ mod tests {
                 ),
                 ident(C, "podman", "", "", P),
             ),
-            (
-                format!("/system.slice/app.service/libpod-payload-{C}"),
-                ident(C, "podman", "", "", ""),
-            ),
+            (format!("/system.slice/app.service/libpod-payload-{C}"), ident(C, "podman", "", "", "")),
             (format!("/machine.slice/libpod-conmon-{C}.scope"), none.clone()),
             (
                 format!("/machine.slice/machine-libpod_pod_{P}.slice/libpod-conmon-{C}.scope"),
@@ -425,28 +362,16 @@ mod tests {
             // Plain containerd (ctr / nerdctl).
             (format!("/default/{C}"), ident(C, "containerd", "", "", "")),
             (format!("/k8s.io/{C}"), ident(C, "containerd", "", "", "")),
-            (
-                format!("/system.slice/nerdctl-{C}.scope"),
-                ident(C, "containerd", "", "", ""),
-            ),
+            (format!("/system.slice/nerdctl-{C}.scope"), ident(C, "containerd", "", "", "")),
             // kind / nested nodes: the innermost container wins.
             (
                 format!("/system.slice/docker-{N}.scope/kubepods/burstable/pod{U}/{C}"),
                 ident(C, "containerd", U, "burstable", ""),
             ),
-            (
-                format!("{kind_sd}/cri-containerd-{C}.scope"),
-                ident(C, "containerd", U, "besteffort", ""),
-            ),
+            (format!("{kind_sd}/cri-containerd-{C}.scope"), ident(C, "containerd", U, "besteffort", "")),
             (kind_sd.clone(), ident("", "", U, "besteffort", "")),
-            (
-                format!("/docker/{N}/kubepods/pod{U}/{C}"),
-                ident(C, "containerd", U, "guaranteed", ""),
-            ),
-            (
-                format!("/system.slice/docker-{N}.scope"),
-                ident(N, "docker", "", "", ""),
-            ),
+            (format!("/docker/{N}/kubepods/pod{U}/{C}"), ident(C, "containerd", U, "guaranteed", "")),
+            (format!("/system.slice/docker-{N}.scope"), ident(N, "docker", "", "", "")),
             (
                 format!("/system.slice/docker-{N}.scope/system.slice/containerd.service"),
                 ident(N, "docker", "", "", ""),
@@ -470,14 +395,8 @@ mod tests {
             (format!("/docker/{upper}"), none.clone()),
             (format!("/machine.slice/libpod-{short}.scope"), none.clone()),
             // Bad id under a valid pod keeps only the pod fields.
-            (
-                format!("/kubepods/burstable/pod{U}/{short}"),
-                ident("", "", U, "burstable", ""),
-            ),
-            (
-                format!("/kubepods/burstable/pod{U}/{non_hex}"),
-                ident("", "", U, "burstable", ""),
-            ),
+            (format!("/kubepods/burstable/pod{U}/{short}"), ident("", "", U, "burstable", "")),
+            (format!("/kubepods/burstable/pod{U}/{non_hex}"), ident("", "", U, "burstable", "")),
             // Bare ids only count below a parent that names a runtime.
             (format!("/{C}"), none.clone()),
             (format!("/system.slice/foo.service/{C}"), none.clone()),
@@ -486,10 +405,7 @@ mod tests {
             (format!("/system.slice/cri-containerd-{C}"), none.clone()),
             (format!("/system.slice/docker-{C}"), none.clone()),
             // Malformed pod UIDs.
-            (
-                format!("/kubepods/burstable/pod{}/{C}", &U[..35]),
-                ident("", "", "", "burstable", ""),
-            ),
+            (format!("/kubepods/burstable/pod{}/{C}", &U[..35]), ident("", "", "", "burstable", "")),
             (
                 format!("/kubepods.slice/kubepods-pod{U}.slice/cri-containerd-{C}.scope"),
                 ident(C, "containerd", "", "", ""),

@@ -55,11 +55,7 @@ impl CgroupFs {
     /// The path of cgroup `id` relative to the mount ("/" for the root), or None if the
     /// cgroup no longer exists.
     pub fn path_of(&self, id: u64) -> Option<String> {
-        let mut h = KernfsHandle {
-            handle_bytes: 8,
-            handle_type: FILEID_KERNFS,
-            id,
-        };
+        let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
         // SAFETY: the handle struct matches the kernel's `struct file_handle` with an 8-byte
         // f_handle; the returned fd is owned below.
         let fd = unsafe {
@@ -99,10 +95,7 @@ mod tests {
         let hybrid = "30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                       31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
                       32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            cgroup2_mount(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
@@ -112,16 +105,10 @@ mod tests {
     fn own_cgroup_id_resolves_to_own_path() {
         let Ok(cg) = CgroupFs::discover() else { return };
         let own = fs::read_to_string("/proc/self/cgroup").expect("cgroup file");
-        let rel = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .expect("v2 line")
-            .to_string();
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("v2 line").to_string();
         let ino = {
             use std::os::unix::fs::MetadataExt as _;
-            fs::metadata(cg.root().join(rel.trim_start_matches('/')))
-                .expect("dir")
-                .ino()
+            fs::metadata(cg.root().join(rel.trim_start_matches('/'))).expect("dir").ino()
         };
         let expect = if rel == "/" { "/".to_string() } else { rel };
         assert_eq!(cg.path_of(ino).as_deref(), Some(expect.as_str()));

@@ -118,12 +118,7 @@ impl KubeIndex {
     /// Drops every pod whose UID is not in `keep` (the pods of a complete relist).
     fn retain(&self, keep: &HashSet<String>) {
         let mut inner = self.write();
-        let gone: Vec<String> = inner
-            .pods
-            .keys()
-            .filter(|uid| !keep.contains(*uid))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = inner.pods.keys().filter(|uid| !keep.contains(*uid)).cloned().collect();
         for uid in &gone {
             inner.remove(uid);
         }
@@ -180,10 +175,7 @@ fn entry_of(pod: &Pod, uid: &str) -> PodEntry {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
-    PodEntry {
-        pod: pb_pod,
-        containers: containers_of(pod),
-    }
+    PodEntry { pod: pb_pod, containers: containers_of(pod) }
 }
 
 /// Every container of the pod with a runtime id: regular, init and ephemeral, current and
@@ -192,16 +184,9 @@ fn containers_of(pod: &Pod) -> Vec<pb::Container> {
     let Some(status) = &pod.status else {
         return Vec::new();
     };
-    let qos_class = status
-        .qos_class
-        .as_deref()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let statuses = [
-        &status.container_statuses,
-        &status.init_container_statuses,
-        &status.ephemeral_container_statuses,
-    ];
+    let qos_class = status.qos_class.as_deref().unwrap_or_default().to_ascii_lowercase();
+    let statuses =
+        [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
     let mut out = Vec::new();
     for s in statuses.into_iter().flatten().flatten() {
         for raw_id in container_ids(s) {
@@ -227,11 +212,8 @@ fn containers_of(pod: &Pod) -> Vec<pb::Container> {
 
 /// The current and the last terminated container id of a status, as the API writes them.
 fn container_ids(s: &ContainerStatus) -> impl Iterator<Item = &str> {
-    let last = s
-        .last_state
-        .as_ref()
-        .and_then(|l| l.terminated.as_ref())
-        .and_then(|t| t.container_id.as_deref());
+    let last =
+        s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).and_then(|t| t.container_id.as_deref());
     s.container_id.as_deref().into_iter().chain(last)
 }
 
@@ -255,19 +237,10 @@ pub fn split_container_id(raw: &str) -> Option<(&'static str, &str)> {
 /// The image the pod spec gives a container (regular, init or ephemeral).
 fn spec_image<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
     let spec = pod.spec.as_ref()?;
-    let regular = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
+    let regular = spec.containers.iter().chain(spec.init_containers.iter().flatten());
     let image = match regular.into_iter().find(|c| c.name == name) {
         Some(c) => c.image.as_deref(),
-        None => spec
-            .ephemeral_containers
-            .iter()
-            .flatten()
-            .find(|c| c.name == name)?
-            .image
-            .as_deref(),
+        None => spec.ephemeral_containers.iter().flatten().find(|c| c.name == name)?.image.as_deref(),
     };
     image.filter(|i| !i.is_empty())
 }
@@ -277,17 +250,8 @@ fn spec_image<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
 /// `sidewall.io/sidecars: a,b`; or a well-known sidecar image next to an app container), else "app".
 pub fn role_of(pod: &Pod, container_name: &str) -> &'static str {
     let Some(spec) = &pod.spec else { return ROLE_APP };
-    if let Some(init) = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name == container_name)
-    {
-        return if init.restart_policy.as_deref() == Some("Always") {
-            ROLE_SIDECAR
-        } else {
-            ROLE_INIT
-        };
+    if let Some(init) = spec.init_containers.iter().flatten().find(|c| c.name == container_name) {
+        return if init.restart_policy.as_deref() == Some("Always") { ROLE_SIDECAR } else { ROLE_INIT };
     }
     if annotated_sidecars(pod).any(|n| n == container_name) {
         return ROLE_SIDECAR;
@@ -297,27 +261,13 @@ pub fn role_of(pod: &Pod, container_name: &str) -> &'static str {
     };
     // A well-known image alone is not enough: a pod whose only container is Envoy or Fluent Bit
     // (a gateway, a log DaemonSet) runs it as its app.
-    let beside_app = spec
-        .containers
-        .iter()
-        .any(|c| c.name != container_name && !has_sidecar_image(c));
-    if has_sidecar_image(container) && beside_app {
-        ROLE_SIDECAR
-    } else {
-        ROLE_APP
-    }
+    let beside_app = spec.containers.iter().any(|c| c.name != container_name && !has_sidecar_image(c));
+    if has_sidecar_image(container) && beside_app { ROLE_SIDECAR } else { ROLE_APP }
 }
 
 fn annotated_sidecars(pod: &Pod) -> impl Iterator<Item = &str> {
-    let list = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SIDECARS_ANNOTATION));
-    list.into_iter()
-        .flat_map(|l| l.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
+    let list = pod.metadata.annotations.as_ref().and_then(|a| a.get(SIDECARS_ANNOTATION));
+    list.into_iter().flat_map(|l| l.split(',')).map(str::trim).filter(|n| !n.is_empty())
 }
 
 fn has_sidecar_image(c: &Container) -> bool {
@@ -507,11 +457,7 @@ mod tests {
                 {"name": "trace-agent", "image": "gcr.io/datadoghq/agent:7"}
             ]}
         }));
-        assert_eq!(
-            role_of(&p, "agent"),
-            "app",
-            "every container is a well-known image"
-        );
+        assert_eq!(role_of(&p, "agent"), "app", "every container is a well-known image");
     }
 
     #[test]
@@ -554,22 +500,10 @@ mod tests {
     #[test]
     fn container_id_schemes() {
         let hex = id('a');
-        assert_eq!(
-            split_container_id(&format!("containerd://{hex}")),
-            Some(("containerd", hex.as_str()))
-        );
-        assert_eq!(
-            split_container_id(&format!("cri-o://{hex}")),
-            Some(("cri-o", hex.as_str()))
-        );
-        assert_eq!(
-            split_container_id(&format!("docker://{hex}")),
-            Some(("docker", hex.as_str()))
-        );
-        assert_eq!(
-            split_container_id(&format!("other://{hex}")),
-            Some(("", hex.as_str()))
-        );
+        assert_eq!(split_container_id(&format!("containerd://{hex}")), Some(("containerd", hex.as_str())));
+        assert_eq!(split_container_id(&format!("cri-o://{hex}")), Some(("cri-o", hex.as_str())));
+        assert_eq!(split_container_id(&format!("docker://{hex}")), Some(("docker", hex.as_str())));
+        assert_eq!(split_container_id(&format!("other://{hex}")), Some(("", hex.as_str())));
         assert_eq!(split_container_id(&hex), Some(("", hex.as_str())));
         assert_eq!(split_container_id("containerd://"), None);
         assert_eq!(split_container_id(""), None);
@@ -583,13 +517,8 @@ mod tests {
         assert_eq!(index.pod_count(), 1);
         assert!(index.generation() > g0);
 
-        let p = index
-            .pod_by_uid("0b5e4c1a-4f1e-4d36-9f41-1c2a3b4c5d6e")
-            .expect("pod");
-        assert_eq!(
-            (p.namespace.as_str(), p.name.as_str()),
-            ("shop", "web-6d4cf56db6-x7k2p")
-        );
+        let p = index.pod_by_uid("0b5e4c1a-4f1e-4d36-9f41-1c2a3b4c5d6e").expect("pod");
+        assert_eq!((p.namespace.as_str(), p.name.as_str()), ("shop", "web-6d4cf56db6-x7k2p"));
         assert_eq!(p.labels.get("app").map(String::as_str), Some("web"));
         assert!(p.annotations.contains_key(SIDECARS_ANNOTATION));
         assert!(!p.annotations.contains_key(LAST_APPLIED));
@@ -602,25 +531,14 @@ mod tests {
         assert_eq!((name.as_str(), role.as_str()), ("web", "app"));
         assert_eq!(image, "registry.example.com/shop/web:2.0", "image from the spec");
         assert_eq!((runtime.as_str(), qos.as_str()), ("containerd", "burstable"));
-        assert_eq!(
-            role_image('4').0,
-            "web",
-            "previous instance of a restarted container"
-        );
+        assert_eq!(role_image('4').0, "web", "previous instance of a restarted container");
         assert_eq!(role_image('1').1, "init");
         assert_eq!(role_image('2').1, "sidecar");
         assert_eq!(role_image('5').1, "sidecar");
         let (name, role, _, runtime, _) = role_image('6');
-        assert_eq!(
-            (name.as_str(), role.as_str(), runtime.as_str()),
-            ("debugger", "app", "cri-o")
-        );
+        assert_eq!((name.as_str(), role.as_str(), runtime.as_str()), ("debugger", "app", "cri-o"));
         assert!(index.container_by_id(&id('7')).is_none());
-        assert!(
-            index
-                .container_by_id(&format!("containerd://{}", id('3')))
-                .is_none()
-        );
+        assert!(index.container_by_id(&format!("containerd://{}", id('3'))).is_none());
     }
 
     #[test]
@@ -633,11 +551,7 @@ mod tests {
         assert_eq!(index.generation(), g1, "same pod again");
 
         // A container restarts: the new id replaces the current one.
-        let status = p
-            .status
-            .as_mut()
-            .and_then(|s| s.container_statuses.as_mut())
-            .expect("statuses");
+        let status = p.status.as_mut().and_then(|s| s.container_statuses.as_mut()).expect("statuses");
         status[0].container_id = Some(format!("containerd://{}", id('8')));
         status[0].last_state = None;
         index.apply(&p);

@@ -59,12 +59,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(sources: Sources) -> Self {
-        Self {
-            sources,
-            paths: HashMap::new(),
-            cache: HashMap::new(),
-            unknown: Arc::new(Workload::default()),
-        }
+        Self { sources, paths: HashMap::new(), cache: HashMap::new(), unknown: Arc::new(Workload::default()) }
     }
 
     /// A cgroup created by a runtime: remember its path.
@@ -100,14 +95,7 @@ impl Identity {
             self.cache.clear();
         }
         let retry_at = (!complete).then(|| Instant::now() + RETRY);
-        self.cache.insert(
-            cgroup_id,
-            Cached {
-                workload: workload.clone(),
-                generation,
-                retry_at,
-            },
-        );
+        self.cache.insert(cgroup_id, Cached { workload: workload.clone(), generation, retry_at });
         workload
     }
 
@@ -138,10 +126,7 @@ impl Identity {
                 *pod = Some(p);
                 return true;
             }
-            if let Some(p) = (!id.pod_uid.is_empty())
-                .then(|| kube.pod_by_uid(&id.pod_uid))
-                .flatten()
-            {
+            if let Some(p) = (!id.pod_uid.is_empty()).then(|| kube.pod_by_uid(&id.pod_uid)).flatten() {
                 *pod = Some(p);
             }
         }
@@ -181,10 +166,7 @@ impl Identity {
 
 /// What the cgroup path alone says.
 fn base_workload(id: &CgroupIdentity, path: &str) -> Workload {
-    let pod = (!id.pod_uid.is_empty()).then(|| pb::Pod {
-        uid: id.pod_uid.clone(),
-        ..Default::default()
-    });
+    let pod = (!id.pod_uid.is_empty()).then(|| pb::Pod { uid: id.pod_uid.clone(), ..Default::default() });
     let container = if !id.container_id.is_empty() {
         Some(pb::Container {
             id: id.container_id.clone(),
@@ -195,11 +177,7 @@ fn base_workload(id: &CgroupIdentity, path: &str) -> Workload {
         })
     } else if pod.is_none() {
         // Not in a container: the host.
-        Some(pb::Container {
-            role: "host".into(),
-            cgroup_path: path.into(),
-            ..Default::default()
-        })
+        Some(pb::Container { role: "host".into(), cgroup_path: path.into(), ..Default::default() })
     } else {
         None
     };
@@ -226,21 +204,11 @@ mod tests {
     fn learned_paths_resolve_without_the_filesystem() {
         let mut ident = Identity::new(Sources::default());
         let id = "c".repeat(64);
-        ident.learn(
-            77,
-            &format!("/kubepods/burstable/pod0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091/{id}"),
-        );
+        ident.learn(77, &format!("/kubepods/burstable/pod0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091/{id}"));
         let w = ident.resolve(77);
         assert_eq!(w.container.as_ref().map(|c| c.id.as_str()), Some(id.as_str()));
-        assert_eq!(
-            w.pod.as_ref().map(|p| p.uid.as_str()),
-            Some("0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091")
-        );
+        assert_eq!(w.pod.as_ref().map(|p| p.uid.as_str()), Some("0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091"));
         ident.forget(77);
-        assert_eq!(
-            *ident.resolve(77),
-            Workload::default(),
-            "forgotten and not on disk"
-        );
+        assert_eq!(*ident.resolve(77), Workload::default(), "forgotten and not on disk");
     }
 }

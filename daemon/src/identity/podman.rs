@@ -76,10 +76,7 @@ impl PodmanStore {
             sandbox.and_then(|s| self.oci_config(s)).and_then(|c| c.hostname)
         };
         let name = match &pod_name {
-            Some(pod) => full_name
-                .strip_prefix(&format!("{pod}-"))
-                .unwrap_or(&full_name)
-                .to_string(),
+            Some(pod) => full_name.strip_prefix(&format!("{pod}-")).unwrap_or(&full_name).to_string(),
             None => full_name,
         };
         let role = if infra {
@@ -87,10 +84,7 @@ impl PodmanStore {
         } else if config.annotations.contains_key(INIT_ANNOTATION) {
             "init"
         } else {
-            let listed = config
-                .annotations
-                .get(roles::SIDECARS_ANNOTATION)
-                .map(String::as_str);
+            let listed = config.annotations.get(roles::SIDECARS_ANNOTATION).map(String::as_str);
             roles::app_or_sidecar(listed, &name, &meta.image_name)
         };
         Some(PodmanContainer {
@@ -108,14 +102,10 @@ impl PodmanStore {
     }
 
     fn oci_config(&self, id: &str) -> Option<OciConfig> {
-        let path: PathBuf = [
-            Path::new(&self.root),
-            Path::new("overlay-containers"),
-            Path::new(id),
-        ]
-        .iter()
-        .collect::<PathBuf>()
-        .join("userdata/config.json");
+        let path: PathBuf = [Path::new(&self.root), Path::new("overlay-containers"), Path::new(id)]
+            .iter()
+            .collect::<PathBuf>()
+            .join("userdata/config.json");
         serde_json::from_slice(&fs::read(path).ok()?).ok()
     }
 }
@@ -168,10 +158,7 @@ mod tests {
     fn kube_play_pod_names_and_roles() {
         let (_dir, s) = store();
         let app = s.lookup(APP).expect("app");
-        assert_eq!(
-            (app.name.as_str(), app.pod_name.as_deref(), app.role),
-            ("app", Some("web"), "app")
-        );
+        assert_eq!((app.name.as_str(), app.pod_name.as_deref(), app.role), ("app", Some("web"), "app"));
         assert_eq!(app.image, "localhost/busybox:local");
         let proxy = s.lookup(PROXY).expect("proxy");
         assert_eq!((proxy.name.as_str(), proxy.role), ("proxy", "sidecar"));

@@ -35,23 +35,17 @@ const SIDECAR_IMAGES: &[&str] = &[
 ];
 
 /// Repository suffixes whose last component alone is too generic ("proxy", "agent").
-const SIDECAR_REPO_SUFFIXES: &[&str] = &[
-    "linkerd/proxy",
-    "datadoghq/agent",
-    "datadog/agent",
-    "datadoghq/dogstatsd",
-    "datadog/dogstatsd",
-];
+const SIDECAR_REPO_SUFFIXES: &[&str] =
+    &["linkerd/proxy", "datadoghq/agent", "datadog/agent", "datadoghq/dogstatsd", "datadog/dogstatsd"];
 
 /// True for images of well-known sidecars, whatever the registry, tag or digest.
 pub fn is_sidecar_image(image: &str) -> bool {
     let repo = image_repository(image);
     let last = repo.rsplit('/').next().unwrap_or(repo);
     SIDECAR_IMAGES.contains(&last)
-        || SIDECAR_REPO_SUFFIXES.iter().any(|s| {
-            repo.strip_suffix(s)
-                .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
-        })
+        || SIDECAR_REPO_SUFFIXES
+            .iter()
+            .any(|s| repo.strip_suffix(s).is_some_and(|rest| rest.is_empty() || rest.ends_with('/')))
 }
 
 /// `registry:5000/org/name:tag@sha256:...` -> `registry:5000/org/name`.
@@ -71,11 +65,7 @@ pub fn named_as_sidecar(annotation: Option<&str>, container: &str) -> bool {
 
 /// Role of a regular (not init) container from what the runtime or the API says.
 pub fn app_or_sidecar(annotation: Option<&str>, container: &str, image: &str) -> &'static str {
-    if named_as_sidecar(annotation, container) || is_sidecar_image(image) {
-        "sidecar"
-    } else {
-        "app"
-    }
+    if named_as_sidecar(annotation, container) || is_sidecar_image(image) { "sidecar" } else { "app" }
 }
 
 #[cfg(test)]
@@ -101,14 +91,8 @@ mod tests {
             "app",
             "a generic name alone is not a sidecar"
         );
-        assert_eq!(
-            app_or_sidecar(None, "x", "cr.l5d.io/linkerd/linkerd2-proxy:edge"),
-            "sidecar"
-        );
-        assert_eq!(
-            app_or_sidecar(None, "istio-proxy", "docker.io/istio/proxyv2:1.22"),
-            "sidecar"
-        );
+        assert_eq!(app_or_sidecar(None, "x", "cr.l5d.io/linkerd/linkerd2-proxy:edge"), "sidecar");
+        assert_eq!(app_or_sidecar(None, "istio-proxy", "docker.io/istio/proxyv2:1.22"), "sidecar");
     }
 
     #[test]

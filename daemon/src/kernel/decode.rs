@@ -12,11 +12,7 @@ use sidewall_common::{
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than the {need}-byte {what}")]
-    Short {
-        what: &'static str,
-        len: usize,
-        need: usize,
-    },
+    Short { what: &'static str, len: usize, need: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
 }
@@ -91,11 +87,7 @@ impl Record {
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short {
-            what,
-            len: bytes.len(),
-            need,
-        });
+        return Err(DecodeError::Short { what, len: bytes.len(), need });
     }
     // SAFETY: the length is checked above; T is a #[repr(C)] type of integers and byte
     // arrays, valid for any bit pattern; read_unaligned copes with any alignment.
@@ -113,37 +105,22 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::EXEC => decode_exec(bytes).map(Record::Exec),
         kind::EXIT => {
             let e: ExitEvent = read(bytes, "exit record")?;
-            Ok(Record::Exit(Exit {
-                hdr: e.hdr,
-                exit_code: e.exit_code,
-            }))
+            Ok(Record::Exit(Exit { hdr: e.hdr, exit_code: e.exit_code }))
         }
         kind::FORK => {
             let e: ForkEvent = read(bytes, "fork record")?;
-            Ok(Record::Fork {
-                hdr: e.hdr,
-                parent_ns: e.parent_ns,
-            })
+            Ok(Record::Fork { hdr: e.hdr, parent_ns: e.parent_ns })
         }
         kind::NAMESPACE => Ok(Record::Namespace(read(bytes, "namespace record")?)),
         kind::ACCESS => {
             let e: AccessEvent = read(bytes, "access record")?;
             let path = lossy(&e.path[..(e.path_len as usize).min(ACCESS_PATH_MAX)]);
-            Ok(Record::Access {
-                hdr: e.hdr,
-                op: e.op,
-                target_pid: e.target_pid,
-                path,
-            })
+            Ok(Record::Access { hdr: e.hdr, op: e.op, target_pid: e.target_pid, path })
         }
         kind::CGROUP_MKDIR => {
             let e: CgroupEvent = read(bytes, "cgroup record")?;
             let path = lossy(&e.path[..(e.path_len as usize).min(CGROUP_PATH_MAX)]);
-            Ok(Record::CgroupMkdir {
-                hdr: e.hdr,
-                id: e.id,
-                path,
-            })
+            Ok(Record::CgroupMkdir { hdr: e.hdr, id: e.id, path })
         }
         kind::CGROUP_RMDIR => {
             let e: CgroupEvent = read(bytes, "cgroup record")?;
@@ -168,22 +145,14 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
     } else {
         join_cwd(&ev.cwd, ev.cwd_slots as usize)
     };
-    Ok(Exec {
-        hdr: ev.hdr,
-        filename,
-        argv,
-        cwd,
-    })
+    Ok(Exec { hdr: ev.hdr, filename, argv, cwd })
 }
 
 /// A `sun_path`: up to the first NUL, or "@name" for an abstract name (leading NUL).
 pub fn unix_path(b: &[u8]) -> String {
     match b.split_first() {
         Some((0, rest)) => {
-            let name = rest
-                .iter()
-                .rposition(|&c| c != 0)
-                .map_or(&rest[..0], |i| &rest[..=i]);
+            let name = rest.iter().rposition(|&c| c != 0).map_or(&rest[..0], |i| &rest[..=i]);
             format!("@{}", String::from_utf8_lossy(name))
         }
         _ => lossy(b.split(|&c| c == 0).next().unwrap_or_default()),
@@ -271,10 +240,7 @@ mod tests {
 
     #[test]
     fn unix_paths() {
-        assert_eq!(
-            unix_path(b"/run/containerd/containerd.sock\0\0\0"),
-            "/run/containerd/containerd.sock"
-        );
+        assert_eq!(unix_path(b"/run/containerd/containerd.sock\0\0\0"), "/run/containerd/containerd.sock");
         assert_eq!(unix_path(b"\0sidewall-test\0\0"), "@sidewall-test");
         assert_eq!(unix_path(b""), "");
     }
@@ -284,13 +250,7 @@ mod tests {
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
         let mut hdr = [0u8; size_of::<Header>()];
         hdr[0] = 1; // exec, but only a header's worth of bytes
-        assert!(matches!(
-            decode(&hdr),
-            Err(DecodeError::Short {
-                what: "exec record",
-                ..
-            })
-        ));
+        assert!(matches!(decode(&hdr), Err(DecodeError::Short { what: "exec record", .. })));
         hdr[0] = 99;
         assert_eq!(decode(&hdr).unwrap_err(), DecodeError::UnknownKind(99));
     }

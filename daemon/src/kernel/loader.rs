@@ -49,82 +49,26 @@ const fn spec(
     hook: &'static str,
     attach: Attach,
 ) -> SensorSpec {
-    SensorSpec {
-        name,
-        programs,
-        hook,
-        attach,
-        strict: false,
-    }
+    SensorSpec { name, programs, hook, attach, strict: false }
 }
 
 /// The sensors. The default set costs nothing on unrelated syscalls: BTF tracepoints and
 /// cgroup hooks only. The strict set adds syscall tracepoints (see docs/sensors.md).
 pub const SENSORS: &[SensorSpec] = &[
-    spec(
-        "process_exec",
-        &["sched_process_exec"],
-        "tp_btf/sched_process_exec",
-        Attach::BtfTracepoint,
-    ),
-    spec(
-        "process_exit",
-        &["sched_process_exit"],
-        "tp_btf/sched_process_exit",
-        Attach::BtfTracepoint,
-    ),
-    spec(
-        "process_fork",
-        &["sched_process_fork"],
-        "tp_btf/sched_process_fork",
-        Attach::BtfTracepoint,
-    ),
+    spec("process_exec", &["sched_process_exec"], "tp_btf/sched_process_exec", Attach::BtfTracepoint),
+    spec("process_exit", &["sched_process_exit"], "tp_btf/sched_process_exit", Attach::BtfTracepoint),
+    spec("process_fork", &["sched_process_fork"], "tp_btf/sched_process_fork", Attach::BtfTracepoint),
     // Container cgroups as the runtime creates and removes them.
-    spec(
-        "cgroup_mkdir",
-        &["cgroup_mkdir"],
-        "tp_btf/cgroup_mkdir",
-        Attach::BtfTracepoint,
-    ),
-    spec(
-        "cgroup_rmdir",
-        &["cgroup_rmdir"],
-        "tp_btf/cgroup_rmdir",
-        Attach::BtfTracepoint,
-    ),
-    spec(
-        "inet_connect",
-        &["connect4", "connect6"],
-        "cgroup/connect4,connect6",
-        Attach::CgroupSockAddr,
-    ),
-    spec(
-        "datagram_send",
-        &["sendmsg4", "sendmsg6"],
-        "cgroup/sendmsg4,sendmsg6",
-        Attach::CgroupSockAddr,
-    ),
-    spec(
-        "inet_bind",
-        &["post_bind4", "post_bind6"],
-        "cgroup/post_bind4,post_bind6",
-        Attach::CgroupSock,
-    ),
-    spec(
-        "socket_release",
-        &["sock_release"],
-        "cgroup/sock_release",
-        Attach::CgroupSock,
-    ),
+    spec("cgroup_mkdir", &["cgroup_mkdir"], "tp_btf/cgroup_mkdir", Attach::BtfTracepoint),
+    spec("cgroup_rmdir", &["cgroup_rmdir"], "tp_btf/cgroup_rmdir", Attach::BtfTracepoint),
+    spec("inet_connect", &["connect4", "connect6"], "cgroup/connect4,connect6", Attach::CgroupSockAddr),
+    spec("datagram_send", &["sendmsg4", "sendmsg6"], "cgroup/sendmsg4,sendmsg6", Attach::CgroupSockAddr),
+    spec("inet_bind", &["post_bind4", "post_bind6"], "cgroup/post_bind4,post_bind6", Attach::CgroupSock),
+    spec("socket_release", &["sock_release"], "cgroup/sock_release", Attach::CgroupSock),
     spec("tcp_lifecycle", &["tcp_lifecycle"], "sockops", Attach::SockOps),
     SensorSpec {
         name: "namespace_syscalls",
-        programs: &[
-            "sys_enter_setns",
-            "sys_exit_setns",
-            "sys_enter_unshare",
-            "sys_exit_unshare",
-        ],
+        programs: &["sys_enter_setns", "sys_exit_setns", "sys_enter_unshare", "sys_exit_unshare"],
         hook: "tracepoint/syscalls/sys_{enter,exit}_{setns,unshare}",
         attach: Attach::SyscallTracepoint,
         strict: true,
@@ -193,11 +137,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .load(BPF_OBJECT)
         .context("loading the eBPF object")?;
-    let cgroup = opts
-        .cgroup_root
-        .map(File::open)
-        .transpose()
-        .context("opening the cgroup v2 root")?;
+    let cgroup = opts.cgroup_root.map(File::open).transpose().context("opening the cgroup v2 root")?;
     let sensors = SENSORS
         .iter()
         .map(|spec| SensorReport {
@@ -223,15 +163,13 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
 
 fn attach(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf, cgroup: Option<&File>) -> anyhow::Result<()> {
     for name in spec.programs {
-        let prog = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?;
+        let prog =
+            ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
         let root = || cgroup.context("no cgroup v2 filesystem to attach to");
         match spec.attach {
             Attach::BtfTracepoint => {
                 let p: &mut BtfTracePoint = prog.try_into()?;
-                p.load(name, btf)
-                    .with_context(|| format!("loading tp_btf/{name}"))?;
+                p.load(name, btf).with_context(|| format!("loading tp_btf/{name}"))?;
                 p.attach().with_context(|| format!("attaching tp_btf/{name}"))?;
             }
             Attach::CgroupSockAddr => {
@@ -255,8 +193,7 @@ fn attach(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf, cgroup: Option<&File>) 
             Attach::SyscallTracepoint => {
                 let p: &mut TracePoint = prog.try_into()?;
                 p.load().with_context(|| format!("loading syscalls/{name}"))?;
-                p.attach("syscalls", name)
-                    .with_context(|| format!("attaching syscalls/{name}"))?;
+                p.attach("syscalls", name).with_context(|| format!("attaching syscalls/{name}"))?;
             }
         }
     }
@@ -265,10 +202,7 @@ fn attach(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf, cgroup: Option<&File>) 
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large ring buffers load.
 fn raise_memlock() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit with a valid pointer to an initialised struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");

@@ -31,10 +31,8 @@ pub enum OffsetError {
 
 /// Loads BTF from `path` (normally `/sys/kernel/btf/vmlinux`) and resolves every offset.
 pub fn resolve(path: &Path) -> Result<Offsets, OffsetError> {
-    let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let btf = Btf::from_file(path)
+        .map_err(|source| OffsetError::Read { path: path.display().to_string(), source })?;
     let mut o = Resolver { btf: &btf }.offsets()?;
     let tp = |event: &str, field: &str| syscall_tracepoint_field(event, field).unwrap_or(UNRESOLVED);
     o.tp_connect_addr = tp("sys_enter_connect", "uservaddr");
@@ -149,10 +147,8 @@ impl Resolver<'_> {
     }
 
     fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| OffsetError::NoStruct(name.to_string()))?;
+        let types =
+            self.btf.resolve_types_by_name(name).map_err(|_| OffsetError::NoStruct(name.to_string()))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -171,14 +167,8 @@ impl Resolver<'_> {
         let s = self.find_struct(strukt)?;
         match self.member_bits(&s, member, 0) {
             Some(bits) if bits % 8 == 0 => Ok(bits / 8),
-            Some(_) => Err(OffsetError::Bitfield {
-                strukt: strukt.into(),
-                member: member.into(),
-            }),
-            None => Err(OffsetError::NoMember {
-                strukt: strukt.into(),
-                member: member.into(),
-            }),
+            Some(_) => Err(OffsetError::Bitfield { strukt: strukt.into(), member: member.into() }),
+            None => Err(OffsetError::NoMember { strukt: strukt.into(), member: member.into() }),
         }
     }
 
@@ -261,12 +251,7 @@ mod tests {
             return;
         }
         let btf = Btf::from_file(VMLINUX).expect("btf");
-        let err = Resolver { btf: &btf }
-            .field("task_struct", "no_such_field")
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "kernel BTF: struct `task_struct` has no member `no_such_field`"
-        );
+        let err = Resolver { btf: &btf }.field("task_struct", "no_such_field").unwrap_err();
+        assert_eq!(err.to_string(), "kernel BTF: struct `task_struct` has no member `no_such_field`");
     }
 }

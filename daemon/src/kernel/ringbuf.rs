@@ -49,12 +49,8 @@ pub struct KernelDrops {
 
 impl KernelDrops {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map("RINGBUF_DROPS")
-            .context("map RINGBUF_DROPS missing")?;
-        Ok(Self {
-            map: PerCpuArray::try_from(map).context("RINGBUF_DROPS is not a per-CPU array")?,
-        })
+        let map = ebpf.take_map("RINGBUF_DROPS").context("map RINGBUF_DROPS missing")?;
+        Ok(Self { map: PerCpuArray::try_from(map).context("RINGBUF_DROPS is not a per-CPU array")? })
     }
 
     /// Totals since load, indexed by record kind.

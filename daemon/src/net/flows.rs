@@ -95,11 +95,7 @@ impl FlowGraph {
             .map(|(netns, g)| {
                 let mut edges: Vec<pb::FlowEdge> = g.edges.values().cloned().collect();
                 edges.sort_by(|a, b| (a.port, &a.protocol).cmp(&(b.port, &b.protocol)));
-                pb::PodFlows {
-                    pod: g.pod.clone(),
-                    netns: *netns,
-                    edges,
-                }
+                pb::PodFlows { pod: g.pod.clone(), netns: *netns, edges }
             })
             .collect();
         pods.sort_by_key(|p| p.netns);
@@ -112,32 +108,16 @@ mod tests {
     use super::*;
 
     fn container(id: &str, name: &str) -> pb::Container {
-        pb::Container {
-            id: id.into(),
-            name: name.into(),
-            ..Default::default()
-        }
+        pb::Container { id: id.into(), name: name.into(), ..Default::default() }
     }
 
     #[test]
     fn edges_accumulate_per_source_destination_and_port() {
-        let pod = pb::Pod {
-            name: "web".into(),
-            namespace: "default".into(),
-            ..Default::default()
-        };
+        let pod = pb::Pod { name: "web".into(), namespace: "default".into(), ..Default::default() };
         let (app, proxy) = (container("a1", "app"), container("p1", "proxy"));
-        let side = |c| Endpoint {
-            pod: Some(&pod),
-            container: Some(c),
-        };
-        let flow = |port| Flow {
-            netns: 7,
-            protocol: "tcp",
-            source: side(&proxy),
-            destination: side(&app),
-            port,
-        };
+        let side = |c| Endpoint { pod: Some(&pod), container: Some(c) };
+        let flow =
+            |port| Flow { netns: 7, protocol: "tcp", source: side(&proxy), destination: side(&app), port };
         let mut g = FlowGraph::default();
         let t = Timestamp { seconds: 1, nanos: 0 };
         g.record(&flow(8080), 1, (0, 0), t);
@@ -148,10 +128,7 @@ mod tests {
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].pod.as_ref().map(|p| p.name.as_str()), Some("web"));
         let e = &snap[0].edges[0];
-        assert_eq!(
-            (e.port, e.connections, e.bytes_sent, e.bytes_received),
-            (8080, 2, 100, 20)
-        );
+        assert_eq!((e.port, e.connections, e.bytes_sent, e.bytes_received), (8080, 2, 100, 20));
         assert_eq!(e.source.as_ref().map(|c| c.name.as_str()), Some("proxy"));
         assert_eq!(snap[0].edges[1].port, 9090);
         assert!(g.snapshot(|p| p.is_some_and(|p| p.name == "other")).is_empty());

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidewall_common::{Header, SockEvent, sock_op};
+use sidewall_common::{Header, SockEvent, sock_op, verdict};
 use sidewall_proto::v1 as pb;
 
 use self::{
@@ -59,6 +59,8 @@ pub enum NetEvent {
         owner: Arc<ProcEntry>,
         socket: pb::Socket,
         wildcard: bool,
+        /// Refused by policy in the kernel.
+        denied: bool,
     },
     Close {
         owner: Arc<ProcEntry>,
@@ -74,6 +76,7 @@ pub enum NetEvent {
         socket: pb::Socket,
         count: u32,
         peer: Option<Arc<ProcEntry>>,
+        denied: bool,
     },
 }
 
@@ -95,14 +98,9 @@ struct SockState {
 /// was acked or received; the state the socket closed from says which FINs those were.
 pub fn payload_bytes(e: &SockEvent, outbound: bool) -> (u64, u64) {
     let syn = u64::from(outbound);
-    let our_fin_acked = matches!(
-        e.old_state,
-        TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_LAST_ACK | TCP_CLOSING
-    );
-    let their_fin = matches!(
-        e.old_state,
-        TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
-    );
+    let our_fin_acked = matches!(e.old_state, TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_LAST_ACK | TCP_CLOSING);
+    let their_fin =
+        matches!(e.old_state, TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
     (
         e.bytes_acked.saturating_sub(syn + u64::from(our_fin_acked)),
         e.bytes_received.saturating_sub(u64::from(their_fin)),
@@ -121,11 +119,7 @@ pub struct Net {
 }
 
 fn address(a: &SocketAddr) -> pb::SocketAddress {
-    pb::SocketAddress {
-        ip: a.ip().to_string(),
-        port: a.port().into(),
-        path: String::new(),
-    }
+    pb::SocketAddress { ip: a.ip().to_string(), port: a.port().into(), path: String::new() }
 }
 
 impl Net {
@@ -167,19 +161,11 @@ impl Net {
         let socket = pb::Socket {
             protocol: "unix".into(),
             family: "unix".into(),
-            remote: Some(pb::SocketAddress {
-                path: path.into(),
-                ..Default::default()
-            }),
+            remote: Some(pb::SocketAddress { path: path.into(), ..Default::default() }),
             netns: owner.process.namespaces.as_ref().map_or(0, |n| n.net),
             ..Default::default()
         };
-        NetEvent::Connect {
-            owner,
-            socket,
-            result: "unknown",
-            peer: None,
-        }
+        NetEvent::Connect { owner, socket, result: "unknown", peer: None }
     }
 
     /// Connects still unanswered after a while are reported as in progress.
@@ -224,9 +210,7 @@ impl Net {
         if !loopback {
             return None;
         }
-        self.ports
-            .owner(e.netns_cookie, e.protocol, &remote.ip(), remote.port())
-            .map(|b| b.owner.clone())
+        self.ports.owner(e.netns_cookie, e.protocol, &remote.ip(), remote.port()).map(|b| b.owner.clone())
     }
 
     fn connect(
@@ -239,23 +223,17 @@ impl Net {
         let remote = SocketAddr::new(ip(e.family, &e.remote_addr), e.remote_port);
         let socket = self.socket(e, &owner, Some(remote));
         let peer = self.peer_of(e, &remote, socket.loopback);
+        if e.verdict == verdict::DENIED {
+            // Refused by policy in the kernel: there is no connection to follow.
+            return Some(NetEvent::Connect { owner, socket, result: "denied", peer });
+        }
         if e.protocol == IPPROTO_UDP {
             // A UDP connect only sets the default destination: it cannot be refused here.
             self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
-            return Some(NetEvent::Connect {
-                owner,
-                socket,
-                result: "success",
-                peer,
-            });
+            return Some(NetEvent::Connect { owner, socket, result: "success", peer });
         }
         if self.sockets.len() >= MAX_SOCKETS {
-            return Some(NetEvent::Connect {
-                owner,
-                socket,
-                result: "in_progress",
-                peer,
-            });
+            return Some(NetEvent::Connect { owner, socket, result: "in_progress", peer });
         }
         let st = SockState {
             owner,
@@ -283,20 +261,13 @@ impl Net {
         let (socket, owner, peer, remote) = (st.socket.clone(), st.owner.clone(), st.peer.clone(), st.remote);
         self.tuples.insert((e.netns_cookie, local, remote), e.cookie);
         self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
-        first_report.then_some(NetEvent::Connect {
-            owner,
-            socket,
-            result: "success",
-            peer,
-        })
+        first_report.then_some(NetEvent::Connect { owner, socket, result: "success", peer })
     }
 
     fn accepted(&mut self, e: &SockEvent) -> Option<NetEvent> {
         let local = SocketAddr::new(ip(e.family, &e.local_addr), e.local_port);
         let remote = SocketAddr::new(ip(e.family, &e.remote_addr), e.remote_port);
-        let listener = self
-            .ports
-            .owner(e.netns_cookie, IPPROTO_TCP, &local.ip(), local.port())?;
+        let listener = self.ports.owner(e.netns_cookie, IPPROTO_TCP, &local.ip(), local.port())?;
         let owner = listener.owner.clone();
         let peer = self
             .tuples
@@ -336,31 +307,13 @@ impl Net {
             self.tuples.remove(&(e.netns_cookie, local, st.remote));
         }
         if !st.reported {
-            let result = if e.old_state == TCP_SYN_SENT {
-                "refused"
-            } else {
-                "failed"
-            };
-            return Some(NetEvent::Connect {
-                owner: st.owner,
-                socket: st.socket,
-                result,
-                peer: st.peer,
-            });
+            let result = if e.old_state == TCP_SYN_SENT { "refused" } else { "failed" };
+            return Some(NetEvent::Connect { owner: st.owner, socket: st.socket, result, peer: st.peer });
         }
         if st.established_ns == 0 {
             // Reported as in progress, never established: say how it ended.
-            let result = if e.old_state == TCP_SYN_SENT {
-                "refused"
-            } else {
-                "failed"
-            };
-            return Some(NetEvent::Connect {
-                owner: st.owner,
-                socket: st.socket,
-                result,
-                peer: st.peer,
-            });
+            let result = if e.old_state == TCP_SYN_SENT { "refused" } else { "failed" };
+            return Some(NetEvent::Connect { owner: st.owner, socket: st.socket, result, peer: st.peer });
         }
         let (sent, received) = payload_bytes(e, st.outbound);
         if st.outbound {
@@ -391,21 +344,17 @@ impl Net {
         let local = SocketAddr::new(ip(e.family, &e.local_addr), e.local_port);
         let mut socket = self.socket(e, &owner, None);
         socket.local = Some(address(&local));
+        let wildcard = local.ip().is_unspecified();
+        if e.verdict == verdict::DENIED {
+            return NetEvent::Bind { owner, socket, wildcard, denied: true };
+        }
         self.ports.bind(
             e.netns_cookie,
             e.protocol,
             e.local_port,
-            Binding {
-                ip: local.ip(),
-                cookie: e.cookie,
-                owner: owner.clone(),
-            },
+            Binding { ip: local.ip(), cookie: e.cookie, owner: owner.clone() },
         );
-        NetEvent::Bind {
-            owner,
-            socket,
-            wildcard: local.ip().is_unspecified(),
-        }
+        NetEvent::Bind { owner, socket, wildcard, denied: false }
     }
 
     fn datagram(&mut self, e: &SockEvent, cache: &mut ProcessCache, identity: &mut Identity) -> NetEvent {
@@ -413,21 +362,11 @@ impl Net {
         let remote = SocketAddr::new(ip(e.family, &e.remote_addr), e.remote_port);
         let socket = self.socket(e, &owner, Some(remote));
         let peer = self.peer_of(e, &remote, socket.loopback);
-        self.record_flow(
-            &socket,
-            &owner,
-            peer.as_ref(),
-            remote.port(),
-            e.count.into(),
-            (0, 0),
-            identity,
-        );
-        NetEvent::Datagram {
-            owner,
-            socket,
-            count: e.count,
-            peer,
+        let denied = e.verdict == verdict::DENIED;
+        if !denied {
+            self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), e.count.into(), (0, 0), identity);
         }
+        NetEvent::Datagram { owner, socket, count: e.count, peer, denied }
     }
 
     /// Adds to the flow graph when both ends are known and the traffic stays on loopback.
@@ -451,21 +390,12 @@ impl Net {
         let flow = Flow {
             netns: socket.netns,
             protocol,
-            source: Endpoint {
-                pod: src.pod.as_ref(),
-                container: src.container.as_ref(),
-            },
-            destination: Endpoint {
-                pod: dst.pod.as_ref(),
-                container: dst.container.as_ref(),
-            },
+            source: Endpoint { pod: src.pod.as_ref(), container: src.container.as_ref() },
+            destination: Endpoint { pod: dst.pod.as_ref(), container: dst.container.as_ref() },
             port,
         };
         let now = self.clock.timestamp(Clock::boot_ns());
-        self.flows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(&flow, connections, bytes, now);
+        self.flows.lock().unwrap_or_else(|e| e.into_inner()).record(&flow, connections, bytes, now);
     }
 }
 
@@ -476,28 +406,15 @@ mod tests {
     #[test]
     fn payload_bytes_remove_syn_and_fins() {
         // Client closed last (LAST_ACK): sent 20 + SYN + FIN, received 40 + FIN.
-        let client = SockEvent {
-            old_state: TCP_LAST_ACK,
-            bytes_acked: 22,
-            bytes_received: 41,
-            ..Default::default()
-        };
+        let client =
+            SockEvent { old_state: TCP_LAST_ACK, bytes_acked: 22, bytes_received: 41, ..Default::default() };
         assert_eq!(payload_bytes(&client, true), (20, 40));
         // Server closed first and went to TIME_WAIT from FIN_WAIT2: sent 40 + FIN, received 20 + FIN.
-        let server = SockEvent {
-            old_state: TCP_FIN_WAIT2,
-            bytes_acked: 41,
-            bytes_received: 21,
-            ..Default::default()
-        };
+        let server =
+            SockEvent { old_state: TCP_FIN_WAIT2, bytes_acked: 41, bytes_received: 21, ..Default::default() };
         assert_eq!(payload_bytes(&server, false), (40, 20));
         // Reset while established: no FINs.
-        let reset = SockEvent {
-            old_state: 1,
-            bytes_acked: 11,
-            bytes_received: 7,
-            ..Default::default()
-        };
+        let reset = SockEvent { old_state: 1, bytes_acked: 11, bytes_received: 7, ..Default::default() };
         assert_eq!(payload_bytes(&reset, true), (10, 7));
     }
 }

@@ -43,10 +43,7 @@ impl NetnsIndex {
             return true;
         }
         let now = Instant::now();
-        let fresh = self
-            .addrs
-            .get(&inode)
-            .is_some_and(|(t, _)| now.duration_since(*t) < ADDRS_TTL);
+        let fresh = self.addrs.get(&inode).is_some_and(|(t, _)| now.duration_since(*t) < ADDRS_TTL);
         if !fresh {
             if self.addrs.len() >= MAX_NETNS {
                 self.addrs.clear();
@@ -61,9 +58,7 @@ impl NetnsIndex {
 fn local_addrs(pid: u32) -> Vec<IpAddr> {
     let mut out =
         parse_fib_trie_local(&fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default());
-    out.extend(parse_if_inet6(
-        &fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default(),
-    ));
+    out.extend(parse_if_inet6(&fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default()));
     out
 }
 
@@ -106,13 +101,7 @@ mod tests {
                     \x20    +-- 10.244.1.0/24 2 0 2\n        |-- 10.244.1.7\n           /32 host LOCAL\n\
                     \x20    |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.244.1.7\n           /32 host LOCAL\n";
         let got = parse_fib_trie_local(trie);
-        assert_eq!(
-            got,
-            vec![
-                "10.244.1.7".parse::<IpAddr>().expect("ip"),
-                "127.0.0.1".parse().expect("ip")
-            ]
-        );
+        assert_eq!(got, vec!["10.244.1.7".parse::<IpAddr>().expect("ip"), "127.0.0.1".parse().expect("ip")]);
     }
 
     #[test]
@@ -126,9 +115,6 @@ mod tests {
         let mut idx = NetnsIndex::default();
         let me = std::process::id();
         assert!(idx.is_local(1, me, &"127.9.9.9".parse().expect("ip")));
-        assert!(
-            !idx.is_local(1, me, &"192.0.2.1".parse().expect("ip")),
-            "TEST-NET-1 is nobody's"
-        );
+        assert!(!idx.is_local(1, me, &"192.0.2.1".parse().expect("ip")), "TEST-NET-1 is nobody's");
     }
 }

@@ -53,11 +53,10 @@ impl PortTable {
     /// wins over a wildcard one, as in the kernel's own lookup.
     pub fn owner(&self, netns: u64, proto: u8, ip: &IpAddr, port: u16) -> Option<&Binding> {
         let list = self.by_port.get(&(netns, proto, port))?;
-        list.iter().rev().find(|b| b.ip == *ip).or_else(|| {
-            list.iter()
-                .rev()
-                .find(|b| b.ip.is_unspecified() && (b.ip.is_ipv6() || ip.is_ipv4()))
-        })
+        list.iter()
+            .rev()
+            .find(|b| b.ip == *ip)
+            .or_else(|| list.iter().rev().find(|b| b.ip.is_unspecified() && (b.ip.is_ipv6() || ip.is_ipv4())))
     }
 
     pub fn len(&self) -> usize {
@@ -77,10 +76,7 @@ mod tests {
 
     fn owner(pid: u32) -> Arc<ProcEntry> {
         let mut c = ProcessCache::new("n", Clock::new(), std::time::Duration::from_secs(1));
-        c.lookup(&Header {
-            pid,
-            ..Default::default()
-        })
+        c.lookup(&Header { pid, ..Default::default() })
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -90,43 +86,13 @@ mod tests {
     #[test]
     fn exact_beats_wildcard_and_release_forgets() {
         let mut t = PortTable::default();
-        t.bind(
-            1,
-            6,
-            8080,
-            Binding {
-                ip: ip("0.0.0.0"),
-                cookie: 10,
-                owner: owner(100),
-            },
-        );
-        t.bind(
-            1,
-            6,
-            8080,
-            Binding {
-                ip: ip("127.0.0.1"),
-                cookie: 11,
-                owner: owner(101),
-            },
-        );
+        t.bind(1, 6, 8080, Binding { ip: ip("0.0.0.0"), cookie: 10, owner: owner(100) });
+        t.bind(1, 6, 8080, Binding { ip: ip("127.0.0.1"), cookie: 11, owner: owner(101) });
         let pid = |b: Option<&Binding>| b.map(|b| b.owner.process.pid);
         assert_eq!(pid(t.owner(1, 6, &ip("127.0.0.1"), 8080)), Some(101));
-        assert_eq!(
-            pid(t.owner(1, 6, &ip("127.0.0.2"), 8080)),
-            Some(100),
-            "wildcard catches the rest"
-        );
-        assert_eq!(
-            pid(t.owner(2, 6, &ip("127.0.0.1"), 8080)),
-            None,
-            "other namespace"
-        );
-        assert_eq!(
-            pid(t.owner(1, 17, &ip("127.0.0.1"), 8080)),
-            None,
-            "other protocol"
-        );
+        assert_eq!(pid(t.owner(1, 6, &ip("127.0.0.2"), 8080)), Some(100), "wildcard catches the rest");
+        assert_eq!(pid(t.owner(2, 6, &ip("127.0.0.1"), 8080)), None, "other namespace");
+        assert_eq!(pid(t.owner(1, 17, &ip("127.0.0.1"), 8080)), None, "other protocol");
         t.release(11);
         assert_eq!(pid(t.owner(1, 6, &ip("127.0.0.1"), 8080)), Some(100));
         t.release(10);
@@ -136,28 +102,10 @@ mod tests {
     #[test]
     fn v6_wildcard_takes_v4_but_not_the_reverse() {
         let mut t = PortTable::default();
-        t.bind(
-            1,
-            6,
-            80,
-            Binding {
-                ip: ip("::"),
-                cookie: 1,
-                owner: owner(1),
-            },
-        );
+        t.bind(1, 6, 80, Binding { ip: ip("::"), cookie: 1, owner: owner(1) });
         assert!(t.owner(1, 6, &ip("127.0.0.1"), 80).is_some());
         let mut t = PortTable::default();
-        t.bind(
-            1,
-            6,
-            80,
-            Binding {
-                ip: ip("0.0.0.0"),
-                cookie: 1,
-                owner: owner(1),
-            },
-        );
+        t.bind(1, 6, 80, Binding { ip: ip("0.0.0.0"), cookie: 1, owner: owner(1) });
         assert!(t.owner(1, 6, &ip("::1"), 80).is_none());
     }
 }

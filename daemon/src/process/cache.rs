@@ -80,13 +80,7 @@ pub fn namespaces(ns: &Namespaces) -> pb::Namespaces {
 
 impl ProcessCache {
     pub fn new(node: impl Into<String>, clock: Clock, grace: Duration) -> Self {
-        Self {
-            node: node.into(),
-            clock,
-            grace,
-            by_pid: HashMap::new(),
-            exited: VecDeque::new(),
-        }
+        Self { node: node.into(), clock, grace, by_pid: HashMap::new(), exited: VecDeque::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -127,23 +121,13 @@ impl ProcessCache {
                 cwd: s.cwd,
                 start_time: Some(self.clock.timestamp(s.start_ns)),
                 ppid: s.ppid,
-                parent_exec_id: parent
-                    .as_ref()
-                    .map(|p| p.process.exec_id.clone())
-                    .unwrap_or_default(),
+                parent_exec_id: parent.as_ref().map(|p| p.process.exec_id.clone()).unwrap_or_default(),
                 cgroup_id: s.cgroup_id,
                 namespaces: Some(namespaces(&s.ns)),
                 source: "procfs".into(),
                 ..Default::default()
             };
-            self.by_pid.insert(
-                s.pid,
-                Arc::new(ProcEntry {
-                    process,
-                    parent,
-                    start_ns: s.start_ns,
-                }),
-            );
+            self.by_pid.insert(s.pid, Arc::new(ProcEntry { process, parent, start_ns: s.start_ns }));
         }
     }
 
@@ -165,11 +149,7 @@ impl ProcessCache {
             source: "exec".into(),
             ..self.base(h, parent.as_ref())
         };
-        let entry = Arc::new(ProcEntry {
-            process,
-            parent,
-            start_ns,
-        });
+        let entry = Arc::new(ProcEntry { process, parent, start_ns });
         self.by_pid.insert(h.pid, entry.clone());
         entry
     }
@@ -188,11 +168,7 @@ impl ProcessCache {
             source: "fork".into(),
             ..self.base(h, parent.as_ref())
         };
-        let entry = Arc::new(ProcEntry {
-            process,
-            parent,
-            start_ns: h.ktime,
-        });
+        let entry = Arc::new(ProcEntry { process, parent, start_ns: h.ktime });
         self.by_pid.insert(h.pid, entry.clone());
         entry
     }
@@ -245,11 +221,7 @@ impl ProcessCache {
             source: "unknown".into(),
             ..self.base(h, parent.as_ref())
         };
-        let entry = Arc::new(ProcEntry {
-            process,
-            parent,
-            start_ns: h.ktime,
-        });
+        let entry = Arc::new(ProcEntry { process, parent, start_ns: h.ktime });
         self.by_pid.insert(h.pid, entry.clone());
         entry
     }
@@ -275,13 +247,7 @@ mod tests {
     use super::*;
 
     fn hdr(pid: u32, ppid: u32, ktime: u64) -> Header {
-        Header {
-            pid,
-            tid: pid,
-            ppid,
-            ktime,
-            ..Default::default()
-        }
+        Header { pid, tid: pid, ppid, ktime, ..Default::default() }
     }
 
     fn exec(pid: u32, ppid: u32, ktime: u64, file: &str) -> Exec {

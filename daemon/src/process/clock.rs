@@ -10,10 +10,7 @@ pub struct Clock {
 }
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid clock id and a pointer to an initialised timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -23,9 +20,7 @@ impl Clock {
     pub fn new() -> Self {
         let wall = now_ns(libc::CLOCK_REALTIME);
         let boot = now_ns(libc::CLOCK_BOOTTIME);
-        Self {
-            boot_wall_ns: wall - boot,
-        }
+        Self { boot_wall_ns: wall - boot }
     }
 
     /// Boot-time nanoseconds now (the kernel's `bpf_ktime_get_boot_ns`).
@@ -56,10 +51,9 @@ mod tests {
     fn boot_now_maps_to_wall_now() {
         let c = Clock::new();
         let ts = c.timestamp(Clock::boot_ns());
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs() as i64;
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
+                as i64;
         assert!((ts.seconds - wall).abs() <= 1, "{} vs {wall}", ts.seconds);
         assert!((0..1_000_000_000).contains(&ts.nanos));
     }

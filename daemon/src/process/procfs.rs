@@ -38,9 +38,7 @@ fn read_process(dir: &Path, pid: u32, ticks: u64, cgroup2_root: Option<&Path>) -
         .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_string())
         // Kernel threads have no executable; show them as ps does.
         .unwrap_or_else(|_| format!("[{comm}]"));
-    let cwd = fs::read_link(dir.join("cwd"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let cwd = fs::read_link(dir.join("cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let cgroup_id = cgroup2_root
         .and_then(|root| cgroup_id(root, &fs::read_to_string(dir.join("cgroup")).ok()?))
         .unwrap_or(0);
@@ -92,10 +90,7 @@ fn cgroup_id(root: &Path, proc_cgroup: &str) -> Option<u64> {
 
 fn namespaces(ns_dir: &Path) -> Namespaces {
     let inum = |name: &str| {
-        fs::read_link(ns_dir.join(name))
-            .ok()
-            .and_then(|l| parse_ns_link(&l.to_string_lossy()))
-            .unwrap_or(0)
+        fs::read_link(ns_dir.join(name)).ok().and_then(|l| parse_ns_link(&l.to_string_lossy())).unwrap_or(0)
     };
     Namespaces {
         uts: inum("uts"),
@@ -114,13 +109,7 @@ fn namespaces(ns_dir: &Path) -> Namespaces {
 /// A host pid's pid in its own (innermost) pid namespace: the last field of NSpid.
 pub fn innermost_pid(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
+    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 
 /// "net:[4026531840]" -> 4026531840

@@ -106,11 +106,7 @@ fn proc_open(ctx: &TracePointContext, name_off: usize) -> u32 {
     let mut path = [0u8; ACCESS_PATH_MAX];
     // SAFETY: destination is a stack array of ACCESS_PATH_MAX bytes.
     let n = unsafe {
-        bpf_probe_read_user_str(
-            path.as_mut_ptr() as *mut _,
-            ACCESS_PATH_MAX as u32,
-            name as *const _,
-        )
+        bpf_probe_read_user_str(path.as_mut_ptr() as *mut _, ACCESS_PATH_MAX as u32, name as *const _)
     };
     if n <= 0 {
         return 0;

@@ -51,11 +51,7 @@ fn emit(ctx: &BtfTracePointContext, record: u32) -> i32 {
     ev._pad = 0;
     // SAFETY: destination is the CGROUP_PATH_MAX-byte array of the reservation.
     let n = unsafe {
-        bpf_probe_read_kernel_str(
-            ev.path.as_mut_ptr() as *mut _,
-            CGROUP_PATH_MAX as u32,
-            path as *const _,
-        )
+        bpf_probe_read_kernel_str(ev.path.as_mut_ptr() as *mut _, CGROUP_PATH_MAX as u32, path as *const _)
     };
     ev.path_len = if n > 0 { n as u32 - 1 } else { 0 };
     entry.submit(0);

@@ -18,6 +18,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     if live != Some(0) {
         return 0;
     }
+    crate::policy::disarm((aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_drop(kind::EXIT);
         return 0;

@@ -15,10 +15,9 @@ use crate::{
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg(1);
-    let (Some(child_pid), Some(child_tgid)) = (
-        read::<u32>(child, off!(task_pid)),
-        read::<u32>(child, off!(task_tgid)),
-    ) else {
+    let (Some(child_pid), Some(child_tgid)) =
+        (read::<u32>(child, off!(task_pid)), read::<u32>(child, off!(task_tgid)))
+    else {
         return 0;
     };
     // A new thread joins an existing process: nothing new in the process tree.
@@ -41,8 +40,13 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: helper without pointer arguments.
     ev.hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
     // clone(CLONE_NEW*) gives the child namespaces of its own.
+    crate::policy::inherit_armed(ev.hdr.ppid, child_tgid);
     ev.parent_ns = ev.hdr.ns;
     read_namespaces(child, &mut ev.hdr.ns);
+    if ev.parent_ns != ev.hdr.ns {
+        // clone(CLONE_NEW*): the caller (current) is the one a policy may kill.
+        super::namespace::kill_if_denied();
+    }
     entry.submit(0);
     0
 }

@@ -4,7 +4,7 @@ mod cgroup;
 mod exec;
 mod exit;
 mod fork;
-mod namespace;
+pub mod namespace;
 mod sock_addr;
 mod sock_bind;
 mod sock_ops;

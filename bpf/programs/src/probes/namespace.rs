@@ -48,19 +48,28 @@ pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn enter(ctx: &TracePointContext, op: u32, flags_off: usize) -> u32 {
+    kill_if_denied();
     // SAFETY: read_at goes through bpf_probe_read; the offset is from the format file.
     let flags = unsafe { ctx.read_at::<u64>(flags_off) }.unwrap_or(0) as u32;
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let mut p = Pending {
-        before: Namespaces::default(),
-        op,
-        flags,
-    };
+    let mut p = Pending { before: Namespaces::default(), op, flags };
     read_namespaces(task, &mut p.before);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let _ = PENDING_NS.insert(&tid, &p, 0);
     0
+}
+
+/// A policy that kills on namespace changes: SIGKILL before the call can be used.
+#[inline(always)]
+pub fn kill_if_denied() {
+    // SAFETY: helper without pointer arguments.
+    let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if crate::policy::kill_namespace_change(cgroup, tgid) {
+        // SAFETY: signals the current task only.
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+    }
 }
 
 #[inline(always)]

@@ -15,6 +15,7 @@ use sidewall_common::{SockEvent, kind, sock_op, verdict};
 use crate::{
     kernel::fill_current,
     maps::{EVENTS, count_drop},
+    policy,
 };
 
 const ALLOW: i32 = 1;
@@ -44,28 +45,48 @@ pub struct DatagramSeen {
 #[map]
 static DATAGRAMS: LruHashMap<DatagramKey, DatagramSeen> = LruHashMap::with_max_entries(16384, 0);
 
+const DENY: i32 = 0;
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    emit(&ctx, sock_op::CONNECT, AF_INET, 1);
-    ALLOW
+    connect(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    emit(&ctx, sock_op::CONNECT, AF_INET6, 1);
-    ALLOW
+    connect(&ctx, AF_INET6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    datagram(&ctx, AF_INET);
-    ALLOW
+    datagram(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    datagram(&ctx, AF_INET6);
-    ALLOW
+    datagram(&ctx, AF_INET6)
+}
+
+/// Policy verdict for the destination of `ctx`; the caller gets EPERM when denied.
+#[inline(always)]
+fn verdict_for(ctx: &SockAddrContext, family: u16) -> u8 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let (addr, port) = destination(sa, family);
+    // SAFETY: helper without pointer arguments.
+    let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    if policy::deny_destination(cgroup, &addr, family == AF_INET, port) {
+        verdict::DENIED
+    } else {
+        verdict::ALLOWED
+    }
+}
+
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
+    let v = verdict_for(ctx, family);
+    emit(ctx, sock_op::CONNECT, family, 1, v);
+    if v == verdict::DENIED { DENY } else { ALLOW }
 }
 
 /// The destination of `ctx` as (address bytes, host-order port).
@@ -86,12 +107,7 @@ fn destination(sa: &bpf_sock_addr, family: u16) -> ([u8; 16], u16) {
 /// Folds repeats: returns how many datagrams this report stands for, or None to stay quiet.
 #[inline(always)]
 fn datagram_report(cookie: u64, addr: [u8; 16], port: u16, now: u64) -> Option<u32> {
-    let key = DatagramKey {
-        cookie,
-        addr,
-        port,
-        _pad: [0; 6],
-    };
+    let key = DatagramKey { cookie, addr, port, _pad: [0; 6] };
     match DATAGRAMS.get_ptr_mut(&key) {
         Some(seen) => {
             // SAFETY: a valid map value pointer for this key.
@@ -106,26 +122,24 @@ fn datagram_report(cookie: u64, addr: [u8; 16], port: u16, now: u64) -> Option<u
             Some(n)
         }
         None => {
-            let _ = DATAGRAMS.insert(
-                &key,
-                &DatagramSeen {
-                    last_ns: now,
-                    folded: 0,
-                    _pad: 0,
-                },
-                0,
-            );
+            let _ = DATAGRAMS.insert(&key, &DatagramSeen { last_ns: now, folded: 0, _pad: 0 }, 0);
             Some(1)
         }
     }
 }
 
 #[inline(always)]
-fn datagram(ctx: &SockAddrContext, family: u16) {
+fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &*ctx.sock_addr };
     if sa.protocol != IPPROTO_UDP {
-        return;
+        return ALLOW;
+    }
+    let v = verdict_for(ctx, family);
+    if v == verdict::DENIED {
+        // Denied sends are always reported: they are what a policy is for.
+        emit(ctx, sock_op::SENDMSG, family, 1, v);
+        return DENY;
     }
     // SAFETY: helpers take the program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -133,12 +147,13 @@ fn datagram(ctx: &SockAddrContext, family: u16) {
     // SAFETY: helper without pointer arguments.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
     if let Some(count) = datagram_report(cookie, addr, port, now) {
-        emit(ctx, sock_op::SENDMSG, family, count);
+        emit(ctx, sock_op::SENDMSG, family, count, verdict::ALLOWED);
     }
+    ALLOW
 }
 
 #[inline(always)]
-fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32) {
+fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32, v: u8) {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_drop(kind::SOCK);
         return;
@@ -154,7 +169,7 @@ fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32) {
     ev.op = op;
     ev.family = family;
     ev.protocol = sa.protocol as u8;
-    ev.verdict = verdict::ALLOWED;
+    ev.verdict = v;
     // SAFETY: helpers take the program context.
     ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };

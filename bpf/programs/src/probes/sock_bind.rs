@@ -13,6 +13,7 @@ use sidewall_common::{SockEvent, kind, sock_op, verdict};
 use crate::{
     kernel::{fill_current, fill_process_lite},
     maps::{EVENTS, count_drop},
+    policy,
 };
 
 const ALLOW: i32 = 1;
@@ -31,16 +32,17 @@ enum Source {
     None,
 }
 
+/// Returning this from post_bind undoes the bind: the caller gets EPERM.
+const DENY: i32 = 0;
+
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    bind(&ctx, Source::V4);
-    ALLOW
+    bind(&ctx, Source::V4)
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
-    bind(&ctx, Source::V6);
-    ALLOW
+    bind(&ctx, Source::V6)
 }
 
 #[cgroup_sock(sock_release)]
@@ -50,21 +52,29 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: read-only lookup in our own map.
     if unsafe { BOUND.get(&cookie) }.is_some() {
         let _ = BOUND.remove(&cookie);
-        emit(&ctx, sock_op::RELEASE, cookie, Source::None);
+        emit(&ctx, sock_op::RELEASE, cookie, Source::None, verdict::ALLOWED);
     }
     ALLOW
 }
 
 #[inline(always)]
-fn bind(ctx: &SockContext, source: Source) {
+fn bind(ctx: &SockContext, source: Source) -> i32 {
     // SAFETY: helper takes the program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the context pointer is valid for the program's run; helper without pointers.
+    let (port, cgroup) =
+        unsafe { ((*ctx.sock).src_port as u16, aya_ebpf::helpers::bpf_get_current_cgroup_id()) };
+    if policy::deny_bind(cgroup, port) {
+        emit(ctx, sock_op::BIND, cookie, source, verdict::DENIED);
+        return DENY;
+    }
     let _ = BOUND.insert(&cookie, &1, 0);
-    emit(ctx, sock_op::BIND, cookie, source);
+    emit(ctx, sock_op::BIND, cookie, source, verdict::ALLOWED);
+    ALLOW
 }
 
 #[inline(always)]
-fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source) {
+fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source, v: u8) {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_drop(kind::SOCK);
         return;
@@ -83,7 +93,7 @@ fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source) {
     ev.op = op;
     ev.family = sk.family as u16;
     ev.protocol = sk.protocol as u8;
-    ev.verdict = verdict::ALLOWED;
+    ev.verdict = v;
     ev.cookie = cookie;
     // SAFETY: helper takes the program context.
     ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };

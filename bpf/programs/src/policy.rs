@@ -1,0 +1,96 @@
+//! In-kernel enforcement: per-cgroup (per-container) flags and allow lists, compiled by the
+//! daemon from the policies. Every lookup is O(1) in the number of rules (hash maps, and an
+//! LPM trie bounded by the address length).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
+};
+use sidewall_common::{EgressKey, PortKey, enforce};
+
+#[map]
+pub static ENFORCE: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+#[map]
+pub static CONNECT_ALLOW: HashMap<PortKey, u8> = HashMap::with_max_entries(262144, 0);
+#[map]
+pub static BIND_ALLOW: HashMap<PortKey, u8> = HashMap::with_max_entries(262144, 0);
+/// Processes seen inside their container's own namespaces (and their descendants): only these
+/// can be killed for a namespace change, so the runtime's own setup (runc init, which creates
+/// and joins the container's namespaces from inside its cgroup) is never hit.
+#[map]
+pub static ARMED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+pub static EGRESS_ALLOW: LpmTrie<EgressKey, u8> = LpmTrie::with_max_entries(65536, 0);
+
+#[inline(always)]
+pub fn flags(cgroup_id: u64) -> u32 {
+    // SAFETY: a copy out of our own map.
+    unsafe { ENFORCE.get(&cgroup_id) }.copied().unwrap_or(0)
+}
+
+fn port_allowed(map: &HashMap<PortKey, u8>, cgroup_id: u64, port: u16) -> bool {
+    let key = PortKey { cgroup_id, port, _pad: [0; 6] };
+    // SAFETY: read-only lookup in our own map.
+    unsafe { map.get(&key) }.is_some()
+}
+
+/// 127.0.0.0/8, ::1, and ::ffff:127.0.0.0/104 (addresses in network byte order, IPv4 in
+/// the first four bytes when `v4`).
+#[inline(always)]
+pub fn is_loopback(addr: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        return addr[0] == 127;
+    }
+    let mapped = addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    (mapped && addr[12] == 127) || (addr[..15].iter().all(|b| *b == 0) && addr[15] == 1)
+}
+
+/// Whether a connect or send from `cgroup_id` to `addr:port` is denied.
+#[inline(always)]
+pub fn deny_destination(cgroup_id: u64, addr: &[u8; 16], v4: bool, port: u16) -> bool {
+    let f = flags(cgroup_id);
+    if f == 0 {
+        return false;
+    }
+    if is_loopback(addr, v4) {
+        return f & enforce::LOOPBACK != 0 && !port_allowed(&CONNECT_ALLOW, cgroup_id, port);
+    }
+    if f & enforce::EGRESS == 0 {
+        return false;
+    }
+    let mut v6 = [0u8; 16];
+    if v4 {
+        v6[10] = 0xff;
+        v6[11] = 0xff;
+        v6[12..].copy_from_slice(&addr[..4]);
+    } else {
+        v6 = *addr;
+    }
+    let key = Key::new(64 + 128, EgressKey { cgroup_id, addr: v6 });
+    EGRESS_ALLOW.get(&key).is_none()
+}
+
+#[inline(always)]
+pub fn deny_bind(cgroup_id: u64, port: u16) -> bool {
+    flags(cgroup_id) & enforce::BIND != 0 && !port_allowed(&BIND_ALLOW, cgroup_id, port)
+}
+
+#[inline(always)]
+pub fn kill_namespace_change(cgroup_id: u64, tgid: u32) -> bool {
+    // SAFETY: read-only lookup in our own map.
+    flags(cgroup_id) & enforce::KILL_NAMESPACE != 0 && unsafe { ARMED.get(&tgid) }.is_some()
+}
+
+/// A child of an armed process is armed from its first instruction.
+#[inline(always)]
+pub fn inherit_armed(parent: u32, child: u32) {
+    // SAFETY: read-only lookup in our own map.
+    if unsafe { ARMED.get(&parent) }.is_some() {
+        let _ = ARMED.insert(&child, &1, 0);
+    }
+}
+
+#[inline(always)]
+pub fn disarm(tgid: u32) {
+    let _ = ARMED.remove(&tgid);
+}

@@ -1,0 +1,167 @@
+//! Compiles the rule of each container into the kernel's enforcement maps (see
+//! bpf/programs/src/policy.rs): per-cgroup flags and allow lists. Only enforce-mode rules with
+//! a `block` or `kill` action reach the kernel.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key},
+};
+use ipnet::IpNet;
+use sidewall_common::{EgressKey, PortKey, enforce};
+
+use super::model::{Action, ContainerRule, Mode, Permission};
+
+/// What one cgroup got, so it can be withdrawn exactly.
+#[derive(Default, Clone, PartialEq, Eq, Debug)]
+pub struct Compiled {
+    pub flags: u32,
+    pub connect: Vec<u16>,
+    pub bind: Vec<u16>,
+    pub egress: Vec<(u32, [u8; 16])>,
+}
+
+/// The kernel maps a rule compiles to, in enforce mode.
+pub fn compile(mode: Mode, rule: &ContainerRule) -> Compiled {
+    let mut c = Compiled::default();
+    if mode != Mode::Enforce || rule.action == Action::Alert {
+        return c;
+    }
+    if let Some(connect) = rule.loopback.as_ref().and_then(|l| l.connect.as_ref()) {
+        // A rule that allows every port of some sibling cannot be a port list: leave it open.
+        if connect.iter().all(|r| !r.ports.is_empty()) {
+            c.flags |= enforce::LOOPBACK;
+            c.connect = connect.iter().flat_map(|r| r.ports.iter().copied()).collect();
+        }
+    }
+    if let Some(bind) = rule.loopback.as_ref().and_then(|l| l.bind.as_ref()) {
+        c.flags |= enforce::BIND;
+        c.bind = bind.clone();
+    }
+    if let Some(egress) = &rule.egress {
+        c.flags |= enforce::EGRESS;
+        c.egress = egress.iter().map(|e| lpm_prefix(&e.cidr)).collect();
+    }
+    if rule.action == Action::Kill && rule.namespace_changes == Permission::Deny {
+        c.flags |= enforce::KILL_NAMESPACE;
+    }
+    c
+}
+
+/// An IPv4 range becomes its ::ffff:0:0/96 form; the cgroup id takes the first 64 bits.
+fn lpm_prefix(net: &IpNet) -> (u32, [u8; 16]) {
+    match net.network() {
+        IpAddr::V4(a) => (64 + 96 + u32::from(net.prefix_len()), a.to_ipv6_mapped().octets()),
+        IpAddr::V6(a) => (64 + u32::from(net.prefix_len()), a.octets()),
+    }
+}
+
+pub struct Enforcer {
+    flags: BpfHashMap<MapData, u64, u32>,
+    connect: BpfHashMap<MapData, PortKey, u8>,
+    bind: BpfHashMap<MapData, PortKey, u8>,
+    egress: LpmTrie<MapData, EgressKey, u8>,
+    armed: BpfHashMap<MapData, u32, u8>,
+    applied: HashMap<u64, Compiled>,
+    pub known: HashSet<u64>,
+}
+
+impl Enforcer {
+    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+        Ok(Self {
+            flags: BpfHashMap::try_from(map("ENFORCE")?)?,
+            connect: BpfHashMap::try_from(map("CONNECT_ALLOW")?)?,
+            bind: BpfHashMap::try_from(map("BIND_ALLOW")?)?,
+            egress: LpmTrie::try_from(map("EGRESS_ALLOW")?)?,
+            armed: BpfHashMap::try_from(map("ARMED")?)?,
+            applied: HashMap::new(),
+            known: HashSet::new(),
+        })
+    }
+
+    /// Makes the kernel's maps for `cgroup` say `c` (withdrawing what it said before).
+    pub fn apply(&mut self, cgroup: u64, c: Compiled) {
+        self.known.insert(cgroup);
+        if self.applied.get(&cgroup) == Some(&c) {
+            return;
+        }
+        self.withdraw(cgroup);
+        let key = |port| PortKey { cgroup_id: cgroup, port, _pad: [0; 6] };
+        for p in &c.connect {
+            let _ = self.connect.insert(key(*p), 1, 0);
+        }
+        for p in &c.bind {
+            let _ = self.bind.insert(key(*p), 1, 0);
+        }
+        for (len, addr) in &c.egress {
+            let _ = self.egress.insert(&Key::new(*len, EgressKey { cgroup_id: cgroup, addr: *addr }), 1, 0);
+        }
+        // Flags last: the allow lists are in place before enforcement starts.
+        if c.flags != 0 {
+            let _ = self.flags.insert(cgroup, c.flags, 0);
+        }
+        self.applied.insert(cgroup, c);
+    }
+
+    pub fn forget(&mut self, cgroup: u64) {
+        self.withdraw(cgroup);
+        self.known.remove(&cgroup);
+    }
+
+    /// A process seen inside its container: it may be killed for namespace changes.
+    pub fn arm(&mut self, pid: u32) {
+        let _ = self.armed.insert(pid, 1, 0);
+    }
+
+    fn withdraw(&mut self, cgroup: u64) {
+        let Some(old) = self.applied.remove(&cgroup) else { return };
+        // Flags first: nothing is enforced against a half-removed list.
+        let _ = self.flags.remove(&cgroup);
+        let key = |port| PortKey { cgroup_id: cgroup, port, _pad: [0; 6] };
+        for p in old.connect {
+            let _ = self.connect.remove(&key(p));
+        }
+        for p in old.bind {
+            let _ = self.bind.remove(&key(p));
+        }
+        for (len, addr) in old.egress {
+            let _ = self.egress.remove(&Key::new(len, EgressKey { cgroup_id: cgroup, addr }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{EgressRule, LoopbackRules, PortRule};
+
+    #[test]
+    fn only_enforcing_rules_reach_the_kernel() {
+        let rule = ContainerRule {
+            name: Some("proxy".into()),
+            loopback: Some(LoopbackRules {
+                connect: Some(vec![PortRule { container: Some("app".into()), ports: vec![8080, 8081] }]),
+                bind: Some(vec![15001]),
+            }),
+            egress: Some(vec![EgressRule { cidr: "10.0.0.0/8".parse().expect("net"), ports: vec![] }]),
+            namespace_changes: Permission::Deny,
+            action: Action::Kill,
+            ..Default::default()
+        };
+        assert_eq!(compile(Mode::Monitor, &rule), Compiled::default());
+        let c = compile(Mode::Enforce, &rule);
+        assert_eq!(c.flags, enforce::LOOPBACK | enforce::BIND | enforce::EGRESS | enforce::KILL_NAMESPACE);
+        assert_eq!((c.connect.as_slice(), c.bind.as_slice()), (&[8080, 8081][..], &[15001][..]));
+        let (len, addr) = c.egress[0];
+        assert_eq!(len, 64 + 96 + 8);
+        assert_eq!(&addr[10..13], &[0xff, 0xff, 10]);
+        let alert_only = ContainerRule { action: Action::Alert, ..rule };
+        assert_eq!(compile(Mode::Enforce, &alert_only).flags, 0);
+    }
+}

@@ -1,0 +1,9 @@
+//! Policies: the model (`model`), reading and validating documents (`parse`), the set in
+//! force (`store`), detections (`detect`), and compiling rules into the kernel's maps
+//! (`enforce`).
+pub mod crd;
+pub mod detect;
+pub mod enforce;
+pub mod model;
+pub mod parse;
+pub mod store;

@@ -1,0 +1,247 @@
+//! Policies on real pods: detections, in-kernel enforcement (EPERM at the cgroup hooks,
+//! SIGKILL for namespace changes), monitor mode, and refusal of malformed policies.
+//! Container names are unique to these tests, so the policies never touch other tests' pods.
+
+use std::{fs, time::Duration};
+
+use harness::{
+    Daemon, EventStream,
+    pod::{Options, Pod, Spec},
+};
+use sidewall_proto::v1::{
+    AddPolicyRequest, GetEventsRequest, PolicyAlert, SetPolicyModeRequest, get_events_response::Event,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn policy(name: &str, mode: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: {name}\nspec:\n  mode: {mode}\n  containers:\n{rules}"
+    )
+}
+
+/// web serves 127.0.0.1:8080 and :9090; intruder is where the attacks run.
+const SERVE_BOTH: &[&str] =
+    &["/bin/sh", "-c", "/bin/swtool serve-tcp 127.0.0.1 8080 & exec /bin/swtool serve-tcp 127.0.0.1 9090"];
+
+/// The guard policy for the containers of `pod(tag)`. Each test has its own tag: every test's
+/// daemon enforces for the whole node, so tests running side by side must not share names.
+fn guard(tag: &str) -> String {
+    format!(
+        "    - name: intruder{tag}\n      loopback:\n        connect:\n          - container: web{tag}\n            ports: [8080]\n        bind: [7000]\n      action: block\n"
+    )
+}
+
+/// A pod with containers `web<tag>` and `intruder<tag>`.
+fn pod(tag: &str) -> Pod {
+    let (web, intruder) = (format!("web{tag}"), format!("intruder{tag}"));
+    Pod::play_with(
+        "pol",
+        &[
+            Spec { name: &web, command: SERVE_BOTH, ..Default::default() },
+            Spec { name: &intruder, command: &["/bin/sleep", "3600"], ..Default::default() },
+        ],
+        &Options { share_process_namespace: true, ..Default::default() },
+    )
+}
+
+async fn alert(events: &mut EventStream, what: &str, rule: &str) -> PolicyAlert {
+    let ev = events
+        .find(what, WAIT, |e| matches!(&e.event, Some(Event::PolicyAlert(a)) if a.rule_id == rule))
+        .await;
+    let Some(Event::PolicyAlert(a)) = ev.event else { unreachable!() };
+    a
+}
+
+fn out(pod: &Pod, container: &str, args: &[&str]) -> (String, Option<i32>) {
+    let o = pod.exec(container, args);
+    (String::from_utf8_lossy(&o.stdout).trim().to_string(), o.status.code())
+}
+
+/// Waits until both servers in `web` answer (they start with the pod).
+fn wait_serving(pod: &Pod, web: &str) {
+    for _ in 0..50 {
+        if out(pod, web, &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"]).0.starts_with("ok") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("web never served");
+}
+
+async fn daemon_with_policy(doc: &str, extra: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("policy dir");
+    fs::write(dir.path().join("guard.yaml"), doc).expect("write policy");
+    let d = Daemon::with_config(&format!("policy_dir = \"{}\"\n{extra}", dir.path().display())).await;
+    // The directory is read on start; give the watcher its first pass.
+    for _ in 0..50 {
+        let mut c = d.client().await;
+        let list =
+            c.list_policies(sidewall_proto::v1::ListPoliciesRequest {}).await.expect("list").into_inner();
+        if list.policies.iter().any(|p| p.name == "default/guard") {
+            return (d, dir);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("policy not loaded:\n{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loopback_and_bind_rules_are_enforced_in_the_kernel() {
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("a")), "").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("a");
+    wait_serving(&pod, "weba");
+
+    // Allowed: web:8080.
+    assert!(
+        out(&pod, "intrudera", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8080", "hi"])
+            .0
+            .starts_with("ok pong")
+    );
+    // Forbidden: web:9090, refused in the kernel.
+    let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"]);
+    assert_eq!(text, "error EPERM: connect");
+    let a = alert(&mut events, "the blocked loopback connect", "loopback-egress").await;
+    assert_eq!(
+        (a.action.as_str(), a.mode.as_str(), a.mitre_technique.as_str()),
+        ("blocked", "enforce", "T1021")
+    );
+    assert_eq!(a.policy, "default/guard");
+    assert_eq!(
+        a.process.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.name.as_str()),
+        Some("intrudera")
+    );
+    assert_eq!(a.peer.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.name.as_str()), Some("weba"));
+    // Only 127.0.0.1:8080 was allowed; the other loopback forms are no way around it.
+    for target in ["127.0.0.2", "::ffff:127.0.0.1", "::1"] {
+        let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "connect-tcp", target, "9090"]);
+        assert_eq!(text, "error EPERM: connect", "{target}");
+    }
+
+    // Binding a port it may not own.
+    let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "bind-tcp", "0.0.0.0", "8081"]);
+    assert_eq!(text, "error EPERM: bind");
+    let a = alert(&mut events, "the blocked bind", "port-squatting").await;
+    assert_eq!(a.action, "blocked");
+    assert!(out(&pod, "intrudera", &["/bin/swtool", "bind-tcp", "0.0.0.0", "7000"]).0.starts_with("ok"));
+
+    // Monitor mode: nothing is blocked, the alert says what enforce would do.
+    d.client()
+        .await
+        .set_policy_mode(SetPolicyModeRequest { name: "guard".into(), mode: "monitor".into() })
+        .await
+        .expect("mode");
+    let mut allowed = false;
+    for _ in 0..30 {
+        if out(&pod, "intrudera", &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"]).0.starts_with("ok") {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(allowed, "monitor mode lifts the block");
+    let a = events
+        .find(
+            "a would_block alert",
+            WAIT,
+            |e| matches!(&e.event, Some(Event::PolicyAlert(a)) if a.action == "would_block"),
+        )
+        .await;
+    let Some(Event::PolicyAlert(a)) = a.event else { unreachable!() };
+    assert_eq!((a.rule_id.as_str(), a.mode.as_str()), ("loopback-egress", "monitor"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_policy_is_refused_and_the_old_one_still_enforces() {
+    let (d, dir) = daemon_with_policy(&policy("guard", "enforce", &guard("b")), "").await;
+    let pod = pod("b");
+    wait_serving(&pod, "webb");
+    let blocked = || {
+        out(&pod, "intruderb", &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"]).0
+            == "error EPERM: connect"
+    };
+    assert!(blocked());
+
+    // Over the API: refused with the field and the line.
+    let bad = policy("guard", "enforce", &guard("b").replace("ports: [8080]", "ports: [http]"));
+    let err =
+        d.client().await.add_policy(AddPolicyRequest { document: bad.clone() }).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("spec.containers[0].loopback.connect[0].ports[0]"), "{}", err.message());
+    assert!(err.message().contains("line 12"), "{}", err.message());
+
+    // In the policy directory: the broken file is refused, the previous version stays.
+    fs::write(dir.path().join("guard.yaml"), &bad).expect("overwrite");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(d.log().contains("policy refused"), "{}", d.log());
+    assert!(blocked(), "the old policy still enforces");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_change_is_killed_in_the_kernel() {
+    let rules = "    - name: intruderc\n      namespaceChanges: deny\n      action: kill\n";
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("c");
+    // An attacker's shell in the container: the daemon arms it (it runs inside its container's
+    // namespaces) when it sees its exec, and its children inherit that in the kernel.
+    let attack = "sleep 1; exec /bin/swtool clone-userns";
+    let (text, code) = out(&pod, "intruderc", &["/bin/sh", "-c", attack]);
+    assert_eq!(code, Some(137), "SIGKILL, not {text:?}");
+    let a = alert(&mut events, "the namespace alert", "namespace-transition").await;
+    assert_eq!(
+        (a.action.as_str(), a.severity.as_str(), a.mitre_technique.as_str()),
+        ("killed", "critical", "T1611")
+    );
+    // The neighbour, not covered by the rule, does the same unharmed.
+    let (text, code) = out(&pod, "webc", &["/bin/swtool", "clone-userns"]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_benign_pod_raises_no_alert() {
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("d")), "").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("d");
+    wait_serving(&pod, "webd");
+    for _ in 0..5 {
+        assert!(
+            out(&pod, "intruderd", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8080", "x"])
+                .0
+                .starts_with("ok")
+        );
+    }
+    assert!(out(&pod, "intruderd", &["/bin/swtool", "bind-tcp", "127.0.0.1", "7000"]).0.starts_with("ok"));
+    // The last connect's close shows everything before it was processed.
+    events
+        .find("the sidecar's traffic", WAIT, |e| {
+            matches!(&e.event, Some(Event::ProcessBind(b))
+            if b.socket.as_ref().and_then(|s| s.local.as_ref()).is_some_and(|l| l.port == 7000))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while events.next(Duration::from_millis(200)).await.is_some() {}
+    let alerts: Vec<_> =
+        events.seen.iter().filter(|e| matches!(e.event, Some(Event::PolicyAlert(_)))).collect();
+    assert!(alerts.is_empty(), "{alerts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_and_runtime_sockets_are_detected() {
+    // Egress only to 10.0.0.0/8 (enforced, so nothing ever leaves the pod: it has no route
+    // anyway), and no runtime sockets (strict set, for unix connects).
+    let rules = "    - name: intrudere\n      egress:\n        - cidr: 10.0.0.0/8\n          ports: [443]\n      runtimeSockets: deny\n      action: block\n";
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "sensor_set = \"strict\"").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("e");
+    let (text, _) = out(&pod, "intrudere", &["/bin/swtool", "connect-tcp", "192.0.2.10", "443"]);
+    assert_eq!(text, "error EPERM: connect", "blocked before routing");
+    let a = alert(&mut events, "the egress alert", "egress").await;
+    assert_eq!((a.action.as_str(), a.mitre_technique.as_str()), ("blocked", "T1041"));
+
+    let _ = out(&pod, "intrudere", &["/bin/swtool", "connect-unix", "/run/podman/podman.sock"]);
+    let a = alert(&mut events, "the runtime socket alert", "runtime-socket").await;
+    assert_eq!((a.severity.as_str(), a.mitre_technique.as_str()), ("critical", "T1610"));
+    assert!(a.message.contains("/run/podman/podman.sock"), "{}", a.message);
+}
