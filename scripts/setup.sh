@@ -39,6 +39,13 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     cargo install --locked bpf-linker --version '^0.13' --no-default-features --features llvm-22
 fi
 
+# The independent OTLP receiver of the observability tests: grpcio and the official
+# opentelemetry-proto definitions.
+if ! python3 -c "import grpc, opentelemetry.proto.collector.logs.v1" >/dev/null 2>&1; then
+  log "installing grpcio and opentelemetry-proto for the OTLP receiver"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore grpcio opentelemetry-proto
+fi
+
 # bpffs and tracefs: mounted by most distributions, not always inside VMs.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing

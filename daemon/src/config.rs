@@ -38,6 +38,10 @@ pub struct Config {
     pub btf_path: PathBuf,
     pub sensor_set: SensorSet,
     pub policy_dir: String,
+    pub metrics_address: String,
+    pub metrics_labels: Vec<String>,
+    pub metrics_max_series: usize,
+    pub otlp_endpoint: String,
     pub log: String,
 }
 
@@ -69,6 +73,7 @@ pub struct Overrides {
     pub ring_buffer_mb: Option<u32>,
     pub kubeconfig: Option<String>,
     pub policy_dir: Option<String>,
+    pub metrics_address: Option<String>,
     pub log: Option<String>,
 }
 
@@ -107,6 +112,7 @@ impl Config {
             ring_buffer_mb,
             kubeconfig,
             policy_dir,
+            metrics_address,
             log
         );
     }
@@ -126,6 +132,19 @@ impl Config {
                 "ring_buffer_mb",
                 format!("{} is not a power of two between 1 and 1024", self.ring_buffer_mb),
             );
+        }
+        if !self.metrics_address.is_empty() && self.metrics_address.parse::<std::net::SocketAddr>().is_err() {
+            return bad("metrics_address", format!("{:?} is not ip:port", self.metrics_address));
+        }
+        let otlp = &self.otlp_endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            return bad(
+                "otlp_endpoint",
+                format!("{:?} must start with http:// or https://", self.otlp_endpoint),
+            );
+        }
+        if let Err(e) = crate::metrics::LabelFilter::parse(&self.metrics_labels) {
+            return bad("metrics_labels", e);
         }
         if self.export_file_max_mb == 0 {
             return bad("export_file_max_mb", "must be at least 1".into());

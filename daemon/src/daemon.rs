@@ -14,6 +14,7 @@ use crate::{
     export::{
         hub::Hub,
         jsonl::{self, JsonlConfig},
+        otlp,
     },
     identity::{
         Identity, Sources,
@@ -25,6 +26,7 @@ use crate::{
         loader::{self, LoadOptions},
         ringbuf::{KernelDrops, RingReader},
     },
+    metrics::{self, LabelFilter, Metrics, MetricsState},
     pipeline::{self, Pipeline},
     policy::{
         enforce::Enforcer,
@@ -61,12 +63,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let policies = PolicyStore::with_builtin();
     let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, &policies).await?;
     let export_file = start_export(&cfg, &hub)?;
+    let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| {
+        tracing::info!(endpoint = %cfg.otlp_endpoint, "exporting events as OTLP logs");
+        let h = otlp::start(&hub, stats.clone(), cfg.otlp_endpoint.clone(), node.clone(), cfg.export_queue);
+        (cfg.otlp_endpoint.clone(), h)
+    });
     let status = Arc::new(StatusSource {
         node_name: node.clone(),
         kernel: kernel_release(),
         sensors: loaded.sensors.clone(),
         stats: stats.clone(),
         export_file,
+        otlp,
+        metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
         identity_source,
     });
     let enforcer = Enforcer::take(&mut loaded.ebpf)?;
@@ -80,6 +89,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     pipeline.learn_namespaces();
     let flows = pipeline.net.flows.clone();
+
+    if !cfg.metrics_address.is_empty() {
+        let filter = LabelFilter::parse(&cfg.metrics_labels).map_err(anyhow::Error::msg)?;
+        let metrics = Arc::new(Metrics::new(filter, cfg.metrics_max_series));
+        pipeline.metrics = Some(metrics.clone());
+        let state = MetricsState {
+            metrics,
+            status: status.clone(),
+            hub: hub.clone(),
+            flows: flows.clone(),
+            policies: policies.clone(),
+        };
+        let addr = cfg.metrics_address.parse().context("metrics_address")?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, state).await {
+                tracing::error!("metrics server: {e:#}");
+            }
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let svc = SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue };

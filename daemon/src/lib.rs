@@ -9,6 +9,7 @@ pub mod export;
 pub mod identity;
 pub mod isolation;
 pub mod kernel;
+pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod policy;

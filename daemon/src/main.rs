@@ -36,6 +36,9 @@ struct Args {
     /// Directory of SidecarPolicy documents, reloaded when they change.
     #[arg(long)]
     policy_dir: Option<String>,
+    /// Serve Prometheus metrics on this ip:port (/metrics).
+    #[arg(long)]
+    metrics_address: Option<String>,
     /// Log filter (tracing-subscriber syntax), e.g. "debug".
     #[arg(long, env = "SIDEWALL_LOG")]
     log: Option<String>,
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         ring_buffer_mb: args.ring_buffer_mb,
         kubeconfig: args.kubeconfig,
         policy_dir: args.policy_dir,
+        metrics_address: args.metrics_address,
         log: args.log,
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {

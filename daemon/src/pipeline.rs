@@ -19,6 +19,7 @@ use crate::{
         decode::{self, Record},
         ringbuf::{KernelDrops, RingReader},
     },
+    metrics::Metrics,
     net::{Net, NetEvent},
     policy::{
         detect,
@@ -40,6 +41,7 @@ pub struct Pipeline {
     snapshot: Vec<Policy>,
     policy_generation: u64,
     pub enforcer: Option<Enforcer>,
+    pub metrics: Option<Arc<Metrics>>,
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
     pub clock: Clock,
@@ -65,6 +67,7 @@ impl Pipeline {
             snapshot: Vec::new(),
             policy_generation: u64::MAX,
             enforcer: None,
+            metrics: None,
             hub,
             stats,
             clock,
@@ -135,6 +138,9 @@ impl Pipeline {
             time: Some(self.clock.timestamp(ktime)),
         });
         self.stats.count_event(event::kind(&ev));
+        if let Some(m) = &self.metrics {
+            m.observe(&ev);
+        }
         self.hub.publish(&ev);
         self.detect(&ev, ktime);
     }
@@ -161,6 +167,9 @@ impl Pipeline {
                 time: Some(self.clock.timestamp(ktime)),
             });
             self.stats.count_event(event::kind(&wrapped));
+            if let Some(m) = &self.metrics {
+                m.observe(&wrapped);
+            }
             self.hub.publish(&wrapped);
         }
     }

@@ -20,11 +20,13 @@ pub enum Stage {
     SubscriberQueue,
     /// The JSON-lines exporter's queue was full, or writing failed.
     ExportFile,
+    /// The OTLP exporter's queue was full, or the collector refused a batch.
+    Otlp,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] =
-        [Stage::KernelRingbuf, Stage::Decode, Stage::SubscriberQueue, Stage::ExportFile];
+    pub const ALL: [Stage; 5] =
+        [Stage::KernelRingbuf, Stage::Decode, Stage::SubscriberQueue, Stage::ExportFile, Stage::Otlp];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +34,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::SubscriberQueue => "subscriber_queue",
             Stage::ExportFile => "export_file",
+            Stage::Otlp => "otlp",
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    export::{filter::EventFilter, hub::Hub, jsonl},
+    export::{filter::EventFilter, hub::Hub, jsonl, otlp},
     kernel::loader::{SensorReport, SensorState},
     net::flows::FlowGraph,
     policy::{model::Mode, store::PolicyStore},
@@ -26,6 +26,8 @@ pub struct StatusSource {
     pub sensors: Vec<SensorReport>,
     pub stats: Arc<Stats>,
     pub export_file: Option<(String, Arc<jsonl::Health>)>,
+    pub otlp: Option<(String, Arc<otlp::Health>)>,
+    pub metrics_address: Option<String>,
     pub identity_source: String,
 }
 
@@ -158,21 +160,48 @@ impl StatusSource {
 
     fn exporters(&self) -> Vec<pb::ExporterStatus> {
         use std::sync::atomic::Ordering::Relaxed;
-        let Some((path, h)) = &self.export_file else {
-            return vec![pb::ExporterStatus {
-                name: "export_file".into(),
-                state: "disabled".into(),
-                ..Default::default()
-            }];
+        let mut out = Vec::new();
+        let disabled = |name: &str| pb::ExporterStatus {
+            name: name.into(),
+            state: "disabled".into(),
+            ..Default::default()
         };
-        let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        vec![pb::ExporterStatus {
-            name: "export_file".into(),
-            state: if last_error.is_some() { "failing" } else { "ok" }.into(),
-            detail: last_error.map_or_else(|| path.clone(), |e| format!("{path}: {e}")),
-            events: h.written.load(Relaxed),
-            lost: self.stats.lost(Stage::ExportFile) + h.failed.load(Relaxed),
-        }]
+        out.push(match &self.export_file {
+            None => disabled("export_file"),
+            Some((path, h)) => {
+                let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                pb::ExporterStatus {
+                    name: "export_file".into(),
+                    state: if last_error.is_some() { "failing" } else { "ok" }.into(),
+                    detail: last_error.map_or_else(|| path.clone(), |e| format!("{path}: {e}")),
+                    events: h.written.load(Relaxed),
+                    lost: self.stats.lost(Stage::ExportFile) + h.failed.load(Relaxed),
+                }
+            }
+        });
+        out.push(match &self.otlp {
+            None => disabled("otlp"),
+            Some((endpoint, h)) => {
+                let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                pb::ExporterStatus {
+                    name: "otlp".into(),
+                    state: if last_error.is_some() { "failing" } else { "ok" }.into(),
+                    detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
+                    events: h.sent.load(Relaxed),
+                    lost: self.stats.lost(Stage::Otlp),
+                }
+            }
+        });
+        out.push(match &self.metrics_address {
+            None => disabled("prometheus"),
+            Some(a) => pb::ExporterStatus {
+                name: "prometheus".into(),
+                state: "ok".into(),
+                detail: format!("http://{a}/metrics"),
+                ..Default::default()
+            },
+        });
+        out
     }
 }
 

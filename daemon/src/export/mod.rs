@@ -2,3 +2,4 @@
 pub mod filter;
 pub mod hub;
 pub mod jsonl;
+pub mod otlp;

@@ -1,0 +1,218 @@
+//! OpenTelemetry export: events and alerts as OTLP log records over gRPC to a collector,
+//! batched (up to 512 records or one second). A batch the collector refuses is counted as
+//! lost (stage "otlp") and the exporter reports itself failing until a batch goes through.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
+    resource::v1::Resource,
+};
+use sidewall_proto::v1::{self as pb, get_events_response::Event};
+use tokio::sync::mpsc;
+
+use super::{filter::EventFilter, hub::Hub};
+use crate::{
+    event::{self, Shared},
+    stats::{Stage, Stats},
+};
+
+const BATCH: usize = 512;
+const FLUSH: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct Health {
+    pub sent: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Subscribes to the hub and exports to `endpoint` ("http://host:4317") until the end.
+pub fn start(hub: &Hub, stats: Arc<Stats>, endpoint: String, node: String, queue: usize) -> Arc<Health> {
+    let (_sub, rx) = hub.subscribe("otlp", Stage::Otlp, EventFilter::default(), queue);
+    let health = Arc::new(Health::default());
+    tokio::spawn(run(rx, endpoint, node, stats, health.clone()));
+    health
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Shared>,
+    endpoint: String,
+    node: String,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+) {
+    let mut client: Option<LogsServiceClient<tonic::transport::Channel>> = None;
+    let mut batch: Vec<LogRecord> = Vec::with_capacity(BATCH);
+    let mut tick = tokio::time::interval(FLUSH);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    batch.push(record(&ev));
+                    if batch.len() < BATCH {
+                        continue;
+                    }
+                }
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let records = std::mem::take(&mut batch);
+        let n = records.len() as u64;
+        match send(&mut client, &endpoint, &node, records).await {
+            Ok(()) => {
+                health.sent.fetch_add(n, Relaxed);
+                *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Err(e) => {
+                stats.count_lost(Stage::Otlp, n);
+                client = None;
+                tracing::warn!(endpoint = %endpoint, error = %e, "OTLP export failed");
+                *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &mut Option<LogsServiceClient<tonic::transport::Channel>>,
+    endpoint: &str,
+    node: &str,
+    records: Vec<LogRecord>,
+) -> Result<(), String> {
+    if client.is_none() {
+        *client = Some(
+            LogsServiceClient::connect(endpoint.to_string()).await.map_err(|e| format!("connect: {e}"))?,
+        );
+    }
+    let Some(c) = client.as_mut() else { return Err("no client".into()) };
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "sidewalld"), kv("host.name", node)],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "sidewall".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    c.export(req).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    Ok(())
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+/// One event as a log record: the canonical JSON as the body, the fields a SOC pipeline
+/// routes on as attributes (OpenTelemetry semantic conventions where they exist).
+pub fn record(ev: &pb::GetEventsResponse) -> LogRecord {
+    let kind = event::kind_name(event::kind(ev));
+    let mut attributes = vec![kv("event.name", kind)];
+    if let Some(p) = event::subject(ev) {
+        attributes.push(kv("process.pid", &p.pid.to_string()));
+        attributes.push(kv("process.executable.path", &p.binary));
+        if let Some(pod) = &p.pod {
+            attributes.push(kv("k8s.namespace.name", &pod.namespace));
+            attributes.push(kv("k8s.pod.name", &pod.name));
+        }
+        if let Some(c) = &p.container {
+            attributes.push(kv("k8s.container.name", &c.name));
+            attributes.push(kv("container.id", &c.id));
+            attributes.push(kv("sidewall.container.role", &c.role));
+        }
+    }
+    let (severity, text) = match &ev.event {
+        Some(Event::PolicyAlert(a)) => {
+            attributes.extend([
+                kv("sidewall.rule_id", &a.rule_id),
+                kv("sidewall.action", &a.action),
+                kv("sidewall.severity", &a.severity),
+                kv("sidewall.mitre_technique", &a.mitre_technique),
+                kv("sidewall.policy", &a.policy),
+                kv("sidewall.mode", &a.mode),
+            ]);
+            if let Some(c) = a.peer.as_ref().and_then(|p| p.container.as_ref()) {
+                attributes.push(kv("sidewall.peer.container.name", &c.name));
+            }
+            match a.severity.as_str() {
+                "critical" => (SeverityNumber::Fatal, "FATAL"),
+                "high" => (SeverityNumber::Error, "ERROR"),
+                _ => (SeverityNumber::Warn, "WARN"),
+            }
+        }
+        Some(Event::LostEvents(_)) => (SeverityNumber::Warn, "WARN"),
+        _ => (SeverityNumber::Info, "INFO"),
+    };
+    let nanos = ev.time.map_or(0, |t| t.seconds.max(0) as u64 * 1_000_000_000 + t.nanos.max(0) as u64);
+    LogRecord {
+        time_unix_nano: nanos,
+        observed_time_unix_nano: nanos,
+        severity_number: severity as i32,
+        severity_text: text.into(),
+        body: Some(AnyValue {
+            value: Some(Value::StringValue(serde_json::to_string(ev).unwrap_or_default())),
+        }),
+        attributes,
+        event_name: kind.into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_carry_their_fields_as_attributes() {
+        let ev = pb::GetEventsResponse {
+            event: Some(Event::PolicyAlert(pb::PolicyAlert {
+                rule_id: "loopback-egress".into(),
+                severity: "critical".into(),
+                action: "blocked".into(),
+                process: Some(pb::Process {
+                    pid: 7,
+                    pod: Some(pb::Pod { namespace: "shop".into(), name: "web".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            time: Some(sidewall_proto::Timestamp { seconds: 2, nanos: 5 }),
+            ..Default::default()
+        };
+        let r = record(&ev);
+        let attr = |k: &str| {
+            r.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(attr("sidewall.rule_id").as_deref(), Some("loopback-egress"));
+        assert_eq!(attr("k8s.pod.name").as_deref(), Some("web"));
+        assert_eq!(r.severity_number, SeverityNumber::Fatal as i32);
+        assert_eq!(r.time_unix_nano, 2_000_000_005);
+    }
+}

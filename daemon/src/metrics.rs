@@ -1,0 +1,355 @@
+//! Prometheus metrics on `--metrics-address` (`/metrics`, text exposition format).
+//!
+//! Per-workload labels (namespace, pod, container) are bounded: the `metrics_labels` option
+//! picks which of them are kept, and past `metrics_max_series` distinct label sets new ones
+//! are counted under the value "other", so a pod churn cannot grow the series without end.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use sidewall_proto::v1::{self as pb, get_events_response::Event};
+
+use crate::{
+    api::service::StatusSource, event, export::hub::Hub, net::flows::FlowGraph, policy::store::PolicyStore,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    kind: String,
+    namespace: String,
+    pod: String,
+    container: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: String,
+    action: String,
+    severity: String,
+    namespace: String,
+    pod: String,
+    container: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SensorLabels {
+    sensor: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExporterLabels {
+    exporter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    namespace: String,
+    pod: String,
+    source: String,
+    destination: String,
+    port: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowBytesLabels {
+    namespace: String,
+    pod: String,
+    source: String,
+    destination: String,
+    port: String,
+    protocol: String,
+    direction: String,
+}
+
+/// Which workload labels are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct LabelFilter {
+    pub namespace: bool,
+    pub pod: bool,
+    pub container: bool,
+}
+
+impl LabelFilter {
+    /// From a list like ["namespace", "pod", "container"]; unknown names are an error.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut f = Self { namespace: false, pod: false, container: false };
+        for n in names {
+            match n.as_str() {
+                "namespace" => f.namespace = true,
+                "pod" => f.pod = true,
+                "container" => f.container = true,
+                other => return Err(format!("{other:?} is not one of namespace, pod, container")),
+            }
+        }
+        Ok(f)
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events: Family<WorkloadLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
+    lost: Family<StageLabels, Gauge>,
+    sensors: Family<SensorLabels, Gauge>,
+    policies: Family<ModeLabels, Gauge>,
+    exporters: Family<ExporterLabels, Gauge>,
+    flow_connections: Family<FlowLabels, Gauge>,
+    flow_bytes: Family<FlowBytesLabels, Gauge>,
+    process_cache: Gauge,
+    subscribers: Gauge,
+    filter: LabelFilter,
+    max_series: usize,
+    seen: Mutex<HashSet<(String, String, String)>>,
+}
+
+const OTHER: &str = "other";
+
+impl Metrics {
+    pub fn new(filter: LabelFilter, max_series: usize) -> Self {
+        let mut registry = Registry::with_prefix("sidewall");
+        let m = Self {
+            registry: Registry::default(),
+            events: Family::default(),
+            alerts: Family::default(),
+            lost: Family::default(),
+            sensors: Family::default(),
+            policies: Family::default(),
+            exporters: Family::default(),
+            flow_connections: Family::default(),
+            flow_bytes: Family::default(),
+            process_cache: Gauge::default(),
+            subscribers: Gauge::default(),
+            filter,
+            max_series,
+            seen: Mutex::new(HashSet::new()),
+        };
+        registry.register("events", "Events by kind and workload", m.events.clone());
+        registry.register("alerts", "Policy alerts by rule, action and workload", m.alerts.clone());
+        registry.register("events_lost", "Events lost since start, by pipeline stage", m.lost.clone());
+        registry.register("sensor_up", "1 when a sensor is in the given state", m.sensors.clone());
+        registry.register("policies", "Policies in force, by mode", m.policies.clone());
+        registry.register("exporter_up", "1 when an exporter works", m.exporters.clone());
+        registry.register(
+            "flow_connections",
+            "Loopback connections (or datagrams) between containers of a pod, since start",
+            m.flow_connections.clone(),
+        );
+        registry.register("flow_bytes", "Loopback bytes between containers of a pod", m.flow_bytes.clone());
+        registry.register("process_cache_size", "Processes in the process cache", m.process_cache.clone());
+        registry.register(
+            "subscribers",
+            "Event stream subscribers (gRPC clients, exporters)",
+            m.subscribers.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one event (and, for alerts, the alert).
+    pub fn observe(&self, ev: &pb::GetEventsResponse) {
+        let kind = event::kind_name(event::kind(ev)).to_string();
+        let (namespace, pod, container) = self.workload(event::subject(ev));
+        if let Some(Event::PolicyAlert(a)) = &ev.event {
+            let labels = AlertLabels {
+                rule: a.rule_id.clone(),
+                action: a.action.clone(),
+                severity: a.severity.clone(),
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+                container: container.clone(),
+            };
+            self.alerts.get_or_create(&labels).inc();
+        }
+        self.events.get_or_create(&WorkloadLabels { kind, namespace, pod, container }).inc();
+    }
+
+    /// The workload labels kept by the filter, bounded in number.
+    fn workload(&self, p: Option<&pb::Process>) -> (String, String, String) {
+        let pod = p.and_then(|p| p.pod.as_ref());
+        let c = p.and_then(|p| p.container.as_ref());
+        let pick = |keep: bool, v: Option<&String>| {
+            if keep { v.cloned().unwrap_or_default() } else { String::new() }
+        };
+        let key = (
+            pick(self.filter.namespace, pod.map(|p| &p.namespace)),
+            pick(self.filter.pod, pod.map(|p| &p.name)),
+            pick(self.filter.container, c.map(|c| if c.name.is_empty() { &c.role } else { &c.name })),
+        );
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&key) || seen.len() < self.max_series {
+            seen.insert(key.clone());
+            return key;
+        }
+        (OTHER.into(), OTHER.into(), OTHER.into())
+    }
+
+    /// Brings the gauges up to date, then renders the registry.
+    pub fn render(
+        &self,
+        status: &StatusSource,
+        hub: &Hub,
+        flows: &Mutex<FlowGraph>,
+        policies: &PolicyStore,
+    ) -> String {
+        let snap = status.snapshot(hub.subscriber_count());
+        for (stage, n) in &snap.lost_by_stage {
+            self.lost.get_or_create(&StageLabels { stage: stage.clone() }).set(*n as i64);
+        }
+        for s in &snap.sensors {
+            for state in ["attached", "skipped", "failed"] {
+                let v = i64::from(s.state == state);
+                self.sensors
+                    .get_or_create(&SensorLabels { sensor: s.name.clone(), state: state.into() })
+                    .set(v);
+            }
+        }
+        for e in &snap.exporters {
+            self.exporters
+                .get_or_create(&ExporterLabels { exporter: e.name.clone() })
+                .set(i64::from(e.state == "ok"));
+        }
+        for mode in ["monitor", "enforce"] {
+            let n = policies.list().iter().filter(|p| p.mode == mode).count();
+            self.policies.get_or_create(&ModeLabels { mode: mode.into() }).set(n as i64);
+        }
+        self.process_cache.set(snap.process_cache_size as i64);
+        self.subscribers.set(i64::from(snap.subscribers));
+        self.update_flows(flows);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    fn update_flows(&self, flows: &Mutex<FlowGraph>) {
+        let pods = flows.lock().unwrap_or_else(|e| e.into_inner()).snapshot(|_| true);
+        for p in pods {
+            let (namespace, pod) = p
+                .pod
+                .as_ref()
+                .map_or((String::new(), String::new()), |p| (p.namespace.clone(), p.name.clone()));
+            for e in p.edges {
+                let side = |c: Option<&pb::Container>| {
+                    c.map_or_else(String::new, |c| {
+                        if c.name.is_empty() { c.role.clone() } else { c.name.clone() }
+                    })
+                };
+                let base = FlowLabels {
+                    namespace: namespace.clone(),
+                    pod: pod.clone(),
+                    source: side(e.source.as_ref()),
+                    destination: side(e.destination.as_ref()),
+                    port: e.port.to_string(),
+                    protocol: e.protocol.clone(),
+                };
+                self.flow_connections.get_or_create(&base).set(e.connections as i64);
+                for (direction, n) in [("sent", e.bytes_sent), ("received", e.bytes_received)] {
+                    let l = FlowBytesLabels {
+                        namespace: base.namespace.clone(),
+                        pod: base.pod.clone(),
+                        source: base.source.clone(),
+                        destination: base.destination.clone(),
+                        port: base.port.clone(),
+                        protocol: base.protocol.clone(),
+                        direction: direction.into(),
+                    };
+                    self.flow_bytes.get_or_create(&l).set(n as i64);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsState {
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<StatusSource>,
+    pub hub: Arc<Hub>,
+    pub flows: Arc<Mutex<FlowGraph>>,
+    pub policies: Arc<PolicyStore>,
+}
+
+async fn scrape(State(s): State<MetricsState>) -> impl IntoResponse {
+    let body = s.metrics.render(&s.status, &s.hub, &s.flows, &s.policies);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+}
+
+/// Serves /metrics (and /healthz) on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, state: MetricsState) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding metrics address {addr}: {e}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_in(ns: &str, pod: &str, container: &str) -> pb::GetEventsResponse {
+        pb::GetEventsResponse {
+            event: Some(Event::ProcessExec(pb::ProcessExec {
+                process: Some(pb::Process {
+                    pod: Some(pb::Pod { namespace: ns.into(), name: pod.into(), ..Default::default() }),
+                    container: Some(pb::Container { name: container.into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn series_are_bounded_and_labels_filtered() {
+        let all = LabelFilter::parse(&["namespace".into(), "pod".into(), "container".into()]).expect("valid");
+        let m = Metrics::new(all, 2);
+        m.observe(&exec_in("a", "p1", "app"));
+        m.observe(&exec_in("a", "p2", "app"));
+        m.observe(&exec_in("a", "p3", "app"));
+        m.observe(&exec_in("a", "p1", "app"));
+        let mut out = String::new();
+        encode(&mut out, &m.registry).expect("encode");
+        assert!(
+            out.contains(
+                r#"sidewall_events_total{kind="process_exec",namespace="a",pod="p1",container="app"} 2"#
+            ),
+            "{out}"
+        );
+        assert!(out.contains(r#"namespace="other",pod="other",container="other"} 1"#), "{out}");
+        assert!(!out.contains("p3"));
+
+        let ns_only = LabelFilter::parse(&["namespace".into()]).expect("valid");
+        let m = Metrics::new(ns_only, 100);
+        m.observe(&exec_in("a", "p1", "app"));
+        let mut out = String::new();
+        encode(&mut out, &m.registry).expect("encode");
+        assert!(out.contains(r#"namespace="a",pod="",container=""} 1"#), "{out}");
+        assert!(LabelFilter::parse(&["node".into()]).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! OTLP export received by an independent receiver (Python grpcio with the official
+//! opentelemetry-proto definitions, tests/tools/otlp_receiver.py): alerts arrive as log
+//! records carrying the alert's fields.
+
+use std::{
+    fs,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use harness::{
+    Daemon,
+    pod::{Options, Pod, Spec},
+};
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (port_file, out) = (dir.path().join("port"), dir.path().join("records.jsonl"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/otlp_receiver.py");
+        let child = Command::new("python3").arg(script).arg(&port_file).arg(&out).spawn().expect("python3");
+        let start = Instant::now();
+        let port = loop {
+            if let Some(p) = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+                break p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the OTLP receiver did not start (pip install grpcio opentelemetry-proto; `make setup` does)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Self { child, port, out, _dir: dir }
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn attr<'a>(record: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    record["record"]["attributes"].as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_reach_an_otlp_receiver_with_their_fields() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().expect("policy dir");
+    let policy = "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: otlp\nspec:\n  mode: monitor\n  containers:\n    - name: probero\n      loopback:\n        connect: []\n      action: block\n";
+    fs::write(dir.path().join("p.yaml"), policy).expect("policy");
+    let d = Daemon::with_config(&format!(
+        "otlp_endpoint = \"http://127.0.0.1:{}\"\npolicy_dir = \"{}\"",
+        receiver.port,
+        dir.path().display()
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = Pod::play_with(
+        "otlp",
+        &[
+            Spec {
+                name: "appo",
+                command: &["/bin/swtool", "serve-tcp", "127.0.0.1", "8080"],
+                ..Default::default()
+            },
+            Spec { name: "probero", command: &["/bin/sleep", "3600"], ..Default::default() },
+        ],
+        &Options::default(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let alert = loop {
+        // Monitor mode: the probe goes through, and is reported.
+        let _ = pod.exec("probero", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8080"]);
+        let found = receiver.records().into_iter().find(|r| {
+            attr(r, "sidewall.rule_id") == Some("loopback-egress")
+                && attr(r, "k8s.pod.name") == Some(pod.name.as_str())
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert received; got {} records\n{}",
+            receiver.records().len(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(attr(&alert, "sidewall.action"), Some("would_block"));
+    assert_eq!(attr(&alert, "sidewall.mitre_technique"), Some("T1021"));
+    assert_eq!(attr(&alert, "k8s.container.name"), Some("probero"));
+    assert_eq!(attr(&alert, "sidewall.peer.container.name"), Some("appo"));
+    assert_eq!(alert["record"]["severityText"], "WARN");
+    let body: serde_json::Value =
+        serde_json::from_str(alert["record"]["body"]["stringValue"].as_str().expect("body"))
+            .expect("JSON body");
+    assert_eq!(body["policy_alert"]["policy"], "default/otlp");
+    let service = &alert["resource"]["attributes"][0];
+    assert_eq!(
+        (service["key"].as_str(), service["value"]["stringValue"].as_str()),
+        (Some("service.name"), Some("sidewalld"))
+    );
+
+    let status = d.status().await;
+    let otlp = status.exporters.iter().find(|e| e.name == "otlp").expect("otlp exporter in status");
+    assert_eq!(otlp.state, "ok", "{otlp:?}");
+    assert!(otlp.events > 0);
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""An independent OTLP/gRPC logs receiver, built from the official opentelemetry-proto
+definitions (PyPI: grpcio, opentelemetry-proto). Every log record received is appended as one
+JSON line (protobuf's JSON mapping) to OUT. The port it listens on is written to PORT_FILE.
+
+    otlp_receiver.py PORT_FILE OUT
+"""
+import json
+import sys
+from concurrent import futures
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+
+
+class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, out):
+        self.out = out
+
+    def Export(self, request, context):
+        with open(self.out, "a") as f:
+            for resource_logs in request.resource_logs:
+                resource = MessageToDict(resource_logs.resource)
+                for scope_logs in resource_logs.scope_logs:
+                    for record in scope_logs.log_records:
+                        line = {"resource": resource, "record": MessageToDict(record)}
+                        f.write(json.dumps(line) + "\n")
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
+def main():
+    port_file, out = sys.argv[1], sys.argv[2]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(out), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with open(port_file, "w") as f:
+        f.write(str(port))
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()
