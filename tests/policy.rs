@@ -34,12 +34,17 @@ fn guard(tag: &str) -> String {
 
 /// A pod with containers `web<tag>` and `intruder<tag>`.
 fn pod(tag: &str) -> Pod {
+    pod_with(tag, false)
+}
+
+/// The same, with a privileged intruder (allowed to write the pod's network sysctls).
+fn pod_with(tag: &str, privileged: bool) -> Pod {
     let (web, intruder) = (format!("web{tag}"), format!("intruder{tag}"));
     Pod::play_with(
         "pol",
         &[
             Spec { name: &web, command: SERVE_BOTH, ..Default::default() },
-            Spec { name: &intruder, command: &["/bin/sleep", "3600"], ..Default::default() },
+            Spec { name: &intruder, command: &["/bin/sleep", "3600"], privileged },
         ],
         &Options { share_process_namespace: true, ..Default::default() },
     )
@@ -244,4 +249,27 @@ async fn egress_and_runtime_sockets_are_detected() {
     let a = alert(&mut events, "the runtime socket alert", "runtime-socket").await;
     assert_eq!((a.severity.as_str(), a.mitre_technique.as_str()), ("critical", "T1610"));
     assert!(a.message.contains("/run/podman/podman.sock"), "{}", a.message);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rerouting_traffic_into_the_loopback_is_refused() {
+    let rules = "    - name: intruderf\n      loopbackRouting: deny\n      action: block\n";
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod_with("f", true);
+    // The pod's own network namespace: the host's sysctls are never touched.
+    let write = "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet";
+    let o = pod.exec("intruderf", &["/bin/sh", "-c", write]);
+    assert!(!o.status.success(), "the write is refused");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not permitted"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let a = alert(&mut events, "the sysctl alert", "loopback-routing").await;
+    assert_eq!((a.action.as_str(), a.mitre_technique.as_str()), ("blocked", "T1599"));
+    assert!(a.message.contains("route_localnet"), "{}", a.message);
+    // A container the rule does not cover may still do it (in its own pod's namespace).
+    let o = pod.exec("webf", &["/bin/sh", "-c", "cat /proc/sys/net/ipv4/conf/all/route_localnet"]);
+    assert!(o.status.success());
 }

@@ -16,6 +16,7 @@ pub fn kind(ev: &pb::GetEventsResponse) -> EventType {
         Some(Event::ProcessNamespace(_)) => EventType::ProcessNamespace,
         Some(Event::ProcessAccess(_)) => EventType::ProcessAccess,
         Some(Event::PolicyAlert(_)) => EventType::PolicyAlert,
+        Some(Event::ProcessSysctl(_)) => EventType::ProcessSysctl,
         Some(Event::LostEvents(_)) => EventType::LostEvents,
         None => EventType::Unspecified,
     }
@@ -34,6 +35,7 @@ pub fn subject(ev: &pb::GetEventsResponse) -> Option<&pb::Process> {
         Some(Event::ProcessNamespace(e)) => e.process.as_ref(),
         Some(Event::ProcessAccess(e)) => e.process.as_ref(),
         Some(Event::PolicyAlert(e)) => e.process.as_ref(),
+        Some(Event::ProcessSysctl(e)) => e.process.as_ref(),
         Some(Event::LostEvents(_)) | None => None,
     }
 }
@@ -53,5 +55,6 @@ pub fn kind_name(k: EventType) -> &'static str {
         EventType::ProcessAccess => "process_access",
         EventType::PolicyAlert => "policy_alert",
         EventType::LostEvents => "lost_events",
+        EventType::ProcessSysctl => "process_sysctl",
     }
 }

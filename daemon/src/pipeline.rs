@@ -181,6 +181,7 @@ impl Pipeline {
                 (d.result == "denied", false, d.peer.clone(), d.socket.clone())
             }
             Some(Event::ProcessBind(b)) => (b.result == "denied", false, None, b.socket.clone()),
+            Some(Event::ProcessSysctl(s)) => (s.result == "denied", false, None, None),
             Some(Event::ProcessNamespace(n)) => (false, true, n.target.clone(), None),
             Some(Event::ProcessAccess(a)) => (false, true, a.target.clone(), None),
             _ => (false, false, None, None),
@@ -264,6 +265,16 @@ impl Pipeline {
                 let op = if e.op == ns_op::SETNS { "setns" } else { "unshare" };
                 let ie = self.iso.transition(&entry, op, e.before, e.hdr.ns, e.ret);
                 self.iso_event(ie)
+            }
+            Record::Sysctl { hdr, name, value, denied } => {
+                let entry = self.cache.lookup(&hdr);
+                Event::ProcessSysctl(pb::ProcessSysctl {
+                    process: Some(self.process(&entry)),
+                    parent: self.parent(&entry),
+                    name,
+                    value,
+                    result: if denied { "denied" } else { "success" }.into(),
+                })
             }
             Record::Access { hdr, op, target_pid, path } => {
                 let owner = self.cache.lookup(&hdr);
@@ -461,6 +472,7 @@ fn record_kind_name(k: u32) -> &'static str {
         kind::FORK => "process_fork",
         kind::NAMESPACE => "process_namespace",
         kind::ACCESS => "process_access",
+        kind::SYSCTL => "process_sysctl",
         kind::CGROUP_MKDIR => "cgroup_mkdir",
         kind::CGROUP_RMDIR => "cgroup_rmdir",
         kind::SOCK => "socket",

@@ -39,7 +39,7 @@ impl Stage {
     }
 }
 
-const KINDS: usize = EventType::LostEvents as usize + 1;
+const KINDS: usize = EventType::ProcessSysctl as usize + 1;
 
 pub struct Stats {
     pub started: Instant,

@@ -32,6 +32,8 @@ pub mod kind {
     pub const NAMESPACE: u32 = 8;
     /// ptrace attach, process_vm_readv/writev, /proc/<pid>/... opens (strict set).
     pub const ACCESS: u32 = 9;
+    /// A write to a loopback-routing sysctl (route_localnet, accept_local).
+    pub const SYSCTL: u32 = 10;
     /// Number of slots in the per-kind drop counter map.
     pub const MAX: u32 = 16;
 }
@@ -210,6 +212,8 @@ pub mod enforce {
     pub const EGRESS: u32 = 1 << 2;
     /// setns, unshare and clone into new namespaces kill the caller.
     pub const KILL_NAMESPACE: u32 = 1 << 3;
+    /// Writes to loopback-routing sysctls fail with EPERM.
+    pub const SYSCTL: u32 = 1 << 4;
 }
 
 /// Key of `CONNECT_ALLOW` and `BIND_ALLOW`: a cgroup and a port.
@@ -277,6 +281,21 @@ pub struct UnixConnectEvent {
     pub _pad: u32,
     pub path: [u8; UNIX_PATH_MAX],
     pub _pad2: [u8; 4],
+}
+
+/// Bytes of a sysctl path ("net/ipv4/conf/all/route_localnet") and of a written value.
+pub const SYSCTL_NAME_MAX: usize = 64;
+pub const SYSCTL_VALUE_MAX: usize = 16;
+
+/// A write to a loopback-routing sysctl, from `cgroup/sysctl`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SysctlEvent {
+    pub hdr: Header,
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+    pub name: [u8; SYSCTL_NAME_MAX],
+    pub value: [u8; SYSCTL_VALUE_MAX],
 }
 
 /// Byte offsets of the kernel struct fields the programs read, resolved by the daemon from
@@ -385,6 +404,7 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 128);
         assert_eq!(size_of::<NamespaceEvent>(), 88 + 40 + 16);
         assert_eq!(size_of::<AccessEvent>(), 88 + 16 + ACCESS_PATH_MAX);
+        assert_eq!(size_of::<SysctlEvent>(), 88 + 8 + SYSCTL_NAME_MAX + SYSCTL_VALUE_MAX);
         assert_eq!(size_of::<CgroupEvent>(), 88 + 16 + CGROUP_PATH_MAX);
         assert_eq!(size_of::<SockEvent>(), 88 + 8 + 16 + 32 + 8 + 16 + 8);
         assert_eq!(size_of::<UnixConnectEvent>(), 88 + 8 + UNIX_PATH_MAX + 4);

@@ -6,7 +6,7 @@ use std::{mem::size_of, ptr};
 use sidewall_common::{
     ACCESS_PATH_MAX, ARGS_MAX, AccessEvent, CGROUP_PATH_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, CgroupEvent,
     ExecEvent, ExitEvent, FILENAME_MAX, ForkEvent, Header, NamespaceEvent, Namespaces, SockEvent,
-    UNIX_PATH_MAX, UnixConnectEvent, flags, kind,
+    SysctlEvent, UNIX_PATH_MAX, UnixConnectEvent, flags, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,6 +43,13 @@ pub enum Record {
     },
     /// A setns or unshare at the syscall (strict set).
     Namespace(NamespaceEvent),
+    /// A write to a loopback-routing sysctl.
+    Sysctl {
+        hdr: Header,
+        name: String,
+        value: String,
+        denied: bool,
+    },
     /// One process reaching into another (strict set).
     Access {
         hdr: Header,
@@ -76,6 +83,7 @@ impl Record {
             Record::Fork { hdr, .. } => hdr,
             Record::Namespace(e) => &e.hdr,
             Record::Access { hdr, .. } => hdr,
+            Record::Sysctl { hdr, .. } => hdr,
             Record::CgroupMkdir { hdr, .. } | Record::CgroupRmdir { hdr, .. } => hdr,
             Record::Sock(e) => &e.hdr,
             Record::UnixConnect { hdr, .. } => hdr,
@@ -112,6 +120,16 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             Ok(Record::Fork { hdr: e.hdr, parent_ns: e.parent_ns })
         }
         kind::NAMESPACE => Ok(Record::Namespace(read(bytes, "namespace record")?)),
+        kind::SYSCTL => {
+            let e: SysctlEvent = read(bytes, "sysctl record")?;
+            let text = |b: &[u8]| lossy(b.split(|&c| c == 0).next().unwrap_or_default()).trim().to_string();
+            Ok(Record::Sysctl {
+                hdr: e.hdr,
+                name: text(&e.name),
+                value: text(&e.value),
+                denied: e.verdict != 0,
+            })
+        }
         kind::ACCESS => {
             let e: AccessEvent = read(bytes, "access record")?;
             let path = lossy(&e.path[..(e.path_len as usize).min(ACCESS_PATH_MAX)]);

@@ -8,7 +8,9 @@ use std::fs::File;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSysctl, SockOps, TracePoint,
+    },
 };
 use sidewall_common::Offsets;
 
@@ -31,6 +33,8 @@ pub enum Attach {
     SockOps,
     /// `syscalls/<name>`: slows every syscall of every process; strict set only.
     SyscallTracepoint,
+    /// cgroup sysctl hook at the cgroup v2 root.
+    CgroupSysctl,
 }
 
 /// One sensor: the programs that make it, and how they attach.
@@ -66,6 +70,7 @@ pub const SENSORS: &[SensorSpec] = &[
     spec("inet_bind", &["post_bind4", "post_bind6"], "cgroup/post_bind4,post_bind6", Attach::CgroupSock),
     spec("socket_release", &["sock_release"], "cgroup/sock_release", Attach::CgroupSock),
     spec("tcp_lifecycle", &["tcp_lifecycle"], "sockops", Attach::SockOps),
+    spec("loopback_routing", &["sysctl_write"], "cgroup/sysctl", Attach::CgroupSysctl),
     SensorSpec {
         name: "namespace_syscalls",
         programs: &["sys_enter_setns", "sys_exit_setns", "sys_enter_unshare", "sys_exit_unshare"],
@@ -189,6 +194,12 @@ fn attach(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf, cgroup: Option<&File>) 
                 p.load().with_context(|| format!("loading sockops {name}"))?;
                 p.attach(root()?, CgroupAttachMode::Single)
                     .with_context(|| format!("attaching sockops {name}"))?;
+            }
+            Attach::CgroupSysctl => {
+                let p: &mut CgroupSysctl = prog.try_into()?;
+                p.load().with_context(|| format!("loading cgroup/sysctl {name}"))?;
+                p.attach(root()?, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching cgroup/sysctl {name}"))?;
             }
             Attach::SyscallTracepoint => {
                 let p: &mut TracePoint = prog.try_into()?;

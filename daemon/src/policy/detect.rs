@@ -88,6 +88,7 @@ fn violation(pol: &Policy, rule: &ContainerRule, id: &'static str, message: Stri
         "egress" => ("medium", "T1041"),
         "namespace-transition" => ("critical", "T1611"),
         "runtime-socket" => ("critical", "T1610"),
+        "loopback-routing" => ("high", "T1599"),
         _ => ("high", "T1055"),
     };
     Violation {
@@ -112,6 +113,9 @@ pub fn check(policies: &[Policy], ev: &pb::GetEventsResponse) -> Vec<Violation> 
         Some(Event::ProcessNamespace(n)) if rule.namespace_changes == Permission::Deny => {
             let msg = format!("{} changed namespaces ({}: {})", p.binary, n.operation, n.changed.join(","));
             vec![violation(pol, rule, "namespace-transition", msg)]
+        }
+        Some(Event::ProcessSysctl(s)) if rule.loopback_routing == Permission::Deny => {
+            vec![violation(pol, rule, "loopback-routing", format!("wrote {} = {}", s.name, s.value))]
         }
         Some(Event::ProcessAccess(a)) if a.cross_container && rule.process_access == Permission::Deny => {
             let target =

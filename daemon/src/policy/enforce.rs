@@ -46,6 +46,9 @@ pub fn compile(mode: Mode, rule: &ContainerRule) -> Compiled {
         c.flags |= enforce::EGRESS;
         c.egress = egress.iter().map(|e| lpm_prefix(&e.cidr)).collect();
     }
+    if rule.loopback_routing == Permission::Deny {
+        c.flags |= enforce::SYSCTL;
+    }
     if rule.action == Action::Kill && rule.namespace_changes == Permission::Deny {
         c.flags |= enforce::KILL_NAMESPACE;
     }

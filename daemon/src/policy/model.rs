@@ -73,6 +73,9 @@ pub struct ContainerRule {
     /// The container runtime's sockets and the kubelet API.
     #[serde(default)]
     pub runtime_sockets: Permission,
+    /// Writes to sysctls that route traffic into the loopback (`route_localnet`, `accept_local`).
+    #[serde(default)]
+    pub loopback_routing: Permission,
     /// What a violation gets: `alert`; `block` (connects, sends and binds fail with EPERM); or
     /// `kill` (namespace changes and process access kill the process; connects, sends and
     /// binds are blocked as with `block`).

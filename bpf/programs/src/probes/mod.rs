@@ -8,4 +8,5 @@ pub mod namespace;
 mod sock_addr;
 mod sock_bind;
 mod sock_ops;
+mod sysctl;
 mod unix_connect;
