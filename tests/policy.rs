@@ -273,3 +273,27 @@ async fn rerouting_traffic_into_the_loopback_is_refused() {
     let o = pod.exec("webf", &["/bin/sh", "-c", "cat /proc/sys/net/ipv4/conf/all/route_localnet"]);
     assert!(o.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforcement_outlives_a_crash_and_cleanup_removes_every_trace() {
+    let (mut d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("g")), "").await;
+    let pod = pod("g");
+    wait_serving(&pod, "webg");
+    let blocked = || {
+        out(&pod, "intruderg", &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"]).0
+            == "error EPERM: connect"
+    };
+    assert!(blocked());
+    d.crash();
+    assert!(blocked(), "still enforced while the daemon is down");
+    d.restart().await;
+    assert!(blocked(), "and after it is back");
+    assert!(
+        out(&pod, "intruderg", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8080"]).0.starts_with("ok pong")
+    );
+    d.crash();
+    let o = d.cleanup();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!d.pins.exists(), "the pinned programs and maps are gone");
+    assert!(!blocked(), "nothing of sidewall is left enforcing");
+}

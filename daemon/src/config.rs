@@ -42,6 +42,7 @@ pub struct Config {
     pub metrics_labels: Vec<String>,
     pub metrics_max_series: usize,
     pub otlp_endpoint: String,
+    pub bpf_pin_dir: String,
     pub log: String,
 }
 

@@ -52,6 +52,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ring_buffer_bytes: cfg.ring_buffer_mb * 1024 * 1024,
         cgroup_root: cgroups.as_ref().map(|c| c.root()),
         strict: cfg.sensor_set == SensorSet::Strict,
+        pin_dir: (!cfg.bpf_pin_dir.is_empty()).then(|| Path::new(&cfg.bpf_pin_dir)),
     })?;
     let reader = RingReader::take(&mut loaded.ebpf)?;
     let drops = KernelDrops::take(&mut loaded.ebpf)?;

@@ -45,6 +45,10 @@ struct Args {
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Remove everything the daemon leaves in the kernel (pinned programs and maps under
+    /// bpf_pin_dir, which keep enforcing while the daemon is down) and its socket, then exit.
+    #[arg(long)]
+    cleanup: bool,
     /// Print the SidecarPolicy CustomResourceDefinition (generated from the types) and exit.
     #[arg(long)]
     print_crd: bool,
@@ -87,6 +91,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg.log);
+    if args.cleanup {
+        return cleanup(&cfg);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -102,6 +109,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cleanup(cfg: &Config) -> ExitCode {
+    if !cfg.bpf_pin_dir.is_empty()
+        && let Err(e) = sidewalld::kernel::loader::cleanup(std::path::Path::new(&cfg.bpf_pin_dir))
+    {
+        eprintln!("sidewalld: cannot remove {}: {e}", cfg.bpf_pin_dir);
+        return ExitCode::FAILURE;
+    }
+    if let sidewalld::api::listen::Address::Unix(path) = cfg.address() {
+        // Only a stale socket: a live daemon is still answering on it.
+        if std::os::unix::net::UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    println!(
+        "removed {} and the socket",
+        if cfg.bpf_pin_dir.is_empty() { "nothing pinned" } else { &cfg.bpf_pin_dir }
+    );
+    ExitCode::SUCCESS
 }
 
 fn init_logging(filter: &str) {

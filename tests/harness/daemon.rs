@@ -20,6 +20,9 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub export: PathBuf,
+    /// Where this daemon pins what outlives it; removed on drop.
+    pub pins: PathBuf,
+    config: PathBuf,
 }
 
 /// Loading and verifying the programs takes a few seconds on a busy 2-core machine.
@@ -37,27 +40,48 @@ impl Daemon {
         let socket = dir.path().join("sidewall.sock");
         let export = dir.path().join("events.json");
         let config = dir.path().join("config.toml");
+        // Pins of its own: daemons of tests running side by side must not share them.
+        let pins = PathBuf::from(format!(
+            "/sys/fs/bpf/sidewall-test-{}",
+            dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
         fs::write(
             &config,
             format!(
-                "node_name = \"test-node\"\ngrpc_address = \"unix://{}\"\nexport_file = \"{}\"\nlog = \"info\"\n{extra}\n",
+                "node_name = \"test-node\"\ngrpc_address = \"unix://{}\"\nexport_file = \"{}\"\nbpf_pin_dir = \"{}\"\nlog = \"info\"\n{extra}\n",
                 socket.display(),
-                export.display()
+                export.display(),
+                pins.display()
             ),
         )
         .expect("write config");
-        let log = fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(crate::bin("sidewalld"))
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn sidewalld");
-        let mut d = Self { child, dir, socket, export };
+        let child = spawn(&config, &dir.path().join("daemon.log"));
+        let mut d = Self { child, dir, socket, export, pins, config };
         d.wait_ready().await;
         d
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up), as a crash would.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again with the same configuration, after a crash.
+    pub async fn restart(&mut self) {
+        self.crash();
+        self.child = spawn(&self.config, &self.dir.path().join("daemon.log"));
+        self.wait_ready().await;
+    }
+
+    /// `sidewalld --cleanup` with this daemon's configuration.
+    pub fn cleanup(&self) -> std::process::Output {
+        Command::new(crate::bin("sidewalld"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--cleanup")
+            .output()
+            .expect("run")
     }
 
     async fn wait_ready(&mut self) {
@@ -122,8 +146,28 @@ impl Daemon {
     }
 }
 
+fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    Command::new(crate::bin("sidewalld"))
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn sidewalld")
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop();
+        // What outlives the daemon by design must not outlive the test.
+        let _ = fs::remove_dir_all(&self.pins);
+    }
+}
+
+impl Daemon {
+    fn stop(&mut self) {
         let pid = self.child.id() as i32;
         // SAFETY: kill(2) of the daemon this harness started.
         unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use std::fs::File;
+use std::{fs::File, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
+    programs::links::FdLink,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSysctl, SockOps, TracePoint,
     },
@@ -122,12 +123,35 @@ pub struct LoadOptions<'a> {
     pub cgroup_root: Option<&'a Path>,
     /// Attach the strict set too (syscall tracepoints).
     pub strict: bool,
+    /// Where enforcement survives the daemon: the policy maps and the links of the enforcing
+    /// programs are pinned here (bpffs). None: nothing is pinned.
+    pub pin_dir: Option<&'a Path>,
 }
+
+/// Maps that hold the compiled policies: pinned, so a restarted daemon (and the programs a
+/// stopped one left attached) share them.
+const POLICY_MAPS: &[&str] = &["ENFORCE", "CONNECT_ALLOW", "BIND_ALLOW", "EGRESS_ALLOW", "ARMED"];
+
+/// Programs whose attachment is pinned: those that enforce (deny, kill, arm).
+const ENFORCING_PROGRAMS: &[&str] = &[
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "post_bind4",
+    "post_bind6",
+    "sched_process_fork",
+    "sched_process_exit",
+    "sys_enter_setns",
+    "sys_enter_unshare",
+];
 
 /// The loaded object. Programs stay attached while this lives.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub sensors: Vec<SensorReport>,
+    /// Attachments the daemon holds (the pinned ones live in bpffs instead).
+    pub links: Vec<FdLink>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
@@ -136,13 +160,25 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     tracing::debug!(?offsets, "kernel offsets resolved");
     let btf = Btf::parse_file(opts.btf_path, aya::Endianness::default())
         .with_context(|| format!("parsing {}", opts.btf_path.display()))?;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
         .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
-        .load(BPF_OBJECT)
-        .context("loading the eBPF object")?;
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+    let map_pins: Vec<(&str, PathBuf)> = match opts.pin_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir.join("maps"))
+                .with_context(|| format!("creating {}", dir.display()))?;
+            POLICY_MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &map_pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(BPF_OBJECT).context("loading the eBPF object")?;
     let cgroup = opts.cgroup_root.map(File::open).transpose().context("opening the cgroup v2 root")?;
+    let mut links = Vec::new();
     let sensors = SENSORS
         .iter()
         .map(|spec| SensorReport {
@@ -153,7 +189,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
                     "strict sensor set only (sensor_set = \"strict\"): a syscall tracepoint slows every syscall".into(),
                 )
             } else {
-                match attach(&mut ebpf, spec, &btf, cgroup.as_ref()) {
+                match attach(&mut ebpf, spec, &btf, cgroup.as_ref(), opts.pin_dir, &mut links) {
                     Ok(()) => SensorState::Attached,
                     Err(e) => {
                         tracing::warn!(sensor = spec.name, hook = spec.hook, error = %format!("{e:#}"), "sensor not attached");
@@ -163,52 +199,103 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
             },
         })
         .collect();
-    Ok(Loaded { ebpf, sensors })
+    Ok(Loaded { ebpf, sensors, links })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &SensorSpec, btf: &Btf, cgroup: Option<&File>) -> anyhow::Result<()> {
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &SensorSpec,
+    btf: &Btf,
+    cgroup: Option<&File>,
+    pin_dir: Option<&Path>,
+    links: &mut Vec<FdLink>,
+) -> anyhow::Result<()> {
     for name in spec.programs {
-        let prog =
-            ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
-        let root = || cgroup.context("no cgroup v2 filesystem to attach to");
-        match spec.attach {
-            Attach::BtfTracepoint => {
-                let p: &mut BtfTracePoint = prog.try_into()?;
-                p.load(name, btf).with_context(|| format!("loading tp_btf/{name}"))?;
-                p.attach().with_context(|| format!("attaching tp_btf/{name}"))?;
-            }
-            Attach::CgroupSockAddr => {
-                let p: &mut CgroupSockAddr = prog.try_into()?;
-                p.load().with_context(|| format!("loading cgroup/{name}"))?;
-                p.attach(root()?, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching cgroup/{name}"))?;
-            }
-            Attach::CgroupSock => {
-                let p: &mut CgroupSock = prog.try_into()?;
-                p.load().with_context(|| format!("loading cgroup/{name}"))?;
-                p.attach(root()?, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching cgroup/{name}"))?;
-            }
-            Attach::SockOps => {
-                let p: &mut SockOps = prog.try_into()?;
-                p.load().with_context(|| format!("loading sockops {name}"))?;
-                p.attach(root()?, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching sockops {name}"))?;
-            }
-            Attach::CgroupSysctl => {
-                let p: &mut CgroupSysctl = prog.try_into()?;
-                p.load().with_context(|| format!("loading cgroup/sysctl {name}"))?;
-                p.attach(root()?, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching cgroup/sysctl {name}"))?;
-            }
-            Attach::SyscallTracepoint => {
-                let p: &mut TracePoint = prog.try_into()?;
-                p.load().with_context(|| format!("loading syscalls/{name}"))?;
-                p.attach("syscalls", name).with_context(|| format!("attaching syscalls/{name}"))?;
-            }
+        // None: the program object holds its attachment (it cannot be pinned).
+        let Some(link) = attach_program(ebpf, spec.attach, name, btf, cgroup)? else { continue };
+        match pin_dir.filter(|_| ENFORCING_PROGRAMS.contains(name)) {
+            Some(dir) => pin_link(link, dir, name)?,
+            // Held by the daemon: the program detaches when the daemon goes.
+            None => links.push(link),
         }
     }
     Ok(())
+}
+
+/// Loads and attaches one program; the link is the caller's to keep (or pin). cgroup/sysctl
+/// links cannot become fd links in this aya version: those stay with the program.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    how: Attach,
+    name: &str,
+    btf: &Btf,
+    cgroup: Option<&File>,
+) -> anyhow::Result<Option<FdLink>> {
+    let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+    let root = || cgroup.context("no cgroup v2 filesystem to attach to");
+    let mode = CgroupAttachMode::Single;
+    let link = match how {
+        Attach::BtfTracepoint => {
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            p.load(name, btf).with_context(|| format!("loading tp_btf/{name}"))?;
+            let id = p.attach().with_context(|| format!("attaching tp_btf/{name}"))?;
+            FdLink::try_from(p.take_link(id)?)?
+        }
+        Attach::CgroupSockAddr => {
+            let p: &mut CgroupSockAddr = prog.try_into()?;
+            p.load().with_context(|| format!("loading cgroup/{name}"))?;
+            let id = p.attach(root()?, mode).with_context(|| format!("attaching cgroup/{name}"))?;
+            FdLink::try_from(p.take_link(id)?)?
+        }
+        Attach::CgroupSock => {
+            let p: &mut CgroupSock = prog.try_into()?;
+            p.load().with_context(|| format!("loading cgroup/{name}"))?;
+            let id = p.attach(root()?, mode).with_context(|| format!("attaching cgroup/{name}"))?;
+            FdLink::try_from(p.take_link(id)?)?
+        }
+        Attach::SockOps => {
+            let p: &mut SockOps = prog.try_into()?;
+            p.load().with_context(|| format!("loading sockops {name}"))?;
+            let id = p.attach(root()?, mode).with_context(|| format!("attaching sockops {name}"))?;
+            FdLink::try_from(p.take_link(id)?)?
+        }
+        Attach::CgroupSysctl => {
+            let p: &mut CgroupSysctl = prog.try_into()?;
+            p.load().with_context(|| format!("loading cgroup/sysctl {name}"))?;
+            p.attach(root()?, mode).with_context(|| format!("attaching cgroup/sysctl {name}"))?;
+            return Ok(None);
+        }
+        Attach::SyscallTracepoint => {
+            let p: &mut TracePoint = prog.try_into()?;
+            p.load().with_context(|| format!("loading syscalls/{name}"))?;
+            let id = p.attach("syscalls", name).with_context(|| format!("attaching syscalls/{name}"))?;
+            FdLink::try_from(p.take_link(id)?)?
+        }
+    };
+    Ok(Some(link))
+}
+
+/// Pins `link` at `dir/links/name` (bpffs refuses names with a dot), replacing (and so detaching) the one a previous daemon
+/// left there: the new program is attached before the old one goes, so enforcement never
+/// lapses across a restart.
+fn pin_link(link: FdLink, dir: &Path, name: &str) -> anyhow::Result<()> {
+    let links = dir.join("links");
+    std::fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
+    let (final_path, fresh) = (links.join(name), links.join(format!("{name}-new")));
+    let _ = std::fs::remove_file(&fresh);
+    link.pin(&fresh).with_context(|| format!("pinning {}", fresh.display()))?;
+    let _ = std::fs::remove_file(&final_path);
+    std::fs::rename(&fresh, &final_path).with_context(|| format!("pinning {}", final_path.display()))?;
+    Ok(())
+}
+
+/// Removes everything a daemon pinned under `dir`: the enforcing programs detach and the
+/// policy maps are freed (once no daemon holds them).
+pub fn cleanup(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large ring buffers load.
