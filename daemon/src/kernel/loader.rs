@@ -239,7 +239,7 @@ fn attach_program(
             let p: &mut BtfTracePoint = prog.try_into()?;
             p.load(name, btf).with_context(|| format!("loading tp_btf/{name}"))?;
             let id = p.attach().with_context(|| format!("attaching tp_btf/{name}"))?;
-            FdLink::try_from(p.take_link(id)?)?
+            FdLink::from(p.take_link(id)?)
         }
         Attach::CgroupSockAddr => {
             let p: &mut CgroupSockAddr = prog.try_into()?;
