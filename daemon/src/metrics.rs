@@ -73,12 +73,8 @@ struct FlowLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlowBytesLabels {
-    namespace: String,
-    pod: String,
-    source: String,
-    destination: String,
-    port: String,
-    protocol: String,
+    #[prometheus(flatten)]
+    flow: FlowLabels,
     direction: String,
 }
 
@@ -264,15 +260,7 @@ impl Metrics {
                 };
                 self.flow_connections.get_or_create(&base).set(e.connections as i64);
                 for (direction, n) in [("sent", e.bytes_sent), ("received", e.bytes_received)] {
-                    let l = FlowBytesLabels {
-                        namespace: base.namespace.clone(),
-                        pod: base.pod.clone(),
-                        source: base.source.clone(),
-                        destination: base.destination.clone(),
-                        port: base.port.clone(),
-                        protocol: base.protocol.clone(),
-                        direction: direction.into(),
-                    };
+                    let l = FlowBytesLabels { flow: base.clone(), direction: direction.into() };
                     self.flow_bytes.get_or_create(&l).set(n as i64);
                 }
             }
