@@ -112,6 +112,12 @@ impl Isolation {
         self.host = Some(Baseline { ns, first });
     }
 
+    /// Whether the process, or its parent, was seen inside its container's own namespaces.
+    pub fn from_home(&self, entry: &ProcEntry) -> bool {
+        self.home.contains(&entry.process.pid)
+            || entry.parent.as_ref().is_some_and(|p| self.home.contains(&p.process.pid))
+    }
+
     /// Whether `pid` was seen inside its container's own namespaces.
     pub fn is_home(&self, pid: u32) -> bool {
         self.home.contains(&pid)

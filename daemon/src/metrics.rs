@@ -219,7 +219,7 @@ impl Metrics {
                     .set(v);
             }
         }
-        for e in &snap.exporters {
+        for e in snap.exporters.iter().filter(|e| e.state != "disabled") {
             self.exporters
                 .get_or_create(&ExporterLabels { exporter: e.name.clone() })
                 .set(i64::from(e.state == "ok"));
@@ -239,6 +239,9 @@ impl Metrics {
 
     fn update_flows(&self, flows: &Mutex<FlowGraph>) {
         let pods = flows.lock().unwrap_or_else(|e| e.into_inner()).snapshot(|_| true);
+        // Pods come and go: only what the graph holds now is exported.
+        self.flow_connections.clear();
+        self.flow_bytes.clear();
         for p in pods {
             let (namespace, pod) = p
                 .pod

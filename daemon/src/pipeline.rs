@@ -109,6 +109,13 @@ impl Pipeline {
             .find(|e| procfs::innermost_pid(e.process.pid) == Some(vpid))
     }
 
+    /// Host processes, and container processes seen inside their container (or children of
+    /// one): not the runtime's setup (runc init), whose setns, unshare and /proc reads while it
+    /// builds or enters a container are not the container's doing.
+    fn acts_as_container(&mut self, entry: &ProcEntry) -> bool {
+        !self.in_container(entry) || self.iso.from_home(entry)
+    }
+
     fn in_container(&mut self, entry: &ProcEntry) -> bool {
         let w = self.identity.resolve(entry.process.cgroup_id);
         w.container.as_ref().is_some_and(|c| !c.id.is_empty())
@@ -235,7 +242,7 @@ impl Pipeline {
         let ev = match rec {
             Record::Exec(e) => {
                 let entry = self.cache.on_exec(&e);
-                self.check_drift(&entry, &e.hdr);
+                self.check_drift(&entry, &e.hdr, true);
                 Event::ProcessExec(pb::ProcessExec {
                     process: Some(self.process(&entry)),
                     parent: entry.parent.as_ref().map(|p| self.process(p)),
@@ -262,6 +269,9 @@ impl Pipeline {
             }
             Record::Namespace(e) => {
                 let entry = self.cache.lookup(&e.hdr);
+                if !self.acts_as_container(&entry) {
+                    return None;
+                }
                 let op = if e.op == ns_op::SETNS { "setns" } else { "unshare" };
                 let ie = self.iso.transition(&entry, op, e.before, e.hdr.ns, e.ret);
                 self.iso_event(ie)
@@ -278,6 +288,9 @@ impl Pipeline {
             }
             Record::Access { hdr, op, target_pid, path } => {
                 let owner = self.cache.lookup(&hdr);
+                if !self.acts_as_container(&owner) {
+                    return None;
+                }
                 let target = self.process_in_pidns(hdr.ns.pid, target_pid);
                 let ie = self.iso.access(owner, op, target, path);
                 self.iso_event(ie)
@@ -300,7 +313,7 @@ impl Pipeline {
             Record::Sock(e) => {
                 if e.hdr.flags & flags::NS_UNKNOWN == 0 {
                     let entry = self.cache.lookup(&e.hdr);
-                    self.check_drift(&entry, &e.hdr);
+                    self.check_drift(&entry, &e.hdr, false);
                 }
                 let ne = self.net.handle(&e, &mut self.cache, &mut self.identity)?;
                 self.net_event(ne)
@@ -361,7 +374,9 @@ impl Pipeline {
 
     /// Learns the container's namespaces from its first process, and reports a process found
     /// in other namespaces (published at once, beside the event that revealed it).
-    fn check_drift(&mut self, entry: &Arc<ProcEntry>, hdr: &Header) {
+    /// `learn`: the record may set its container's baseline (exec records only: nothing the
+    /// runtime does half-way through building a container should define it).
+    fn check_drift(&mut self, entry: &Arc<ProcEntry>, hdr: &Header, learn: bool) {
         if hdr.flags & flags::NS_UNKNOWN != 0 {
             return;
         }
@@ -371,7 +386,9 @@ impl Pipeline {
             self.refresh_policies();
             self.enforce_cgroup(entry.process.cgroup_id);
         }
-        self.iso.observe(entry, &hdr.ns, in_container);
+        if learn {
+            self.iso.observe(entry, &hdr.ns, in_container);
+        }
         let drift = self.iso.drift(entry, &hdr.ns, in_container);
         if self.iso.is_home(entry.process.pid)
             && let Some(e) = self.enforcer.as_mut()

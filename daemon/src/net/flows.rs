@@ -21,6 +21,9 @@ struct EdgeKey {
 #[derive(Default)]
 struct PodGraph {
     pod: Option<pb::Pod>,
+    /// The namespace's inode, as /proc and events show it (inodes are reused; cookies not).
+    inode: u32,
+    last_seen: u64,
     edges: HashMap<EdgeKey, pb::FlowEdge>,
 }
 
@@ -31,8 +34,10 @@ pub struct Endpoint<'a> {
     pub container: Option<&'a pb::Container>,
 }
 
-/// A connection (or datagrams) from `source` to `destination:port` in namespace `netns`.
+/// A connection (or datagrams) from `source` to `destination:port` in a network namespace,
+/// known by its kernel cookie (never reused, unlike its inode number).
 pub struct Flow<'a> {
+    pub netns_cookie: u64,
     pub netns: u32,
     pub protocol: &'static str,
     pub source: Endpoint<'a>,
@@ -42,7 +47,9 @@ pub struct Flow<'a> {
 
 #[derive(Default)]
 pub struct FlowGraph {
-    pods: HashMap<u32, PodGraph>,
+    pods: HashMap<u64, PodGraph>,
+    /// Orders evictions: the pod seen least recently goes first.
+    clock: u64,
 }
 
 /// What identifies a side: the container id, else its role ("host"), else "unknown".
@@ -57,10 +64,16 @@ fn side_key(c: Option<&pb::Container>) -> String {
 impl FlowGraph {
     /// Counts `connections` more, and adds bytes (over connections that closed).
     pub fn record(&mut self, f: &Flow<'_>, connections: u64, bytes: (u64, u64), now: Timestamp) {
-        if !self.pods.contains_key(&f.netns) && self.pods.len() >= MAX_PODS {
-            return;
+        if !self.pods.contains_key(&f.netns_cookie) && self.pods.len() >= MAX_PODS {
+            let oldest = self.pods.iter().min_by_key(|(_, g)| g.last_seen).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.pods.remove(&k);
+            }
         }
-        let graph = self.pods.entry(f.netns).or_default();
+        self.clock += 1;
+        let graph = self.pods.entry(f.netns_cookie).or_default();
+        graph.last_seen = self.clock;
+        graph.inode = f.netns;
         if graph.pod.is_none() {
             graph.pod = f.source.pod.or(f.destination.pod).cloned();
         }
@@ -92,10 +105,10 @@ impl FlowGraph {
             .pods
             .iter()
             .filter(|(_, g)| keep(g.pod.as_ref()))
-            .map(|(netns, g)| {
+            .map(|(_, g)| {
                 let mut edges: Vec<pb::FlowEdge> = g.edges.values().cloned().collect();
                 edges.sort_by(|a, b| (a.port, &a.protocol).cmp(&(b.port, &b.protocol)));
-                pb::PodFlows { pod: g.pod.clone(), netns: *netns, edges }
+                pb::PodFlows { pod: g.pod.clone(), netns: g.inode, edges }
             })
             .collect();
         pods.sort_by_key(|p| p.netns);
@@ -116,8 +129,14 @@ mod tests {
         let pod = pb::Pod { name: "web".into(), namespace: "default".into(), ..Default::default() };
         let (app, proxy) = (container("a1", "app"), container("p1", "proxy"));
         let side = |c| Endpoint { pod: Some(&pod), container: Some(c) };
-        let flow =
-            |port| Flow { netns: 7, protocol: "tcp", source: side(&proxy), destination: side(&app), port };
+        let flow = |port| Flow {
+            netns_cookie: 70,
+            netns: 7,
+            protocol: "tcp",
+            source: side(&proxy),
+            destination: side(&app),
+            port,
+        };
         let mut g = FlowGraph::default();
         let t = Timestamp { seconds: 1, nanos: 0 };
         g.record(&flow(8080), 1, (0, 0), t);

@@ -229,7 +229,16 @@ impl Net {
         }
         if e.protocol == IPPROTO_UDP {
             // A UDP connect only sets the default destination: it cannot be refused here.
-            self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
+            self.record_flow(
+                e.netns_cookie,
+                &socket,
+                &owner,
+                peer.as_ref(),
+                remote.port(),
+                1,
+                (0, 0),
+                identity,
+            );
             return Some(NetEvent::Connect { owner, socket, result: "success", peer });
         }
         if self.sockets.len() >= MAX_SOCKETS {
@@ -260,7 +269,7 @@ impl Net {
         st.reported = true;
         let (socket, owner, peer, remote) = (st.socket.clone(), st.owner.clone(), st.peer.clone(), st.remote);
         self.tuples.insert((e.netns_cookie, local, remote), e.cookie);
-        self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
+        self.record_flow(e.netns_cookie, &socket, &owner, peer.as_ref(), remote.port(), 1, (0, 0), identity);
         first_report.then_some(NetEvent::Connect { owner, socket, result: "success", peer })
     }
 
@@ -319,6 +328,7 @@ impl Net {
         if st.outbound {
             // The client's totals count the connection once.
             self.record_flow(
+                e.netns_cookie,
                 &st.socket,
                 &st.owner,
                 st.peer.as_ref(),
@@ -364,7 +374,16 @@ impl Net {
         let peer = self.peer_of(e, &remote, socket.loopback);
         let denied = e.verdict == verdict::DENIED;
         if !denied {
-            self.record_flow(&socket, &owner, peer.as_ref(), remote.port(), e.count.into(), (0, 0), identity);
+            self.record_flow(
+                e.netns_cookie,
+                &socket,
+                &owner,
+                peer.as_ref(),
+                remote.port(),
+                e.count.into(),
+                (0, 0),
+                identity,
+            );
         }
         NetEvent::Datagram { owner, socket, count: e.count, peer, denied }
     }
@@ -373,6 +392,7 @@ impl Net {
     #[allow(clippy::too_many_arguments)]
     fn record_flow(
         &self,
+        netns_cookie: u64,
         socket: &pb::Socket,
         owner: &ProcEntry,
         peer: Option<&Arc<ProcEntry>>,
@@ -388,6 +408,7 @@ impl Net {
         let dst = identity.resolve(peer.process.cgroup_id);
         let protocol = if socket.protocol == "udp" { "udp" } else { "tcp" };
         let flow = Flow {
+            netns_cookie,
             netns: socket.netns,
             protocol,
             source: Endpoint { pod: src.pod.as_ref(), container: src.container.as_ref() },
