@@ -27,6 +27,12 @@ run: release
 test: lint build
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
+## The attack-scenario catalog (tests/scenarios/) on real pods, in monitor and enforce mode,
+## against a real sidewalld; prints the table. Also part of `make test`.
+.PHONY: scenarios
+scenarios: build
+	$(CARGO) test -p sidewall-tests --test scenarios -- --nocapture --test-threads=1
+
 unit: build
 	$(CARGO) test --workspace --lib --bins
 

@@ -14,6 +14,9 @@ APT_PKGS=(
   podman runc catatonit busybox-static
   # tooling used by tests and benchmarks
   bpftool iproute2 iptables prometheus jq
+  # deploy/ checks (tests/scenarios/deploy.rs): a venv for kubernetes-validate, shellcheck for
+  # the kind runner
+  python3-venv shellcheck
 )
 
 need_apt=()
@@ -37,6 +40,15 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
   LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 LLVM_PREFIX=/usr/lib/llvm-22 \
     PATH=/usr/lib/llvm-22/bin:$PATH \
     cargo install --locked bpf-linker --version '^0.13' --no-default-features --features llvm-22
+fi
+
+# Kubernetes schema validation of deploy/: the schemas bundled in the PyPI package
+# kubernetes-validate, offline; in a venv (Debian's python3 is externally managed).
+SIDEWALL_VENV=/opt/sidewall-venv
+if ! "$SIDEWALL_VENV/bin/python" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  log "installing kubernetes-validate into $SIDEWALL_VENV"
+  /usr/bin/python3 -m venv "$SIDEWALL_VENV"
+  "$SIDEWALL_VENV/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
 fi
 
 # The independent OTLP receiver of the observability tests: grpcio and the official

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod events;
 pub mod pod;
+pub mod scenario;
 
 pub use cgroup::TestCgroup;
 pub use daemon::Daemon;

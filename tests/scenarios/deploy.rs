@@ -1,0 +1,114 @@
+//! deploy/: the Kubernetes manifests, the Helm chart and the kind runner, checked without a
+//! cluster. Schema validation uses the PyPI package `kubernetes-validate` (bundled Kubernetes
+//! JSON schemas, offline) through deploy/validate.py, which also renders the chart (helm is
+//! not installable from the package registries this project uses).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
+}
+
+/// What scripts/setup.sh installs for these checks.
+const SETUP_HINT: &str = "scripts/setup.sh installs it: `python3-venv` and `shellcheck` (apt), and \
+     `/opt/sidewall-venv/bin/pip install kubernetes-validate==1.37.0` (PyPI) into /opt/sidewall-venv";
+
+/// A Python that has `kubernetes_validate`: $SIDEWALL_PYTHON, the venv scripts/setup.sh makes,
+/// or python3 on the PATH.
+fn python() -> PathBuf {
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("SIDEWALL_PYTHON").map(PathBuf::from).into_iter().collect();
+    candidates.push("/opt/sidewall-venv/bin/python".into());
+    candidates.push("python3".into());
+    for py in &candidates {
+        let ok = Command::new(py)
+            .args(["-c", "import kubernetes_validate, jsonschema, yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return py.clone();
+        }
+    }
+    panic!(
+        "the Python package `kubernetes-validate` (PyPI) is missing: none of {candidates:?} can import it. \
+         {SETUP_HINT}"
+    );
+}
+
+#[test]
+fn manifests_chart_crd_and_catalog_validate_against_the_kubernetes_schemas() {
+    let out = Command::new(python())
+        .arg(root().join("deploy/validate.py"))
+        .output()
+        .expect("run deploy/validate.py");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "deploy/validate.py failed:\n{stdout}{stderr}");
+    assert!(stdout.starts_with("ok:"), "{stdout}{stderr}");
+    println!("{}", stdout.trim());
+}
+
+#[test]
+fn the_chart_renders_with_other_values() {
+    let out = Command::new(python())
+        .arg(root().join("deploy/validate.py"))
+        .args(["--render-only", "--set", "sensorSet=strict", "--set", "image.tag=v9"])
+        .output()
+        .expect("run deploy/validate.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("sensor_set = \"strict\""), "{text}");
+    assert!(text.contains("image: localhost/sidewall:v9"), "{text}");
+}
+
+#[test]
+fn the_charts_crd_is_the_generated_one() {
+    let generated = root().join("deploy/crds/sidecarpolicies.sidewall.io.yaml");
+    let copy = root().join("deploy/helm/sidewall/crds/sidecarpolicies.sidewall.io.yaml");
+    let (a, b) =
+        (std::fs::read(&generated).expect("generated CRD"), std::fs::read(&copy).expect("chart CRD"));
+    assert!(
+        a == b,
+        "{} differs from {}: copy it again (`cp {} {}`)",
+        copy.display(),
+        generated.display(),
+        generated.display(),
+        copy.display()
+    );
+}
+
+#[test]
+fn the_kind_runner_is_valid_bash() {
+    let script = root().join("deploy/kind/run-scenarios.sh");
+    let out = Command::new("bash").arg("-n").arg(&script).output().expect("bash");
+    assert!(out.status.success(), "bash -n: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("shellcheck").arg(&script).output().unwrap_or_else(|e| {
+        panic!("shellcheck is missing ({e}); {SETUP_HINT}");
+    });
+    assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The Dockerfile cannot be built here (no Docker daemon): check that what it names exists.
+#[test]
+fn the_dockerfile_names_real_packages_and_files() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    let build =
+        dockerfile.lines().find(|l| l.trim_start().starts_with("cargo build")).expect("a cargo build");
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let packages: Vec<&str> = words.windows(2).filter(|w| w[0] == "-p").map(|w| w[1]).collect();
+    assert_eq!(packages, ["sidewalld", "sidewall-cli"], "cargo build -p ...");
+    for (package, manifest) in [("sidewalld", "daemon/Cargo.toml"), ("sidewall-cli", "cli/Cargo.toml")] {
+        let text = std::fs::read_to_string(root().join(manifest)).expect("Cargo.toml");
+        assert!(text.contains(&format!("name = \"{package}\"")), "{manifest} is not {package}");
+    }
+    for bin in ["sidewalld", "sidewall"] {
+        assert!(dockerfile.contains(&format!("target/release/{bin} /out/{bin}")), "{bin} is copied");
+    }
+    assert!(dockerfile.contains("bash scripts/setup.sh") && root().join("scripts/setup.sh").exists());
+    assert!(dockerfile.contains("FROM docker.io/library/debian:12-slim"), "the run stage");
+    let test_image =
+        std::fs::read_to_string(root().join("deploy/kind/test-image.Dockerfile")).expect("test image");
+    assert!(test_image.contains("COPY tests/tools/swtool.c") && root().join("tests/tools/swtool.c").exists());
+}
