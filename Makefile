@@ -47,3 +47,10 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## Benchmarks side by side in one run, written to BENCHMARKS.md (about 10 minutes; as root).
+## BENCH_QUICK=1 make bench: tiny iterations (under 2 minutes), to check the bench itself.
+.PHONY: bench
+bench: setup
+	$(CARGO) build --release --workspace
+	BENCH_QUICK=$(BENCH_QUICK) $(CARGO) run --release -p sidewall-bench
