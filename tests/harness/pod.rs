@@ -24,7 +24,9 @@ pub fn image() -> &'static str {
     &env().1
 }
 
-fn containers_conf() -> &'static Path {
+/// The private containers.conf every test pod is played with (runc, cgroupfs, ulimits this
+/// shell may set).
+pub fn containers_conf() -> &'static Path {
     &env().0
 }
 

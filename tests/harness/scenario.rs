@@ -239,28 +239,6 @@ pub struct ManifestPod {
     _dir: tempfile::TempDir,
 }
 
-/// A private containers.conf like the harness's pods use: runc, cgroupfs, ulimits this shell
-/// may set.
-fn containers_conf(dir: &Path) -> PathBuf {
-    fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit with a valid pointer.
-        unsafe { libc::getrlimit(resource, &mut r) };
-        if r.rlim_max == libc::RLIM_INFINITY { 1 << 20 } else { r.rlim_max }
-    }
-    let conf = dir.join("containers.conf");
-    let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
-    fs::write(
-        &conf,
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
-        ),
-    )
-    .expect("write containers.conf");
-    conf
-}
-
 /// `manifest` with the test image and the pod named `name`.
 pub fn rewrite_manifest(manifest: &str, name: &str, image: &str) -> String {
     let mut out = Vec::new();
@@ -299,7 +277,7 @@ impl ManifestPod {
     fn try_play(prefix: &str, manifest: &Path) -> Result<Self, String> {
         let image = pod::image();
         let dir = tempfile::Builder::new().prefix("sidewall-scenario-").tempdir().expect("tmp");
-        let conf = containers_conf(dir.path());
+        let conf = crate::pod::containers_conf().to_path_buf();
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let text = fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
         let yaml = dir.path().join("pod.yaml");
