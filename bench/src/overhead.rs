@@ -689,6 +689,22 @@ fn notes(d: &Data) -> Vec<String> {
             report::ns(base_connect),
         ));
     }
+    let cmp: Vec<Compared> = [Slot::Monitor, Slot::Enforce(10), Slot::Enforce(1000)]
+        .iter()
+        .map(|s| ratio(*s, Workload::PodConnect, POD_BASE))
+        .collect();
+    let lo = cmp.iter().filter_map(|c| c.ratio_max).reduce(f64::min);
+    let hi = cmp.iter().filter_map(|c| c.ratio_min).reduce(f64::max);
+    if let (Some(lo), Some(hi)) = (lo, hi)
+        && hi <= lo
+    {
+        n.push(
+            "Monitoring and enforcing 10 or 1000 rules differ by less than the spread of the rounds (their \
+             per-round ranges overlap): the enforcement itself adds nothing measurable to a connect here; \
+             the cost is the monitoring that comes with it."
+                .into(),
+        );
+    }
     let sw = ratio(Slot::Enforce(1000), Workload::PodConnect, POD_BASE);
     let ipt = ratio(Slot::None, Workload::NetnsConnect(1000), NETNS_BASE);
     let e10 = ratio(Slot::Enforce(10), Workload::PodConnect, POD_BASE);

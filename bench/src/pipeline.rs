@@ -725,6 +725,7 @@ fn section(steps: &[Step], profile: Option<&Profile>, p: &Params, mut notes: Vec
             threads.sort_by(|a, b| b.1.total_cmp(&a.1));
             let split: Vec<String> = threads
                 .iter()
+                .filter(|(_, c)| *c > 0.0)
                 .take(3)
                 .map(|(t, c)| format!("{t} {}", report::ns(Some(c * 1e9 / n))))
                 .collect();
@@ -766,7 +767,7 @@ fn section(steps: &[Step], profile: Option<&Profile>, p: &Params, mut notes: Vec
             format!(
                 "**Profile**: a step as fast as possible to unroutable destinations ({} generated at {}, {} \
                  delivered to gRPC, {} to the file; {:.1} s with the drain). CPU time per daemon thread, from \
-                 /proc/<pid>/task/*/stat (tokio-runtime-w: the pipeline task, the gRPC server and the other \
+                 /proc/<pid>/task/*/stat (tokio-rt-worker: the pipeline task, the gRPC server and the other \
                  async work; export-file: the JSON writer):",
                 pr.step.sent,
                 report::rate(pr.step.offered()),

@@ -190,11 +190,17 @@ pub fn render(r: &Run<'_>) -> String {
     t.row(vec!["Load average (start / end)".into(), format!("{} / {}", m.load_start, m.load_end)]);
     t.row(vec![
         "Other sidewalld processes seen".into(),
-        format!(
-            "{} at most (other people's tests on this shared machine; their programs run in every \
-             configuration, the baselines included)",
-            m.foreign_daemons
-        ),
+        if m.foreign_daemons == 0 {
+            "none at the moments sampled (other people's tests share this machine; their load is noise \
+             the interleaving spreads over all configurations)"
+                .into()
+        } else {
+            format!(
+                "{} at most (other people's tests on this shared machine; their programs run in every \
+                 configuration, the baselines included)",
+                m.foreign_daemons
+            )
+        },
     ]);
     s.push_str(&t.render());
     s.push('\n');
