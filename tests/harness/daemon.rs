@@ -168,17 +168,21 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn stop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) of the daemon this harness started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
+}
+
+/// Stops a process this harness started, by its PID: SIGTERM, then SIGKILL after 5 s.
+pub fn stop_child(child: &mut Child) {
+    // SAFETY: kill(2) of a child this harness started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -114,23 +114,13 @@ pub fn fill_no_process(hdr: &mut Header, kind: u32) {
     hdr.flags = flags::NO_PROCESS | flags::NS_UNKNOWN;
 }
 
-/// Fills a header for the current task, whose `task_struct` is `task`.
+/// Fills a header for the current task, whose `task_struct` is `task`: the lite fields, and
+/// the parent and namespaces read from the task.
 #[inline(always)]
 pub fn fill_current(hdr: &mut Header, kind: u32, task: *const u8) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    hdr.kind = kind;
+    fill_process_lite(hdr, kind);
     hdr.flags = 0;
-    // SAFETY: plain helper calls without pointer arguments.
-    hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
-    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    hdr.pid = (pid_tgid >> 32) as u32;
-    hdr.tid = pid_tgid as u32;
-    hdr.uid = uid_gid as u32;
-    hdr.gid = (uid_gid >> 32) as u32;
-    hdr._pad = 0;
     hdr.ppid = parent_tgid(task);
-    hdr.ns = Namespaces::default();
     if !read_namespaces(task, &mut hdr.ns) {
         hdr.flags |= flags::NS_UNKNOWN;
     }
