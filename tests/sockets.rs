@@ -33,6 +33,20 @@ fn app_and_sidecar(app: &[&str]) -> Pod {
     )
 }
 
+/// Direction and payload bytes (sent, received) of the sidecar's close of a connection to `port`.
+async fn sidecar_close(events: &mut EventStream, port: u32) -> (String, u64, u64) {
+    let close = events
+        .find(&format!("the sidecar's close of a connection to {port}"), WAIT, |e| match &e.event {
+            Some(Event::ProcessClose(x)) => {
+                container_name(x.process.as_ref()) == "proxy" && remote_port(x.socket.as_ref()) == port
+            }
+            _ => false,
+        })
+        .await;
+    let Some(Event::ProcessClose(x)) = close.event else { unreachable!() };
+    (x.direction, x.bytes_sent, x.bytes_received)
+}
+
 async fn bound(events: &mut EventStream, port: u32) -> GetEventsResponse {
     events
         .find(&format!("bind of port {port} by the app"), WAIT, |e| match &e.event {
@@ -56,7 +70,13 @@ fn exec_ok(pod: &Pod, container: &str, args: &[&str]) -> String {
 async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
     let d = Daemon::start().await;
     let mut events = d.events(GetEventsRequest::default()).await;
-    let pod = app_and_sidecar(&["/bin/swtool", "serve-tcp", "127.0.0.1", "8080"]);
+    // 8081 holds each connection open a second after replying, so the client closes before
+    // the server's FIN arrives: its received count must not lose a byte to that FIN.
+    let pod = app_and_sidecar(&[
+        "/bin/sh",
+        "-c",
+        "/bin/swtool serve-tcp 127.0.0.1 8081 1000 & exec /bin/swtool serve-tcp 127.0.0.1 8080",
+    ]);
 
     let bind = bound(&mut events, 8080).await;
     let Some(Event::ProcessBind(b)) = &bind.event else { unreachable!() };
@@ -96,11 +116,14 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
     assert_eq!(container_name(a.peer.as_ref()), "proxy", "both ends joined");
     assert_eq!(a.socket.as_ref().map(|s| s.netns), Some(socket.netns), "one network namespace");
 
-    let close = events
-        .find("the sidecar's close", WAIT, |e| matches!(&e.event, Some(Event::ProcessClose(x)) if container_name(x.process.as_ref()) == "proxy"))
-        .await;
-    let Some(Event::ProcessClose(x)) = &close.event else { unreachable!() };
-    assert_eq!((x.direction.as_str(), x.bytes_sent, x.bytes_received), ("outbound", 5, 10), "payload bytes");
+    let close = sidecar_close(&mut events, 8080).await;
+    assert_eq!(close, ("outbound".to_string(), 5, 10), "payload bytes");
+
+    assert_eq!(
+        exec_ok(&pod, "proxy", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8081", "early"]),
+        "ok pong early"
+    );
+    assert_eq!(sidecar_close(&mut events, 8081).await, ("outbound".to_string(), 5, 10), "closed before FIN");
 
     // Nobody listens on 8089: refused, and nobody to attribute it to.
     let out = pod.exec("proxy", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8089"]);

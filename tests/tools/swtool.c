@@ -3,7 +3,8 @@
  * one socket or process action the tests and attack scenarios need, prints one line saying
  * what happened ("ok ..." or "error <errno name>: ..."), and exits 0 on success, 1 otherwise.
  *
- *   swtool serve-tcp ADDR PORT           accept forever; reply "pong" + what was read
+ *   swtool serve-tcp ADDR PORT [LINGER_MS]  accept forever; reply "pong" + what was read,
+ *                                        then wait LINGER_MS before closing
  *   swtool connect-tcp ADDR PORT [DATA]  connect, send DATA, read the reply
  *   swtool hold-tcp ADDR PORT SECONDS    connect and keep the connection open, sending
  *                                        one byte a second; reports when it breaks
@@ -64,7 +65,7 @@ static int sock_for(const struct sockaddr_storage *ss, int type) {
     return socket(ss->ss_family, type, 0);
 }
 
-static int serve_tcp(const char *ip, const char *port) {
+static int serve_tcp(const char *ip, const char *port, const char *linger_ms) {
     struct sockaddr_storage ss;
     socklen_t len = parse(ip, port, &ss);
     int one = 1, s = sock_for(&ss, SOCK_STREAM);
@@ -82,6 +83,7 @@ static int serve_tcp(const char *ip, const char *port) {
         buf[n > 0 ? n : 0] = 0;
         int m = snprintf(reply, sizeof(reply), "pong %s", buf);
         if (write(c, reply, m) < 0) { /* the client went away */ }
+        if (linger_ms) usleep(atoi(linger_ms) * 1000);
         close(c);
     }
 }
@@ -220,7 +222,7 @@ static int vm_read(const char *pid, const char *addr) {
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
     const char *a = argc > 2 ? argv[2] : "", *b = argc > 3 ? argv[3] : "", *c = argc > 4 ? argv[4] : NULL;
-    if (!strcmp(cmd, "serve-tcp")) return serve_tcp(a, b);
+    if (!strcmp(cmd, "serve-tcp")) return serve_tcp(a, b, c);
     if (!strcmp(cmd, "connect-tcp")) return connect_tcp(a, b, c);
     if (!strcmp(cmd, "hold-tcp")) return hold_tcp(a, b, c ? c : "60");
     if (!strcmp(cmd, "bind-tcp")) return bind_tcp(a, b, c);

@@ -202,6 +202,14 @@ pub mod sock_op {
     pub const RELEASE: u32 = 7;
 }
 
+/// `SockEvent::fin` on CLOSE.
+pub mod fin {
+    /// The kernel's socket flags could not be read; infer from `old_state`.
+    pub const UNKNOWN: u8 = 0;
+    pub const NOT_RECEIVED: u8 = 1;
+    pub const RECEIVED: u8 = 2;
+}
+
 /// What enforcement applies to a cgroup (bits of the `ENFORCE` map's value).
 pub mod enforce {
     /// Loopback connects and sends only to ports in `CONNECT_ALLOW`.
@@ -260,7 +268,10 @@ pub struct SockEvent {
     pub remote_port: u16,
     pub old_state: u8,
     pub new_state: u8,
-    pub _pad: u16,
+    /// On CLOSE: whether the peer's FIN was received (`fin::*`), which the state alone
+    /// cannot tell for a socket closed in FIN_WAIT2.
+    pub fin: u8,
+    pub _pad: u8,
     pub bytes_received: u64,
     pub bytes_acked: u64,
     /// Datagrams this record stands for (repeats to one destination are folded in the kernel).
@@ -363,6 +374,10 @@ pub struct Offsets {
     pub cgroup_root: u32,
     pub cgroup_root_hierarchy_id: u32,
     pub kernfs_node_id: u32,
+
+    /// `sock.sk_flags` and the bit of `SOCK_DONE` in it (set when the peer's FIN arrives).
+    pub sock_flags: u32,
+    pub sock_done_bit: u32,
 
     /// Offset of the `uservaddr` and `addrlen` arguments in the syscalls/sys_enter_connect
     /// tracepoint record, from its format file.

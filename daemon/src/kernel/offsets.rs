@@ -128,6 +128,12 @@ impl Resolver<'_> {
             cgroup_root: f("cgroup", "root")?,
             cgroup_root_hierarchy_id: f("cgroup_root", "hierarchy_id")?,
             kernfs_node_id: f("kernfs_node", "id")?,
+            // Only refines TCP byte counts: a kernel without them gets the state-based guess.
+            // `sk_flags` is a macro for `__sk_common.skc_flags`.
+            sock_flags: f("sock", "__sk_common")
+                .and_then(|base| Ok(base + f("sock_common", "skc_flags")?))
+                .unwrap_or(UNRESOLVED),
+            sock_done_bit: self.enum_value("sock_flags", "SOCK_DONE").unwrap_or(UNRESOLVED),
             // Filled from the tracepoint format files by resolve().
             tp_connect_addr: UNRESOLVED,
             tp_connect_addrlen: UNRESOLVED,
@@ -144,6 +150,17 @@ impl Resolver<'_> {
 
     fn optional(&self, strukt: &str, member: &str) -> u32 {
         self.field(strukt, member).unwrap_or(UNRESOLVED)
+    }
+
+    /// The value of `name` in `enum enum_name`.
+    fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(enum_name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Enum(e) => {
+                e.members.iter().find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name)).map(|m| m.val())
+            }
+            _ => None,
+        })
     }
 
     fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
@@ -231,6 +248,9 @@ mod tests {
         // mm->arg_end follows arg_start (both unsigned long) inside an anonymous struct.
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
         assert_ne!(o.nsproxy_time, UNRESOLVED);
+        // enum sock_flags { SOCK_DEAD, SOCK_DONE, ... } has kept this order since 2.6.
+        assert_eq!(o.sock_done_bit, 1);
+        assert_ne!(o.sock_flags, UNRESOLVED);
     }
 
     #[test]

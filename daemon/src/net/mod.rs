@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidewall_common::{Header, SockEvent, sock_op, verdict};
+use sidewall_common::{Header, SockEvent, fin, sock_op, verdict};
 use sidewall_proto::v1 as pb;
 
 use self::{
@@ -95,12 +95,19 @@ struct SockState {
 
 /// Payload bytes (sent, received) of a closed connection. The kernel counts sequence space,
 /// so the active opener's acked bytes include its SYN, and both counts include a FIN once it
-/// was acked or received; the state the socket closed from says which FINs those were.
+/// was acked or received. The state the socket closed from says whether our FIN was acked;
+/// theirs is reported by the kernel, because a socket closed in FIN_WAIT2 (we shut down, read
+/// their reply, and closed before their FIN arrived) looks the same either way.
 pub fn payload_bytes(e: &SockEvent, outbound: bool) -> (u64, u64) {
     let syn = u64::from(outbound);
     let our_fin_acked = matches!(e.old_state, TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_LAST_ACK | TCP_CLOSING);
-    let their_fin =
-        matches!(e.old_state, TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
+    let their_fin = match e.fin {
+        fin::RECEIVED => true,
+        fin::NOT_RECEIVED => false,
+        _ => {
+            matches!(e.old_state, TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+        }
+    };
     (
         e.bytes_acked.saturating_sub(syn + u64::from(our_fin_acked)),
         e.bytes_received.saturating_sub(u64::from(their_fin)),
@@ -437,5 +444,16 @@ mod tests {
         // Reset while established: no FINs.
         let reset = SockEvent { old_state: 1, bytes_acked: 11, bytes_received: 7, ..Default::default() };
         assert_eq!(payload_bytes(&reset, true), (10, 7));
+        // Client shut down, read the reply and closed before the server's FIN arrived.
+        let early = SockEvent {
+            old_state: TCP_FIN_WAIT2,
+            fin: fin::NOT_RECEIVED,
+            bytes_acked: 7,
+            bytes_received: 10,
+            ..Default::default()
+        };
+        assert_eq!(payload_bytes(&early, true), (5, 10));
+        let late = SockEvent { fin: fin::RECEIVED, bytes_received: 11, ..early };
+        assert_eq!(payload_bytes(&late, true), (5, 10));
     }
 }

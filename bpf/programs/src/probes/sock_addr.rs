@@ -179,6 +179,7 @@ fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32, v: u8) {
     ev.remote_port = port;
     ev.old_state = 0;
     ev.new_state = 0;
+    ev.fin = 0;
     ev._pad = 0;
     ev.bytes_received = 0;
     ev.bytes_acked = 0;

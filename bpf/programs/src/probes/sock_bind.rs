@@ -116,6 +116,7 @@ fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source, v: u8) {
     ev.remote_port = 0;
     ev.old_state = 0;
     ev.new_state = 0;
+    ev.fin = 0;
     ev._pad = 0;
     ev.bytes_received = 0;
     ev.bytes_acked = 0;

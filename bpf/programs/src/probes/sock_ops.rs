@@ -8,14 +8,17 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use sidewall_common::{SockEvent, kind, sock_op, verdict};
+use sidewall_common::{SockEvent, fin, kind, sock_op, verdict};
 
 use crate::{
-    kernel::fill_no_process,
+    kernel::{fill_no_process, off, read},
     maps::{EVENTS, count_drop},
 };
 
@@ -27,16 +30,16 @@ pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_TCP_CONNECT_CB => watch_state(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             watch_state(&ctx);
-            emit(&ctx, sock_op::ESTABLISHED_ACTIVE, 0, 0);
+            emit(&ctx, sock_op::ESTABLISHED_ACTIVE, 0, 0, fin::UNKNOWN);
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             watch_state(&ctx);
-            emit(&ctx, sock_op::ESTABLISHED_PASSIVE, 0, 0);
+            emit(&ctx, sock_op::ESTABLISHED_PASSIVE, 0, 0, fin::UNKNOWN);
         }
         BPF_SOCK_OPS_STATE_CB => {
             let (old, new) = (ctx.arg(0), ctx.arg(1));
             if new == BPF_TCP_CLOSE {
-                emit(&ctx, sock_op::CLOSE, old as u8, new as u8);
+                emit(&ctx, sock_op::CLOSE, old as u8, new as u8, fin_received(&ctx));
             }
         }
         _ => {}
@@ -50,8 +53,37 @@ fn watch_state(ctx: &SockOpsContext) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
+/// Whether the peer's FIN arrived: `SOCK_DONE` in `sk->sk_flags`. A socket closed in
+/// FIN_WAIT2 may or may not have it, and its received byte count includes the FIN if so.
 #[inline(always)]
-fn emit(ctx: &SockOpsContext, op: u32, old_state: u8, new_state: u8) {
+fn fin_received(ctx: &SockOpsContext) -> u8 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return fin::UNKNOWN;
+    }
+    // The verifier forbids arithmetic on socket pointers; reading the pointer back from the
+    // stack yields a plain address that the probe reads below may offset.
+    let slot = sk as *const u8;
+    // SAFETY: reads our own stack slot.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel(&slot as *const *const u8) }) else {
+        return fin::UNKNOWN;
+    };
+    let bit = off!(sock_done_bit);
+    match read::<u64>(sk, off!(sock_flags)) {
+        Some(flags) if bit < 64 => {
+            if flags & (1 << bit) != 0 {
+                fin::RECEIVED
+            } else {
+                fin::NOT_RECEIVED
+            }
+        }
+        _ => fin::UNKNOWN,
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &SockOpsContext, op: u32, old_state: u8, new_state: u8, fin: u8) {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_drop(kind::SOCK);
         return;
@@ -84,6 +116,7 @@ fn emit(ctx: &SockOpsContext, op: u32, old_state: u8, new_state: u8) {
     ev.remote_port = u16::from_be((ops.remote_port >> 16) as u16);
     ev.old_state = old_state;
     ev.new_state = new_state;
+    ev.fin = fin;
     ev._pad = 0;
     ev.bytes_received = ops.bytes_received;
     ev.bytes_acked = ops.bytes_acked;
