@@ -17,6 +17,12 @@ fn container_name(p: Option<&Process>) -> &str {
     p.and_then(|p| p.container.as_ref()).map_or("", |c| c.name.as_str())
 }
 
+/// Whether `p` runs in `container` of `pod`: every daemon sees the whole node, and tests
+/// running side by side use the same container names.
+fn is(p: Option<&Process>, pod: &Pod, container: &str) -> bool {
+    p.and_then(|p| p.pod.as_ref()).is_some_and(|x| x.name == pod.name) && container_name(p) == container
+}
+
 fn remote_port(s: Option<&Socket>) -> u32 {
     s.and_then(|s| s.remote.as_ref()).map_or(0, |r| r.port)
 }
@@ -34,11 +40,11 @@ fn app_and_sidecar(app: &[&str]) -> Pod {
 }
 
 /// Direction and payload bytes (sent, received) of the sidecar's close of a connection to `port`.
-async fn sidecar_close(events: &mut EventStream, port: u32) -> (String, u64, u64) {
+async fn sidecar_close(events: &mut EventStream, pod: &Pod, port: u32) -> (String, u64, u64) {
     let close = events
         .find(&format!("the sidecar's close of a connection to {port}"), WAIT, |e| match &e.event {
             Some(Event::ProcessClose(x)) => {
-                container_name(x.process.as_ref()) == "proxy" && remote_port(x.socket.as_ref()) == port
+                is(x.process.as_ref(), pod, "proxy") && remote_port(x.socket.as_ref()) == port
             }
             _ => false,
         })
@@ -47,11 +53,11 @@ async fn sidecar_close(events: &mut EventStream, port: u32) -> (String, u64, u64
     (x.direction, x.bytes_sent, x.bytes_received)
 }
 
-async fn bound(events: &mut EventStream, port: u32) -> GetEventsResponse {
+async fn bound(events: &mut EventStream, pod: &Pod, port: u32) -> GetEventsResponse {
     events
         .find(&format!("bind of port {port} by the app"), WAIT, |e| match &e.event {
             Some(Event::ProcessBind(b)) => {
-                container_name(b.process.as_ref()) == "app"
+                is(b.process.as_ref(), pod, "app")
                     && b.socket.as_ref().and_then(|s| s.local.as_ref()).is_some_and(|l| l.port == port)
             }
             _ => false,
@@ -78,7 +84,7 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
         "/bin/swtool serve-tcp 127.0.0.1 8081 1000 & exec /bin/swtool serve-tcp 127.0.0.1 8080",
     ]);
 
-    let bind = bound(&mut events, 8080).await;
+    let bind = bound(&mut events, &pod, 8080).await;
     let Some(Event::ProcessBind(b)) = &bind.event else { unreachable!() };
     let local = b.socket.as_ref().and_then(|s| s.local.as_ref()).expect("local address");
     assert_eq!((local.ip.as_str(), b.wildcard), ("127.0.0.1", false));
@@ -95,7 +101,7 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
     let connect = events
         .find("the sidecar's connect", WAIT, |e| match &e.event {
             Some(Event::ProcessConnect(c)) => {
-                container_name(c.process.as_ref()) == "proxy" && remote_port(c.socket.as_ref()) == 8080
+                is(c.process.as_ref(), &pod, "proxy") && remote_port(c.socket.as_ref()) == 8080
             }
             _ => false,
         })
@@ -110,20 +116,28 @@ async fn sidecar_to_app_on_loopback_is_attributed_joined_and_graphed() {
     );
 
     let accept = events
-        .find("the app's accept", WAIT, |e| matches!(&e.event, Some(Event::ProcessAccept(a)) if container_name(a.process.as_ref()) == "app"))
+        .find(
+            "the app's accept",
+            WAIT,
+            |e| matches!(&e.event, Some(Event::ProcessAccept(a)) if is(a.process.as_ref(), &pod, "app")),
+        )
         .await;
     let Some(Event::ProcessAccept(a)) = &accept.event else { unreachable!() };
     assert_eq!(container_name(a.peer.as_ref()), "proxy", "both ends joined");
     assert_eq!(a.socket.as_ref().map(|s| s.netns), Some(socket.netns), "one network namespace");
 
-    let close = sidecar_close(&mut events, 8080).await;
+    let close = sidecar_close(&mut events, &pod, 8080).await;
     assert_eq!(close, ("outbound".to_string(), 5, 10), "payload bytes");
 
     assert_eq!(
         exec_ok(&pod, "proxy", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8081", "early"]),
         "ok pong early"
     );
-    assert_eq!(sidecar_close(&mut events, 8081).await, ("outbound".to_string(), 5, 10), "closed before FIN");
+    assert_eq!(
+        sidecar_close(&mut events, &pod, 8081).await,
+        ("outbound".to_string(), 5, 10),
+        "closed before FIN"
+    );
 
     // Nobody listens on 8089: refused, and nobody to attribute it to.
     let out = pod.exec("proxy", &["/bin/swtool", "connect-tcp", "127.0.0.1", "8089"]);
@@ -171,7 +185,7 @@ async fn every_loopback_form_reaches_the_same_owner() {
     let d = Daemon::start().await;
     let mut events = d.events(GetEventsRequest::default()).await;
     let pod = app_and_sidecar(&["/bin/swtool", "serve-tcp", "0.0.0.0", "8081"]);
-    bound(&mut events, 8081).await;
+    bound(&mut events, &pod, 8081).await;
     for target in ["127.0.0.2", "127.1.2.3", "::ffff:127.0.0.1"] {
         assert!(
             exec_ok(&pod, "proxy", &["/bin/swtool", "connect-tcp", target, "8081", "x"])
@@ -180,7 +194,7 @@ async fn every_loopback_form_reaches_the_same_owner() {
         let ev = events
             .find(&format!("connect to {target}"), WAIT, |e| match &e.event {
                 Some(Event::ProcessConnect(c)) => {
-                    container_name(c.process.as_ref()) == "proxy" && remote_port(c.socket.as_ref()) == 8081
+                    is(c.process.as_ref(), &pod, "proxy") && remote_port(c.socket.as_ref()) == 8081
                 }
                 _ => false,
             })
@@ -199,10 +213,14 @@ async fn udp_datagrams_and_unix_connects_are_seen() {
     let d = Daemon::with_config("sensor_set = \"strict\"").await;
     let mut events = d.events(GetEventsRequest::default()).await;
     let pod = app_and_sidecar(&["/bin/swtool", "serve-udp", "127.0.0.1", "9000"]);
-    bound(&mut events, 9000).await;
+    bound(&mut events, &pod, 9000).await;
     exec_ok(&pod, "proxy", &["/bin/swtool", "send-udp", "127.0.0.1", "9000", "ping"]);
     let ev = events
-        .find("the sidecar's datagram", WAIT, |e| matches!(&e.event, Some(Event::ProcessDatagram(g)) if container_name(g.process.as_ref()) == "proxy"))
+        .find(
+            "the sidecar's datagram",
+            WAIT,
+            |e| matches!(&e.event, Some(Event::ProcessDatagram(g)) if is(g.process.as_ref(), &pod, "proxy")),
+        )
         .await;
     let Some(Event::ProcessDatagram(g)) = &ev.event else { unreachable!() };
     assert_eq!(remote_port(g.socket.as_ref()), 9000);
@@ -215,9 +233,12 @@ async fn udp_datagrams_and_unix_connects_are_seen() {
         assert!(!out.status.success(), "nothing listens on {path}");
         let ev = events
             .find(&format!("unix connect to {path}"), WAIT, |e| match &e.event {
-                Some(Event::ProcessConnect(c)) => c.socket.as_ref().is_some_and(|s| {
-                    s.protocol == "unix" && s.remote.as_ref().is_some_and(|r| r.path == path)
-                }),
+                Some(Event::ProcessConnect(c)) => {
+                    is(c.process.as_ref(), &pod, "proxy")
+                        && c.socket.as_ref().is_some_and(|s| {
+                            s.protocol == "unix" && s.remote.as_ref().is_some_and(|r| r.path == path)
+                        })
+                }
                 _ => false,
             })
             .await;
