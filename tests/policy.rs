@@ -157,6 +157,123 @@ async fn loopback_and_bind_rules_are_enforced_in_the_kernel() {
     assert_eq!((a.rule_id.as_str(), a.mode.as_str()), ("loopback-egress", "monitor"));
 }
 
+/// A connection `swtool hold-tcp` keeps open from a container, sending a byte a second; its
+/// lines arrive on a channel.
+struct Held {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Held {
+    /// Connects to `port` on loopback, trying again while nothing listens there yet.
+    fn open(pod: &Pod, container: &str, port: &str) -> Self {
+        let mut last = None;
+        for _ in 0..50 {
+            let mut child = pod.spawn(container, &["/bin/swtool", "hold-tcp", "127.0.0.1", port, "120"]);
+            let stdout = child.stdout.take().expect("piped stdout");
+            let (tx, lines) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            let held = Self { child, lines };
+            last = held.line();
+            if last.as_deref() == Some("ok connected") {
+                return held;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no connection to {port}: {last:?}");
+    }
+
+    fn line(&self) -> Option<String> {
+        self.lines.recv_timeout(WAIT).ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The podman exec client, by its PID; the pod's removal ends what it ran.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn established_flows_that_a_new_policy_forbids_are_cut() {
+    let (d, _dir) = daemon_with_policy(&policy("guard", "monitor", &guard("f")), "").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    // web listens and never answers nor closes: only sidewall can end these connections.
+    let listen_both =
+        "/bin/swtool bind-tcp 127.0.0.1 8080 3600 & exec /bin/swtool bind-tcp 127.0.0.1 9090 3600";
+    let pod = Pod::play_with(
+        "pol",
+        &[
+            Spec { name: "webf", command: &["/bin/sh", "-c", listen_both], ..Default::default() },
+            Spec { name: "intruderf", command: &["/bin/sleep", "3600"], ..Default::default() },
+        ],
+        &Options::default(),
+    );
+    // Opened while the policy only monitors: both stay open.
+    let forbidden = Held::open(&pod, "intruderf", "9090");
+    let allowed = Held::open(&pod, "intruderf", "8080");
+
+    d.client()
+        .await
+        .set_policy_mode(SetPolicyModeRequest { name: "guard".into(), mode: "enforce".into() })
+        .await
+        .expect("mode");
+    let ev = events
+        .find("the cut", WAIT, |e| matches!(&e.event, Some(Event::PolicyAlert(a)) if a.action == "cut"))
+        .await;
+    let Some(Event::PolicyAlert(a)) = ev.event else { unreachable!() };
+    assert_eq!((a.rule_id.as_str(), a.mode.as_str()), ("loopback-egress", "enforce"));
+    let container = |p: Option<&sidewall_proto::v1::Process>| {
+        p.and_then(|p| p.container.as_ref()).map(|c| c.name.clone()).unwrap_or_default()
+    };
+    assert_eq!(
+        (container(a.process.as_ref()), container(a.peer.as_ref())),
+        ("intruderf".into(), "webf".into())
+    );
+    assert_eq!(a.socket.as_ref().and_then(|s| s.remote.as_ref()).map(|r| r.port), Some(9090));
+
+    assert_eq!(forbidden.line().as_deref(), Some("error ECONNABORTED: send"), "the forbidden flow stops");
+    // The allowed one keeps flowing: it would have failed by now (a send a second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(allowed.lines.try_recv().is_err(), "the allowed flow is untouched");
+    let mut allowed = allowed;
+    assert!(allowed.child.try_wait().expect("wait").is_none(), "the allowed flow is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_whose_first_action_is_a_forbidden_connect_is_blocked() {
+    let (_d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("g")), "").await;
+    let (web, intruder) = ("webg", "intruderg");
+    let pod = Pod::play_with(
+        "pol",
+        &[
+            Spec { name: web, command: SERVE_BOTH, ..Default::default() },
+            Spec {
+                name: intruder,
+                command: &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"],
+                ..Default::default()
+            },
+        ],
+        &Options::default(),
+    );
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = pod.logs(intruder);
+        if !logs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its entry point is the connect; EPERM (not ECONNREFUSED or a reply) is the kernel's refusal.
+    assert_eq!(logs.lines().next(), Some("error EPERM: connect"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_policy_is_refused_and_the_old_one_still_enforces() {
     let (d, dir) = daemon_with_policy(&policy("guard", "enforce", &guard("b")), "").await;

@@ -2,11 +2,12 @@
 //! -> event -> hub. One task owns every stage's state, so no stage needs a lock.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
-use sidewall_common::{Header, flags, kind, ns_op};
+use sidewall_common::{Header, enforce as enforce_bits, flags, kind, ns_op};
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
 use tokio::sync::watch;
 
@@ -22,6 +23,7 @@ use crate::{
     metrics::Metrics,
     net::{Net, NetEvent},
     policy::{
+        cut::{self, Cut},
         detect,
         enforce::{self, Enforcer},
         parse::Policy,
@@ -41,6 +43,8 @@ pub struct Pipeline {
     snapshot: Vec<Policy>,
     policy_generation: u64,
     pub enforcer: Option<Enforcer>,
+    /// Cgroups whose connect rules tightened: their established connections are checked.
+    tightened: HashSet<u64>,
     pub metrics: Option<Arc<Metrics>>,
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
@@ -67,6 +71,7 @@ impl Pipeline {
             snapshot: Vec::new(),
             policy_generation: u64::MAX,
             enforcer: None,
+            tightened: HashSet::new(),
             metrics: None,
             hub,
             stats,
@@ -168,17 +173,21 @@ impl Pipeline {
                 unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
             }
             tracing::info!(rule = v.rule_id, action = %alert.action, policy = %v.policy, "{}", v.message);
-            let wrapped = Arc::new(pb::GetEventsResponse {
-                event: Some(Event::PolicyAlert(alert)),
-                node_name: self.node_name.clone(),
-                time: Some(self.clock.timestamp(ktime)),
-            });
-            self.stats.count_event(event::kind(&wrapped));
-            if let Some(m) = &self.metrics {
-                m.observe(&wrapped);
-            }
-            self.hub.publish(&wrapped);
+            self.publish_alert(alert, ktime);
         }
+    }
+
+    fn publish_alert(&mut self, alert: pb::PolicyAlert, ktime: u64) {
+        let wrapped = Arc::new(pb::GetEventsResponse {
+            event: Some(Event::PolicyAlert(alert)),
+            node_name: self.node_name.clone(),
+            time: Some(self.clock.timestamp(ktime)),
+        });
+        self.stats.count_event(event::kind(&wrapped));
+        if let Some(m) = &self.metrics {
+            m.observe(&wrapped);
+        }
+        self.hub.publish(&wrapped);
     }
 
     fn alert(&self, ev: &pb::GetEventsResponse, v: &detect::Violation) -> pb::PolicyAlert {
@@ -221,6 +230,7 @@ impl Pipeline {
         for cgroup in known {
             self.enforce_cgroup(cgroup);
         }
+        self.cut_forbidden();
     }
 
     /// Compiles the rule governing `cgroup`'s container into the kernel's maps.
@@ -233,9 +243,65 @@ impl Pipeline {
         let compiled = detect::rule_for(&self.snapshot, &probe)
             .map(|(pol, rule)| enforce::compile(pol.spec.mode, rule))
             .unwrap_or_default();
-        if let Some(e) = self.enforcer.as_mut() {
-            e.apply(cgroup, compiled);
+        let limits_destinations = compiled.flags & (enforce_bits::LOOPBACK | enforce_bits::EGRESS) != 0;
+        if let Some(e) = self.enforcer.as_mut()
+            && e.apply(cgroup, compiled)
+            && limits_destinations
+        {
+            self.tightened.insert(cgroup);
         }
+    }
+
+    /// Cuts the established connections that the rules just compiled forbid, and reports each
+    /// as a policy_alert with the action `cut`.
+    fn cut_forbidden(&mut self) {
+        if self.tightened.is_empty() {
+            return;
+        }
+        let cgroups = std::mem::take(&mut self.tightened);
+        let Some(e) = self.enforcer.as_ref() else { return };
+        let cuts = cut::sweep(&self.identity, &cgroups, |c| e.applied(c));
+        for c in cuts {
+            if let Some(alert) = self.cut_alert(&c) {
+                self.publish_alert(alert, Clock::boot_ns());
+            }
+        }
+    }
+
+    /// The alert for a cut connection: the violation its connect would be now, from the
+    /// process that opened it when this daemon saw that (its container otherwise).
+    fn cut_alert(&mut self, c: &Cut) -> Option<pb::PolicyAlert> {
+        let s = &c.socket;
+        let (socket, process, peer) = match self.net.connection(s.cookie) {
+            Some(c) => (c.socket, self.process(&c.owner), c.peer.map(|p| self.process(&p))),
+            None => {
+                let w = self.identity.resolve(c.cgroup);
+                let process = pb::Process {
+                    pod: w.pod.clone(),
+                    container: w.container.clone(),
+                    cgroup_id: c.cgroup,
+                    ..Default::default()
+                };
+                (cut_socket(s), process, None)
+            }
+        };
+        let ev = pb::GetEventsResponse {
+            event: Some(Event::ProcessConnect(pb::ProcessConnect {
+                process: Some(process),
+                socket: Some(socket),
+                result: "success".into(),
+                peer,
+                ..Default::default()
+            })),
+            node_name: self.node_name.clone(),
+            time: None,
+        };
+        let v = detect::check(&self.snapshot, &ev).into_iter().next()?;
+        let mut alert = self.alert(&ev, &v);
+        alert.action = "cut".into();
+        alert.message = format!("{} (established connection cut)", v.message);
+        tracing::info!(rule = v.rule_id, policy = %v.policy, remote = %s.remote, "cut a connection");
+        Some(alert)
     }
 
     fn enrich(&mut self, rec: Record) -> Option<Event> {
@@ -385,6 +451,7 @@ impl Pipeline {
         {
             self.refresh_policies();
             self.enforce_cgroup(entry.process.cgroup_id);
+            self.cut_forbidden();
         }
         if learn {
             self.iso.observe(entry, &hdr.ns, in_container);
@@ -478,7 +545,26 @@ impl Pipeline {
         for cgroup in known {
             self.enforce_cgroup(cgroup);
         }
+        self.cut_forbidden();
         self.stats.process_cache_size.store(self.cache.len() as u64, Relaxed);
+    }
+}
+
+/// The socket of a connection this daemon did not see open, as sock_diag lists it.
+fn cut_socket(s: &crate::net::sockdiag::DiagSocket) -> pb::Socket {
+    let address = |a: &std::net::SocketAddr| pb::SocketAddress {
+        ip: a.ip().to_canonical().to_string(),
+        port: a.port().into(),
+        path: String::new(),
+    };
+    pb::Socket {
+        protocol: "tcp".into(),
+        family: if s.remote.ip().to_canonical().is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+        local: Some(address(&s.local)),
+        remote: Some(address(&s.remote)),
+        loopback: s.remote.ip().to_canonical().is_loopback(),
+        netns: 0,
+        cookie: s.cookie,
     }
 }
 

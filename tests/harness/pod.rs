@@ -152,6 +152,19 @@ impl Pod {
         c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"))
     }
 
+    /// `podman exec` in a container without waiting, its stdout piped (stop it by its PID).
+    pub fn spawn(&self, container: &str, args: &[&str]) -> std::process::Child {
+        let mut c = podman(self.conf);
+        c.arg("exec").arg(self.container(container)).args(args).stdout(std::process::Stdio::piped());
+        c.spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"))
+    }
+
+    /// What a container printed so far (all its runs, restarts included).
+    pub fn logs(&self, container: &str) -> String {
+        let out = run(podman(self.conf).args(["logs", &self.container(container)]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The host pid of a container's first process.
     pub fn host_pid(&self, container: &str) -> u32 {
         let out = run(podman(self.conf).args([

@@ -99,6 +99,18 @@ impl Identity {
         workload
     }
 
+    /// The processes in cgroup `id` now (its `cgroup.procs`), empty if it is gone or the
+    /// cgroup2 mount is unknown.
+    pub fn procs_of(&self, id: u64) -> Vec<u32> {
+        let (Some(fs), Some(path)) = (self.sources.cgroups.as_ref(), self.path_of(id)) else {
+            return Vec::new();
+        };
+        let file = fs.root().join(path.trim_start_matches('/')).join("cgroup.procs");
+        std::fs::read_to_string(file)
+            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     fn path_of(&self, id: u64) -> Option<String> {
         if let Some(p) = self.paths.get(&id) {
             return Some(p.clone());

@@ -7,6 +7,7 @@ pub mod addr;
 pub mod flows;
 pub mod netns;
 pub mod ports;
+pub mod sockdiag;
 
 use std::{
     collections::HashMap,
@@ -78,6 +79,13 @@ pub enum NetEvent {
         peer: Option<Arc<ProcEntry>>,
         denied: bool,
     },
+}
+
+/// A connection's socket, the process that opened it, and the peer it reached.
+pub struct Connection {
+    pub socket: pb::Socket,
+    pub owner: Arc<ProcEntry>,
+    pub peer: Option<Arc<ProcEntry>>,
 }
 
 struct SockState {
@@ -190,6 +198,15 @@ impl Net {
             }
         }
         out
+    }
+
+    /// A connection this daemon saw open.
+    pub fn connection(&self, cookie: u64) -> Option<Connection> {
+        self.sockets.get(&cookie).map(|s| Connection {
+            socket: s.socket.clone(),
+            owner: s.owner.clone(),
+            peer: s.peer.clone(),
+        })
     }
 
     pub fn port_bindings(&self) -> usize {

@@ -25,6 +25,38 @@ pub struct Compiled {
     pub egress: Vec<(u32, [u8; 16])>,
 }
 
+impl Compiled {
+    /// Whether the kernel refuses a connect or send to `ip:port` under these maps: the same
+    /// decision as `deny_destination` in bpf/programs/src/policy.rs, for flows that already
+    /// exist when the maps change.
+    pub fn denies(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = ip.to_canonical();
+        if ip.is_loopback() {
+            return self.flags & enforce::LOOPBACK != 0 && !self.connect.contains(&port);
+        }
+        if self.flags & enforce::EGRESS == 0 {
+            return false;
+        }
+        let addr = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        !self.egress.iter().any(|(len, prefix)| prefix_matches(*len - 64, prefix, &addr))
+    }
+}
+
+/// Whether the first `bits` bits of `prefix` and `addr` agree.
+fn prefix_matches(bits: u32, prefix: &[u8; 16], addr: &[u8; 16]) -> bool {
+    let (whole, rest) = ((bits / 8) as usize, bits % 8);
+    if prefix[..whole] != addr[..whole] {
+        return false;
+    }
+    rest == 0 || {
+        let mask = 0xffu8 << (8 - rest);
+        prefix[whole] & mask == addr[whole] & mask
+    }
+}
+
 /// The kernel maps a rule compiles to, in enforce mode.
 pub fn compile(mode: Mode, rule: &ContainerRule) -> Compiled {
     let mut c = Compiled::default();
@@ -89,10 +121,11 @@ impl Enforcer {
     }
 
     /// Makes the kernel's maps for `cgroup` say `c` (withdrawing what it said before).
-    pub fn apply(&mut self, cgroup: u64, c: Compiled) {
+    /// Returns whether they changed.
+    pub fn apply(&mut self, cgroup: u64, c: Compiled) -> bool {
         self.known.insert(cgroup);
         if self.applied.get(&cgroup) == Some(&c) {
-            return;
+            return false;
         }
         self.withdraw(cgroup);
         let key = |port| PortKey { cgroup_id: cgroup, port, _pad: [0; 6] };
@@ -110,6 +143,12 @@ impl Enforcer {
             let _ = self.flags.insert(cgroup, c.flags, 0);
         }
         self.applied.insert(cgroup, c);
+        true
+    }
+
+    /// What the kernel enforces for `cgroup`, if anything.
+    pub fn applied(&self, cgroup: u64) -> Option<&Compiled> {
+        self.applied.get(&cgroup)
     }
 
     pub fn forget(&mut self, cgroup: u64) {
@@ -166,5 +205,31 @@ mod tests {
         assert_eq!(&addr[10..13], &[0xff, 0xff, 10]);
         let alert_only = ContainerRule { action: Action::Alert, ..rule };
         assert_eq!(compile(Mode::Enforce, &alert_only).flags, 0);
+    }
+
+    #[test]
+    fn existing_flows_are_judged_like_the_kernel_judges_connects() {
+        let rule = ContainerRule {
+            name: Some("proxy".into()),
+            loopback: Some(LoopbackRules {
+                connect: Some(vec![PortRule { container: None, ports: vec![8080] }]),
+                bind: None,
+            }),
+            egress: Some(vec![
+                EgressRule { cidr: "10.1.0.0/16".parse().expect("net"), ports: vec![] },
+                EgressRule { cidr: "2001:db8::/32".parse().expect("net"), ports: vec![] },
+            ]),
+            action: Action::Block,
+            ..Default::default()
+        };
+        let c = compile(Mode::Enforce, &rule);
+        let denies = |ip: &str, port| c.denies(ip.parse().expect("ip"), port);
+        assert!(!denies("127.0.0.1", 8080) && !denies("::ffff:127.3.2.1", 8080) && !denies("::1", 8080));
+        assert!(denies("127.0.0.1", 9090) && denies("::1", 9090) && denies("::ffff:127.0.0.1", 9090));
+        assert!(!denies("10.1.200.3", 443) && !denies("::ffff:10.1.0.1", 443));
+        assert!(denies("10.2.0.1", 443) && denies("192.168.1.1", 80));
+        assert!(!denies("2001:db8:1::1", 443) && denies("2001:db9::1", 443));
+        // Nothing compiled (monitor mode, or no rule): nothing is denied.
+        assert!(!Compiled::default().denies("127.0.0.1".parse().expect("ip"), 1));
     }
 }
