@@ -1,6 +1,6 @@
 //! OTLP export received by an independent receiver (Python grpcio with the official
 //! opentelemetry-proto definitions, tests/tools/otlp_receiver.py): alerts arrive as log
-//! records carrying the alert's fields.
+//! records carrying the alert's fields, and the metrics as OTLP metrics.
 
 use std::{
     fs,
@@ -68,7 +68,7 @@ async fn alerts_reach_an_otlp_receiver_with_their_fields() {
     let policy = "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: otlp\nspec:\n  mode: monitor\n  containers:\n    - name: probero\n      loopback:\n        connect: []\n      action: block\n";
     fs::write(dir.path().join("p.yaml"), policy).expect("policy");
     let d = Daemon::with_config(&format!(
-        "otlp_endpoint = \"http://127.0.0.1:{}\"\npolicy_dir = \"{}\"",
+        "otlp_endpoint = \"http://127.0.0.1:{}\"\notlp_metrics_interval_seconds = 1\npolicy_dir = \"{}\"",
         receiver.port,
         dir.path().display()
     ))
@@ -120,8 +120,47 @@ async fn alerts_reach_an_otlp_receiver_with_their_fields() {
         (Some("service.name"), Some("sidewalld"))
     );
 
+    // The alert counted in the metrics, pushed as a cumulative monotonic sum.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sum = loop {
+        let found = receiver.records().into_iter().rev().find_map(|r| {
+            let m = &r["metric"];
+            (m["name"] == "sidewall_alerts").then(|| m["sum"].clone())
+        });
+        match found {
+            Some(sum) if data_point(&sum, &[("rule", "loopback-egress"), ("pod", &pod.name)]).is_some() => {
+                break sum;
+            }
+            _ => assert!(Instant::now() < deadline, "no sidewall_alerts metric for the pod\n{}", d.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        (sum["isMonotonic"].as_bool(), sum["aggregationTemporality"].as_str()),
+        (Some(true), Some("AGGREGATION_TEMPORALITY_CUMULATIVE"))
+    );
+    let point = data_point(&sum, &[("rule", "loopback-egress"), ("pod", &pod.name)]).expect("point");
+    assert!(point["asDouble"].as_f64().is_some_and(|v| v >= 1.0), "{point}");
+    assert_eq!(point_attr(&point, "action"), Some("would_block"));
+    assert_eq!(point_attr(&point, "container"), Some("probero"));
+
     let status = d.status().await;
-    let otlp = status.exporters.iter().find(|e| e.name == "otlp").expect("otlp exporter in status");
-    assert_eq!(otlp.state, "ok", "{otlp:?}");
-    assert!(otlp.events > 0);
+    for name in ["otlp", "otlp_metrics"] {
+        let e = status.exporters.iter().find(|e| e.name == name).expect("exporter in status");
+        assert_eq!(e.state, "ok", "{e:?}");
+        assert!(e.events > 0, "{e:?}");
+    }
+}
+
+fn point_attr<'a>(point: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    point["attributes"].as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"].as_str()
+}
+
+/// The data point of an OTLP sum whose attributes include `attrs`.
+fn data_point(sum: &serde_json::Value, attrs: &[(&str, &str)]) -> Option<serde_json::Value> {
+    sum["dataPoints"]
+        .as_array()?
+        .iter()
+        .find(|p| attrs.iter().all(|(k, v)| point_attr(p, k) == Some(v)))
+        .cloned()
 }

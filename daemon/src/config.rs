@@ -42,6 +42,7 @@ pub struct Config {
     pub metrics_labels: Vec<String>,
     pub metrics_max_series: usize,
     pub otlp_endpoint: String,
+    pub otlp_metrics_interval_seconds: u64,
     pub bpf_pin_dir: String,
     pub log: String,
 }
@@ -136,6 +137,9 @@ impl Config {
         }
         if !self.metrics_address.is_empty() && self.metrics_address.parse::<std::net::SocketAddr>().is_err() {
             return bad("metrics_address", format!("{:?} is not ip:port", self.metrics_address));
+        }
+        if self.otlp_metrics_interval_seconds == 0 {
+            return bad("otlp_metrics_interval_seconds", "must be at least 1".to_string());
         }
         let otlp = &self.otlp_endpoint;
         if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {

@@ -14,7 +14,7 @@ use crate::{
     export::{
         hub::Hub,
         jsonl::{self, JsonlConfig},
-        otlp,
+        otlp, otlp_metrics,
     },
     identity::{
         Identity, Sources,
@@ -69,6 +69,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let h = otlp::start(&hub, stats.clone(), cfg.otlp_endpoint.clone(), node.clone(), cfg.export_queue);
         (cfg.otlp_endpoint.clone(), h)
     });
+    let otlp_metrics =
+        otlp.as_ref().map(|(endpoint, _)| (endpoint.clone(), Arc::new(otlp::Health::default())));
     let status = Arc::new(StatusSource {
         node_name: node.clone(),
         kernel: kernel_release(),
@@ -76,6 +78,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stats: stats.clone(),
         export_file,
         otlp,
+        otlp_metrics: otlp_metrics.clone(),
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
         identity_source,
     });
@@ -91,7 +94,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     pipeline.learn_namespaces();
     let flows = pipeline.net.flows.clone();
 
-    if !cfg.metrics_address.is_empty() {
+    // Metrics are kept when something reads them: a Prometheus scrape or the OTLP exporter.
+    if !cfg.metrics_address.is_empty() || otlp_metrics.is_some() {
         let filter = LabelFilter::parse(&cfg.metrics_labels).map_err(anyhow::Error::msg)?;
         let metrics = Arc::new(Metrics::new(filter, cfg.metrics_max_series));
         pipeline.metrics = Some(metrics.clone());
@@ -102,13 +106,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             flows: flows.clone(),
             policies: policies.clone(),
         };
-        let addr = cfg.metrics_address.parse().context("metrics_address")?;
-        tracing::info!(%addr, "serving Prometheus metrics");
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, state).await {
-                tracing::error!("metrics server: {e:#}");
-            }
-        });
+        if let Some((endpoint, health)) = otlp_metrics {
+            let every = Duration::from_secs(cfg.otlp_metrics_interval_seconds);
+            tracing::info!(%endpoint, ?every, "exporting metrics as OTLP metrics");
+            otlp_metrics::start(state.clone(), endpoint, status.node_name.clone(), every, health);
+        }
+        if !cfg.metrics_address.is_empty() {
+            let addr = cfg.metrics_address.parse().context("metrics_address")?;
+            tracing::info!(%addr, "serving Prometheus metrics");
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, state).await {
+                    tracing::error!("metrics server: {e:#}");
+                }
+            });
+        }
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -11,8 +11,9 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+pub use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as model;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, prometheus_protobuf, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -199,14 +200,13 @@ impl Metrics {
         (OTHER.into(), OTHER.into(), OTHER.into())
     }
 
-    /// Brings the gauges up to date, then renders the registry.
-    pub fn render(
-        &self,
-        status: &StatusSource,
-        hub: &Hub,
-        flows: &Mutex<FlowGraph>,
-        policies: &PolicyStore,
-    ) -> String {
+    /// The registry as it stands, in Prometheus' protobuf data model.
+    pub fn families(&self) -> Vec<model::MetricFamily> {
+        prometheus_protobuf::encode(&self.registry).unwrap_or_default()
+    }
+
+    /// Brings the gauges up to date from the daemon's state.
+    fn refresh(&self, status: &StatusSource, hub: &Hub, flows: &Mutex<FlowGraph>, policies: &PolicyStore) {
         let snap = status.snapshot(hub.subscriber_count());
         for (stage, n) in &snap.lost_by_stage {
             self.lost.get_or_create(&StageLabels { stage: stage.clone() }).set(*n as i64);
@@ -231,10 +231,6 @@ impl Metrics {
         self.process_cache.set(snap.process_cache_size as i64);
         self.subscribers.set(i64::from(snap.subscribers));
         self.update_flows(flows);
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
     }
 
     fn update_flows(&self, flows: &Mutex<FlowGraph>) {
@@ -271,6 +267,8 @@ impl Metrics {
     }
 }
 
+/// The metrics and the daemon state their gauges are read from: what /metrics and the OTLP
+/// metrics exporter render.
 #[derive(Clone)]
 pub struct MetricsState {
     pub metrics: Arc<Metrics>,
@@ -280,8 +278,25 @@ pub struct MetricsState {
     pub policies: Arc<PolicyStore>,
 }
 
+impl MetricsState {
+    /// The text exposition, gauges brought up to date.
+    pub fn text(&self) -> String {
+        self.metrics.refresh(&self.status, &self.hub, &self.flows, &self.policies);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.metrics.registry);
+        out
+    }
+
+    /// The same metrics as Prometheus' protobuf data model, for other exporters.
+    pub fn families(&self) -> Vec<model::MetricFamily> {
+        self.metrics.refresh(&self.status, &self.hub, &self.flows, &self.policies);
+        self.metrics.families()
+    }
+}
+
 async fn scrape(State(s): State<MetricsState>) -> impl IntoResponse {
-    let body = s.metrics.render(&s.status, &s.hub, &s.flows, &s.policies);
+    let body = s.text();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
 }
 

@@ -27,6 +27,8 @@ pub struct StatusSource {
     pub stats: Arc<Stats>,
     pub export_file: Option<(String, Arc<jsonl::Health>)>,
     pub otlp: Option<(String, Arc<otlp::Health>)>,
+    /// The OTLP metrics exporter (same endpoint); its `events` count data points.
+    pub otlp_metrics: Option<(String, Arc<otlp::Health>)>,
     pub metrics_address: Option<String>,
     pub identity_source: String,
 }
@@ -189,6 +191,19 @@ impl StatusSource {
                     detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
                     events: h.sent.load(Relaxed),
                     lost: self.stats.lost(Stage::Otlp),
+                }
+            }
+        });
+        out.push(match &self.otlp_metrics {
+            None => disabled("otlp_metrics"),
+            Some((endpoint, h)) => {
+                let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                pb::ExporterStatus {
+                    name: "otlp_metrics".into(),
+                    state: if last_error.is_some() { "failing" } else { "ok" }.into(),
+                    detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
+                    events: h.sent.load(Relaxed),
+                    lost: 0,
                 }
             }
         });

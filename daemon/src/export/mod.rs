@@ -3,3 +3,4 @@ pub mod filter;
 pub mod hub;
 pub mod jsonl;
 pub mod otlp;
+pub mod otlp_metrics;

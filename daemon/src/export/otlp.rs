@@ -119,7 +119,7 @@ async fn send(
     Ok(())
 }
 
-fn kv(key: &str, value: &str) -> KeyValue {
+pub(crate) fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
