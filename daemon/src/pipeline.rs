@@ -656,6 +656,8 @@ pub async fn run(
         tokio::select! {
             r = reader.read_batch(|bytes| pipeline.handle(bytes)) => { r?; }
             _ = tick.tick() => {
+                // A record that raced the switch back to sleeping waits no longer than this.
+                reader.read_now(|bytes| pipeline.handle(bytes));
                 pipeline.report_kernel_drops(drops.totals());
                 pipeline.tick(Instant::now());
             }

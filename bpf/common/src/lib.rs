@@ -202,6 +202,14 @@ pub mod sock_op {
     pub const RELEASE: u32 = 7;
 }
 
+/// How the daemon reads the ring buffer (the `RING_MODE` map).
+pub mod ring_mode {
+    /// It sleeps until a record wakes it.
+    pub const WAKE: u32 = 0;
+    /// It reads on a short timer; records wake it only when the ring fills up.
+    pub const POLLING: u32 = 1;
+}
+
 /// `SockEvent::fin` on CLOSE.
 pub mod fin {
     /// The kernel's socket flags could not be read; infer from `old_state`.

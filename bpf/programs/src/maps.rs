@@ -1,10 +1,11 @@
 //! Maps shared by every probe.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
-use sidewall_common::kind;
+use sidewall_common::{kind, ring_mode};
 
 /// All events to userspace. The daemon may resize it at load time (`--ring-buffer-size`).
 #[map]
@@ -14,6 +15,23 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// drop never contends; userspace sums the CPUs.
 #[map]
 pub static RINGBUF_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);
+
+/// How the daemon reads `EVENTS` (`ring_mode::*`), set by the daemon as it switches.
+#[map]
+pub static RING_MODE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The flags to submit a record with. While the daemon polls the ring on a timer, a record
+/// wakes it only when the ring is a quarter full: a wakeup per record would cost the daemon
+/// a context switch per event under load. While it sleeps, every record wakes it.
+#[inline(always)]
+pub fn wakeup() -> u64 {
+    let polling = RING_MODE.get(0).is_some_and(|m| *m == ring_mode::POLLING);
+    if polling && EVENTS.query(BPF_RB_AVAIL_DATA.into()) * 4 < EVENTS.query(BPF_RB_RING_SIZE.into()) {
+        BPF_RB_NO_WAKEUP.into()
+    } else {
+        BPF_RB_FORCE_WAKEUP.into()
+    }
+}
 
 #[inline(always)]
 pub fn count_drop(kind: u32) {

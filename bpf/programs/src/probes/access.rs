@@ -11,7 +11,7 @@ use sidewall_common::{ACCESS_PATH_MAX, AccessEvent, access_op, kind};
 
 use crate::{
     kernel::{fill_current, off},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 const PTRACE_ATTACH: u64 = 16;
@@ -144,5 +144,5 @@ fn emit(op: u32, target: u32, path: Option<(&[u8; ACCESS_PATH_MAX], u32)>) {
             ev.path_len = 0;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup());
 }

@@ -10,7 +10,7 @@ use sidewall_common::{CGROUP_PATH_MAX, CgroupEvent, kind};
 
 use crate::{
     kernel::{fill_current, off, read, read_ptr},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 #[btf_tracepoint(function = "cgroup_mkdir")]
@@ -54,6 +54,6 @@ fn emit(ctx: &BtfTracePointContext, record: u32) -> i32 {
         bpf_probe_read_kernel_str(ev.path.as_mut_ptr() as *mut _, CGROUP_PATH_MAX as u32, path as *const _)
     };
     ev.path_len = if n > 0 { n as u32 - 1 } else { 0 };
-    entry.submit(0);
+    entry.submit(wakeup());
     0
 }

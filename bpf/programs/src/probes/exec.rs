@@ -13,7 +13,7 @@ use sidewall_common::{ARGS_MAX, ExecEvent, FILENAME_MAX, flags, kind};
 use crate::{
     cwd::read_cwd,
     kernel::{fill_current, off, read, read_ptr},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
@@ -67,6 +67,6 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     }
 
     read_cwd(task, ev);
-    entry.submit(0);
+    entry.submit(wakeup());
     0
 }

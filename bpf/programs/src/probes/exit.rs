@@ -5,7 +5,7 @@ use sidewall_common::{ExitEvent, kind};
 
 use crate::{
     kernel::{fill_current, off, read, read_ptr},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -28,6 +28,6 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     fill_current(&mut ev.hdr, kind::EXIT, task);
     ev.exit_code = read::<u32>(task, off!(task_exit_code)).unwrap_or(0);
     ev._pad = 0;
-    entry.submit(0);
+    entry.submit(wakeup());
     0
 }

@@ -9,7 +9,7 @@ use sidewall_common::{ForkEvent, kind};
 
 use crate::{
     kernel::{fill_current, off, read, read_namespaces},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -47,6 +47,6 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         // clone(CLONE_NEW*): the caller (current) is the one a policy may kill.
         super::namespace::kill_if_denied();
     }
-    entry.submit(0);
+    entry.submit(wakeup());
     0
 }

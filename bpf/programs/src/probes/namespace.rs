@@ -11,7 +11,7 @@ use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op};
 
 use crate::{
     kernel::{fill_current, off, read_namespaces},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 #[repr(C)]
@@ -96,6 +96,6 @@ fn exit(ctx: &TracePointContext) -> u32 {
     ev.op = p.op;
     ev.flags = p.flags;
     ev.ret = ret;
-    entry.submit(0);
+    entry.submit(wakeup());
     0
 }

@@ -14,7 +14,7 @@ use sidewall_common::{SockEvent, kind, sock_op, verdict};
 
 use crate::{
     kernel::fill_current,
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
     policy,
 };
 
@@ -185,5 +185,5 @@ fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32, v: u8) {
     ev.bytes_acked = 0;
     ev.count = count;
     ev._pad2 = 0;
-    entry.submit(0);
+    entry.submit(wakeup());
 }

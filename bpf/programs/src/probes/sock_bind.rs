@@ -12,7 +12,7 @@ use sidewall_common::{SockEvent, kind, sock_op, verdict};
 
 use crate::{
     kernel::{fill_current, fill_process_lite},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
     policy,
 };
 
@@ -122,5 +122,5 @@ fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source, v: u8) {
     ev.bytes_acked = 0;
     ev.count = 1;
     ev._pad2 = 0;
-    entry.submit(0);
+    entry.submit(wakeup());
 }

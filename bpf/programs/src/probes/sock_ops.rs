@@ -19,7 +19,7 @@ use sidewall_common::{SockEvent, fin, kind, sock_op, verdict};
 
 use crate::{
     kernel::{fill_no_process, off, read},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -122,5 +122,5 @@ fn emit(ctx: &SockOpsContext, op: u32, old_state: u8, new_state: u8, fin: u8) {
     ev.bytes_acked = ops.bytes_acked;
     ev.count = 1;
     ev._pad2 = 0;
-    entry.submit(0);
+    entry.submit(wakeup());
 }

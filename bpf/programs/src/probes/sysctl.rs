@@ -12,7 +12,7 @@ use sidewall_common::{SYSCTL_NAME_MAX, SysctlEvent, enforce, kind, verdict};
 
 use crate::{
     kernel::fill_process_lite,
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
     policy,
 };
 
@@ -49,7 +49,7 @@ pub fn sysctl_write(ctx: SysctlContext) -> i32 {
             bpf_sysctl_get_name(ctx.sysctl, ev.name.as_mut_ptr() as *mut _, SYSCTL_NAME_MAX as u64, 0);
             bpf_sysctl_get_new_value(ctx.sysctl, ev.value.as_mut_ptr() as *mut _, 16);
         }
-        entry.submit(0);
+        entry.submit(wakeup());
     } else {
         count_drop(kind::SYSCTL);
     }

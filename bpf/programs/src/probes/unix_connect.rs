@@ -11,7 +11,7 @@ use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, kind};
 
 use crate::{
     kernel::{fill_process_lite, off},
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, count_drop, wakeup},
 };
 
 const AF_UNIX: u16 = 1;
@@ -52,6 +52,6 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     ev.path_len = if rc == 0 { n as u32 } else { 0 };
     ev._pad = 0;
     ev._pad2 = [0; 4];
-    entry.submit(0);
+    entry.submit(wakeup());
     0
 }
