@@ -55,7 +55,9 @@ pub async fn run(ctx: &Ctx, p: &Params) -> (Section, Vec<Target>) {
          that clock). A gRPC client (GetEvents, `policy_alert` only) takes the same clock when each alert \
          arrives and matches alert and attempt by the connection's local port. Latency = arrival − \
          before connect; it includes the handshake, since the alert is raised from the `process_connect` \
-         event, which the daemon emits when the handshake completes. The first {} attempts are left out \
+         event, which the daemon emits when the handshake completes. It also includes up to 1 ms of \
+         waiting in the ring buffer: while events flow, the daemon reads it on a 1 ms timer rather than \
+         being woken by each record (`daemon/src/kernel/ringbuf.rs`). The first {} attempts are left out \
          of the percentiles (the container's first events resolve its identity). Command: `podman exec \
          <pod>-swb-lat-<pid> /swbench latency-loop 127.0.0.1 {PORT} {} {}`.",
         p.attempts,

@@ -17,7 +17,11 @@ mod stats;
 mod sys;
 mod tool;
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::{Context as _, bail};
 use pipeline::Dest;
@@ -173,7 +177,13 @@ async fn run() -> anyhow::Result<()> {
         runtime: started.elapsed(),
         sections: &sections,
         targets: &targets,
-        sidewalld: ctx.sidewalld.display().to_string(),
+        // Relative to the workspace: the report speaks of the project, not of this machine.
+        sidewalld: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .and_then(|root| ctx.sidewalld.strip_prefix(root).ok())
+            .unwrap_or(&ctx.sidewalld)
+            .display()
+            .to_string(),
     });
     std::fs::write(&out, text).with_context(|| format!("write {}", out.display()))?;
     eprintln!("bench: wrote {} in {}", out.display(), report::duration(started.elapsed()));
