@@ -202,7 +202,7 @@ impl Drop for Held {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn established_flows_that_a_new_policy_forbids_are_cut() {
-    let (d, _dir) = daemon_with_policy(&policy("guard", "monitor", &guard("f")), "").await;
+    let (d, _dir) = daemon_with_policy(&policy("guard", "monitor", &guard("h")), "").await;
     let mut events = d.events(GetEventsRequest::default()).await;
     // web listens and never answers nor closes: only sidewall can end these connections.
     let listen_both =
@@ -210,14 +210,14 @@ async fn established_flows_that_a_new_policy_forbids_are_cut() {
     let pod = Pod::play_with(
         "pol",
         &[
-            Spec { name: "webf", command: &["/bin/sh", "-c", listen_both], ..Default::default() },
-            Spec { name: "intruderf", command: &["/bin/sleep", "3600"], ..Default::default() },
+            Spec { name: "webh", command: &["/bin/sh", "-c", listen_both], ..Default::default() },
+            Spec { name: "intruderh", command: &["/bin/sleep", "3600"], ..Default::default() },
         ],
         &Options::default(),
     );
     // Opened while the policy only monitors: both stay open.
-    let forbidden = Held::open(&pod, "intruderf", "9090");
-    let allowed = Held::open(&pod, "intruderf", "8080");
+    let forbidden = Held::open(&pod, "intruderh", "9090");
+    let allowed = Held::open(&pod, "intruderh", "8080");
 
     d.client()
         .await
@@ -234,7 +234,7 @@ async fn established_flows_that_a_new_policy_forbids_are_cut() {
     };
     assert_eq!(
         (container(a.process.as_ref()), container(a.peer.as_ref())),
-        ("intruderf".into(), "webf".into())
+        ("intruderh".into(), "webh".into())
     );
     assert_eq!(a.socket.as_ref().and_then(|s| s.remote.as_ref()).map(|r| r.port), Some(9090));
 
@@ -248,8 +248,8 @@ async fn established_flows_that_a_new_policy_forbids_are_cut() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_whose_first_action_is_a_forbidden_connect_is_blocked() {
-    let (_d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("g")), "").await;
-    let (web, intruder) = ("webg", "intruderg");
+    let (_d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("i")), "").await;
+    let (web, intruder) = ("webi", "intruderi");
     let pod = Pod::play_with(
         "pol",
         &[
@@ -371,7 +371,7 @@ async fn egress_and_runtime_sockets_are_detected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rerouting_traffic_into_the_loopback_is_refused() {
     let rules = "    - name: intruderf\n      loopbackRouting: deny\n      action: block\n";
-    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;
+    let (mut d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;
     let mut events = d.events(GetEventsRequest::default()).await;
     let pod = pod_with("f", true);
     // The pod's own network namespace: the host's sysctls are never touched.
@@ -389,6 +389,17 @@ async fn rerouting_traffic_into_the_loopback_is_refused() {
     // A container the rule does not cover may still do it (in its own pod's namespace).
     let o = pod.exec("webf", &["/bin/sh", "-c", "cat /proc/sys/net/ipv4/conf/all/route_localnet"]);
     assert!(o.status.success());
+    // The refusal is pinned like the other enforcing programs: it holds while the daemon is down.
+    d.crash();
+    let o = pod.exec("intruderf", &["/bin/sh", "-c", write]);
+    assert!(!o.status.success(), "still refused while the daemon is down");
+    d.restart().await;
+    let o = pod.exec("intruderf", &["/bin/sh", "-c", write]);
+    assert!(!o.status.success(), "and after it is back");
+    d.crash();
+    assert!(d.cleanup().status.success());
+    let o = pod.exec("intruderf", &["/bin/sh", "-c", write]);
+    assert!(o.status.success(), "cleanup removes the refusal: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread")]

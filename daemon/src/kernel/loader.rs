@@ -1,10 +1,12 @@
 //! Loads the embedded eBPF object, relocates it for this kernel and attaches each sensor.
 //! A sensor that cannot attach is reported (status, logs) and the others keep working.
 
-use std::path::Path;
-
 use anyhow::Context as _;
-use std::{fs::File, path::PathBuf};
+use std::{
+    fs::File,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -144,6 +146,7 @@ const ENFORCING_PROGRAMS: &[&str] = &[
     "sched_process_exit",
     "sys_enter_setns",
     "sys_enter_unshare",
+    "sysctl_write",
 ];
 
 /// The loaded object. Programs stay attached while this lives.
@@ -152,6 +155,8 @@ pub struct Loaded {
     pub sensors: Vec<SensorReport>,
     /// Attachments the daemon holds (the pinned ones live in bpffs instead).
     pub links: Vec<FdLink>,
+    /// The same, for links made outside aya (see `sysctl_link`).
+    pub raw_links: Vec<OwnedFd>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
@@ -179,6 +184,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     let mut ebpf = loader.load(BPF_OBJECT).context("loading the eBPF object")?;
     let cgroup = opts.cgroup_root.map(File::open).transpose().context("opening the cgroup v2 root")?;
     let mut links = Vec::new();
+    let mut raw_links = Vec::new();
     let sensors = SENSORS
         .iter()
         .map(|spec| SensorReport {
@@ -189,7 +195,8 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
                     "strict sensor set only (sensor_set = \"strict\"): a syscall tracepoint slows every syscall".into(),
                 )
             } else {
-                match attach(&mut ebpf, spec, &btf, cgroup.as_ref(), opts.pin_dir, &mut links) {
+                let held = (&mut links, &mut raw_links);
+                match attach(&mut ebpf, spec, &btf, cgroup.as_ref(), opts.pin_dir, held) {
                     Ok(()) => SensorState::Attached,
                     Err(e) => {
                         tracing::warn!(sensor = spec.name, hook = spec.hook, error = %format!("{e:#}"), "sensor not attached");
@@ -199,7 +206,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
             },
         })
         .collect();
-    Ok(Loaded { ebpf, sensors, links })
+    Ok(Loaded { ebpf, sensors, links, raw_links })
 }
 
 fn attach(
@@ -208,13 +215,21 @@ fn attach(
     btf: &Btf,
     cgroup: Option<&File>,
     pin_dir: Option<&Path>,
-    links: &mut Vec<FdLink>,
+    (links, raw_links): (&mut Vec<FdLink>, &mut Vec<OwnedFd>),
 ) -> anyhow::Result<()> {
     for name in spec.programs {
-        // None: the program object holds its attachment (it cannot be pinned).
-        let Some(link) = attach_program(ebpf, spec.attach, name, btf, cgroup)? else { continue };
-        match pin_dir.filter(|_| ENFORCING_PROGRAMS.contains(name)) {
-            Some(dir) => pin_link(link, dir, name)?,
+        let pin = pin_dir.filter(|_| ENFORCING_PROGRAMS.contains(name));
+        if spec.attach == Attach::CgroupSysctl {
+            let link = sysctl_link(ebpf, name, cgroup)?;
+            match pin {
+                Some(dir) => pin_with(dir, name, |path| bpf_obj_pin(&link, path))?,
+                None => raw_links.push(link),
+            }
+            continue;
+        }
+        let link = attach_program(ebpf, spec.attach, name, btf, cgroup)?;
+        match pin {
+            Some(dir) => pin_with(dir, name, |path| Ok(link.pin(path).map(drop)?))?,
             // Held by the daemon: the program detaches when the daemon goes.
             None => links.push(link),
         }
@@ -222,15 +237,59 @@ fn attach(
     Ok(())
 }
 
-/// Loads and attaches one program; the link is the caller's to keep (or pin). cgroup/sysctl
-/// links cannot become fd links in this aya version: those stay with the program.
+/// Loads a cgroup/sysctl program and links it to the cgroup root with BPF_LINK_CREATE
+/// directly: this aya version keeps such links to itself, so they could not be pinned, and
+/// the refusal of `route_localnet` writes would lapse while the daemon restarts.
+fn sysctl_link(ebpf: &mut Ebpf, name: &str, cgroup: Option<&File>) -> anyhow::Result<OwnedFd> {
+    let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+    let p: &mut CgroupSysctl = prog.try_into()?;
+    p.load().with_context(|| format!("loading cgroup/sysctl {name}"))?;
+    let cgroup = cgroup.context("no cgroup v2 filesystem to attach to")?;
+    let prog_fd = p.fd()?.as_fd().as_raw_fd();
+    bpf_link_create(prog_fd, cgroup.as_raw_fd(), BPF_CGROUP_SYSCTL)
+        .with_context(|| format!("attaching cgroup/sysctl {name}"))
+}
+
+/// `bpf(BPF_LINK_CREATE)`: prog_fd, target_fd, attach_type, flags; the rest zero.
+fn bpf_link_create(prog_fd: RawFd, target_fd: RawFd, attach_type: u32) -> std::io::Result<OwnedFd> {
+    let mut attr = [0u32; 16];
+    (attr[0], attr[1], attr[2]) = (prog_fd as u32, target_fd as u32, attach_type);
+    // SAFETY: a zeroed bpf_attr of the size passed, filled for BPF_LINK_CREATE.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_ptr(), size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh link descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `bpf(BPF_OBJ_PIN)`: pathname, bpf_fd; the rest zero.
+fn bpf_obj_pin(fd: &OwnedFd, path: &Path) -> anyhow::Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 4];
+    attr[0] = c_path.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u32 as u64;
+    // SAFETY: a zeroed bpf_attr of the size passed, filled for BPF_OBJ_PIN; the path outlives it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), size_of_val(&attr)) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning {}", path.display()));
+    }
+    Ok(())
+}
+
+/// bpf(2) commands and the attach type used above (include/uapi/linux/bpf.h).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_CGROUP_SYSCTL: u32 = 18;
+
+/// Loads and attaches one program; the link is the caller's to keep (or pin).
 fn attach_program(
     ebpf: &mut Ebpf,
     how: Attach,
     name: &str,
     btf: &Btf,
     cgroup: Option<&File>,
-) -> anyhow::Result<Option<FdLink>> {
+) -> anyhow::Result<FdLink> {
     let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
     let root = || cgroup.context("no cgroup v2 filesystem to attach to");
     let mode = CgroupAttachMode::Single;
@@ -259,12 +318,7 @@ fn attach_program(
             let id = p.attach(root()?, mode).with_context(|| format!("attaching sockops {name}"))?;
             FdLink::try_from(p.take_link(id)?)?
         }
-        Attach::CgroupSysctl => {
-            let p: &mut CgroupSysctl = prog.try_into()?;
-            p.load().with_context(|| format!("loading cgroup/sysctl {name}"))?;
-            p.attach(root()?, mode).with_context(|| format!("attaching cgroup/sysctl {name}"))?;
-            return Ok(None);
-        }
+        Attach::CgroupSysctl => anyhow::bail!("cgroup/sysctl {name} is linked by sysctl_link"),
         Attach::SyscallTracepoint => {
             let p: &mut TracePoint = prog.try_into()?;
             p.load().with_context(|| format!("loading syscalls/{name}"))?;
@@ -272,18 +326,18 @@ fn attach_program(
             FdLink::try_from(p.take_link(id)?)?
         }
     };
-    Ok(Some(link))
+    Ok(link)
 }
 
 /// Pins `link` at `dir/links/name` (bpffs refuses names with a dot), replacing (and so detaching) the one a previous daemon
 /// left there: the new program is attached before the old one goes, so enforcement never
 /// lapses across a restart.
-fn pin_link(link: FdLink, dir: &Path, name: &str) -> anyhow::Result<()> {
+fn pin_with(dir: &Path, name: &str, pin: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let links = dir.join("links");
     std::fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
     let (final_path, fresh) = (links.join(name), links.join(format!("{name}-new")));
     let _ = std::fs::remove_file(&fresh);
-    link.pin(&fresh).with_context(|| format!("pinning {}", fresh.display()))?;
+    pin(&fresh).with_context(|| format!("pinning {}", fresh.display()))?;
     let _ = std::fs::remove_file(&final_path);
     std::fs::rename(&fresh, &final_path).with_context(|| format!("pinning {}", final_path.display()))?;
     Ok(())
