@@ -346,19 +346,17 @@ impl Run<'_> {
         true
     }
 
-    /// After the steps: every alert of the pod must be one the catalog expects (a benign
-    /// scenario: none at all). Alerts of the runtime's setup, where the catalog records them as
-    /// a known limit, are counted in a row of their own and must be there.
-    async fn check_no_other_alerts(&mut self, feed: &mut Feed) -> Option<Row> {
+    /// Fails the run on any alert of this pod that no step expects (for the benign
+    /// scenario: none at all), and on any raised by the runtime's own container setup.
+    async fn check_no_other_alerts(&mut self, feed: &mut Feed) {
         if !self.sync(feed).await {
-            return None;
+            return;
         }
         // Alerts raised by late socket records, or by the daemon's own kill.
         let grace = Instant::now() + Duration::from_millis(500);
         while let Some(ev) = feed.next_until(grace).await {
             self.keep(ev);
         }
-        let startup = self.sc.startup.clone().filter(|s| s.runtime_setup_alerts);
         let expected: BTreeSet<&str> = self
             .sc
             .steps
@@ -367,43 +365,27 @@ impl Run<'_> {
             .collect();
         let (mut setup, mut unexpected) = (Vec::new(), Vec::new());
         for a in self.log.iter().filter_map(|x| alert_of(&x.ev, &self.pod.name)) {
-            if startup.is_some() && is_runtime_setup(a) {
-                setup.push((a.rule_id.clone(), a.action.clone()));
+            let line = format!(
+                "{}/{} by {} {:?}: {}",
+                a.rule_id,
+                a.action,
+                container_of(a.process.as_ref()),
+                a.process.as_ref().map(|p| &p.arguments),
+                a.message
+            );
+            if is_runtime_setup(a) {
+                setup.push(line);
             } else if !expected.contains(a.rule_id.as_str()) {
-                unexpected.push(format!(
-                    "{}/{} by {} {:?}: {}",
-                    a.rule_id,
-                    a.action,
-                    container_of(a.process.as_ref()),
-                    a.process.as_ref().map(|p| &p.arguments),
-                    a.message
-                ));
+                unexpected.push(line);
             }
+        }
+        if !setup.is_empty() {
+            self.fail(format!("the runtime's container setup (runc init) raised alerts: {setup:?}"));
         }
         if !unexpected.is_empty() {
             let what = if self.sc.benign { "the benign pod raised alerts" } else { "unexpected alerts" };
             self.fail(format!("{what}: {unexpected:?}"));
         }
-        let startup = startup?;
-        // The daemon already leaves out part of the setup; how much depends on timing.
-        let rules: BTreeSet<&str> = setup.iter().map(|(rule, _)| rule.as_str()).collect();
-        let actions: BTreeSet<&str> = setup.iter().map(|(_, action)| action.as_str()).collect();
-        Some(Row {
-            scenario: self.sc.name.clone(),
-            step: "container start (runc init)".into(),
-            mode: self.mode,
-            detected: format!(
-                "{} false positives: {} ({})",
-                setup.len(),
-                rules.into_iter().collect::<Vec<_>>().join(", "),
-                actions.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-            blocked: "-".into(),
-            result: "pod started".into(),
-            latency: None,
-            pipeline: None,
-            gap: Some(startup.gap),
-        })
     }
 }
 
@@ -478,8 +460,7 @@ struct Outcome {
 /// Runs `sc` in one mode in a fresh pod; returns its rows and failures.
 async fn run_mode(d: &Daemon, feed: &mut Feed, sc: &Scenario, mode: &'static str) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
-    let after_start = sc.startup.as_ref().is_some_and(|s| s.enforce_after_start) && mode == "enforce";
-    set_mode(d, sc, if after_start { "monitor" } else { mode }).await;
+    set_mode(d, sc, mode).await;
     feed.drain();
     let pod = match ManifestPod::play(PREFIX, &sc.manifest()) {
         Ok(p) => p,
@@ -487,15 +468,11 @@ async fn run_mode(d: &Daemon, feed: &mut Feed, sc: &Scenario, mode: &'static str
     };
     let mut run = Run { sc, mode, pod, log: Vec::new(), used: BTreeSet::new(), failures: Vec::new() };
     run.wait_ready(feed).await;
-    if after_start && run.failures.is_empty() {
-        set_mode(d, sc, mode).await;
-        run.sync(feed).await;
-    }
     if run.failures.is_empty() {
         for step in &sc.steps {
             rows.push(run.step(feed, step).await);
         }
-        rows.extend(run.check_no_other_alerts(feed).await);
+        run.check_no_other_alerts(feed).await;
     }
     (rows, std::mem::take(&mut run.failures))
 }

@@ -132,10 +132,8 @@ fail() { FAILURES+=("$1"); log "FAILED: $1"; }
 # Runs scenario directory $1 in mode $2.
 run_mode() {
   local dir=$1 mode=$2 json=$1/scenario.json
-  local name after_start setup_gap benign
+  local name benign
   name=$(jq -r .name "$json")
-  after_start=$(jq -r '.startup.enforce_after_start // false' "$json")
-  setup_gap=$(jq -r 'if .startup.runtime_setup_alerts then .startup.gap else "" end' "$json")
   benign=$(jq -r '.benign // false' "$json")
   local skip
   skip=$(jq -r --arg m "$mode" '.kind.skip_modes[$m] // ""' "$json")
@@ -144,9 +142,7 @@ run_mode() {
     return
   fi
 
-  local start_mode=$mode
-  [ "$after_start" = true ] && start_mode=monitor
-  set_policy "$dir" "$name" "$start_mode"
+  set_policy "$dir" "$name" "$mode"
   k -n "$NS" delete pod "$name" --ignore-not-found --grace-period=0 --force --wait >/dev/null 2>&1 || true
   k -n "$NS" apply -f "$dir/pod.yaml" >/dev/null
   if ! k -n "$NS" wait --for=condition=Ready "pod/$name" --timeout=120s >/dev/null; then
@@ -169,15 +165,12 @@ run_mode() {
     return
   done < <(jq -r '.ready[]? | "\(.container) \(.port)"' "$json")
 
-  # The alert stream of this pod, from the daemon on its node. Alerts raised while the pod
-  # started are in it too: the daemon sends what it raises from the moment the stream opens,
-  # so it is opened before the mode switch and the attacks.
+  # The alert stream of this pod, from the daemon on its node, opened before the attacks.
   local alerts=$WORK/$name-$mode.jsonl
   : >"$alerts"
   sw "$dpod" getevents -o json --event alert --namespace "$NS" --pod "$name" >"$alerts" 2>/dev/null &
   STREAM_PID=$!
   sleep 2
-  [ "$after_start" = true ] && set_policy "$dir" "$name" "$mode"
 
   declare -A consumed=()
   local expected_rules="" nsteps i
@@ -253,13 +246,17 @@ run_mode() {
     row "$name" "$sname" "$mode" "${detected:--}" "$blocked" "$result" "$latency"
   done
 
-  # Every other alert of the pod must be expected (benign: none), or the runtime's setup
-  # where the catalog records it.
+  # Every other alert of the pod must be expected (benign: none), and none may come from the
+  # runtime's own container setup.
   sleep 1
   local unexpected setup
-  unexpected=$(jq -r --arg rules "$expected_rules" --arg setup "$setup_gap" \
+  setup=$(jq -r "select(.policy_alert != null and ($RUNTIME_SETUP)) | .policy_alert.rule_id" "$alerts")
+  if [ -n "$setup" ]; then
+    fail "$name [$mode]: the runtime's container setup (runc init) raised alerts: $setup"
+  fi
+  unexpected=$(jq -r --arg rules "$expected_rules" \
     "select(.policy_alert != null)
-     | select((\$setup != \"\" and ($RUNTIME_SETUP)) | not)
+     | select(($RUNTIME_SETUP) | not)
      | select(.policy_alert.rule_id as \$r | (\$rules | split(\" \") | index(\$r)) | not)
      | \"\(.policy_alert.rule_id)/\(.policy_alert.action) by \(.policy_alert.process.container.name): \(.policy_alert.message)\"" \
     "$alerts")
@@ -269,10 +266,6 @@ run_mode() {
     else
       fail "$name [$mode]: unexpected alerts: $unexpected"
     fi
-  fi
-  if [ -n "$setup_gap" ]; then
-    setup=$(jq -c "select(.policy_alert != null and ($RUNTIME_SETUP))" "$alerts" | wc -l)
-    row "$name" "container start (runc init)" "$mode" "$setup false positives" "-" "pod started [$(note_index "$setup_gap")]" "-"
   fi
 
   kill "$STREAM_PID" 2>/dev/null || true

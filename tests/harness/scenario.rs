@@ -84,7 +84,6 @@ pub struct Ready {
     pub port: u32,
 }
 
-/// A known daemon limit at container start, recorded in the catalog (`"startup"`).
 #[derive(Debug, Clone)]
 pub struct Startup {
     /// The runtime's own container setup raises alerts: they must appear (so that a fix shows
@@ -104,7 +103,6 @@ pub struct Scenario {
     pub sensor_set: String,
     /// The scenario must raise no alert at all (the benign baseline).
     pub benign: bool,
-    pub startup: Option<Startup>,
     pub ready: Vec<Ready>,
     pub steps: Vec<Step>,
     pub dir: PathBuf,
@@ -207,11 +205,6 @@ pub fn load(dir: &Path) -> Scenario {
         title: text(&v, "title", &origin),
         sensor_set: opt_text(&v, "sensor_set").unwrap_or_else(|| "default".into()),
         benign: v.get("benign").and_then(Value::as_bool).unwrap_or(false),
-        startup: v.get("startup").map(|s| Startup {
-            runtime_setup_alerts: s.get("runtime_setup_alerts").and_then(Value::as_bool).unwrap_or(false),
-            enforce_after_start: s.get("enforce_after_start").and_then(Value::as_bool).unwrap_or(false),
-            gap: text(s, "gap", &format!("{origin}: startup")),
-        }),
         ready,
         steps,
         dir: dir.to_path_buf(),
