@@ -118,8 +118,9 @@ async fn loopback_and_bind_rules_are_enforced_in_the_kernel() {
         Some("intrudera")
     );
     assert_eq!(a.peer.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.name.as_str()), Some("weba"));
-    // Only 127.0.0.1:8080 was allowed; the other loopback forms are no way around it.
-    for target in ["127.0.0.2", "::ffff:127.0.0.1", "::1"] {
+    // Only 127.0.0.1:8080 was allowed; the other loopback forms are no way around it, nor the
+    // unspecified addresses (a connect to them goes to the local host).
+    for target in ["127.0.0.2", "::ffff:127.0.0.1", "::1", "0.0.0.0", "::", "::ffff:0.0.0.0"] {
         let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "connect-tcp", target, "9090"]);
         assert_eq!(text, "error EPERM: connect", "{target}");
     }
@@ -272,6 +273,37 @@ async fn a_container_whose_first_action_is_a_forbidden_connect_is_blocked() {
     }
     // Its entry point is the connect; EPERM (not ECONNREFUSED or a reply) is the kernel's refusal.
     assert_eq!(logs.lines().next(), Some("error EPERM: connect"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pods_own_address_is_no_way_around_a_loopback_rule() {
+    let (_d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("j")), "").await;
+    // web listens on every address; the pod gets an address of its own besides loopback, as a
+    // pod IP (the test pods have no network; a privileged web adds it to lo).
+    let serve_any = "/bin/swtool serve-tcp 0.0.0.0 8080 & exec /bin/swtool serve-tcp 0.0.0.0 9090";
+    let pod = Pod::play_with(
+        "pol",
+        &[
+            Spec { name: "webj", command: &["/bin/sh", "-c", serve_any], privileged: true },
+            Spec { name: "intruderj", command: &["/bin/sleep", "3600"], ..Default::default() },
+        ],
+        &Options::default(),
+    );
+    let (text, code) = out(&pod, "webj", &["/bin/ip", "addr", "add", "192.0.2.77/32", "dev", "lo"]);
+    assert_eq!(code, Some(0), "{text}");
+    wait_serving(&pod, "webj");
+    // The daemon reads the pod's addresses within seconds; until then the connect may pass.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        refused = out(&pod, "intruderj", &["/bin/swtool", "connect-tcp", "192.0.2.77", "9090"]).0;
+        if refused == "error EPERM: connect" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused, "error EPERM: connect", "the pod's own address is the loopback to the rule");
+    let allowed = out(&pod, "intruderj", &["/bin/swtool", "connect-tcp", "192.0.2.77", "8080", "x"]).0;
+    assert!(allowed.starts_with("ok pong"), "the allowed port stays open there: {allowed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 //! -> event -> hub. One task owns every stage's state, so no stage needs a lock.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use crate::{
         ringbuf::{KernelDrops, RingReader},
     },
     metrics::Metrics,
-    net::{Net, NetEvent},
+    net::{Net, NetEvent, netns},
     policy::{
         cut::{self, Cut},
         detect,
@@ -32,6 +32,9 @@ use crate::{
     process::{Clock, ProcEntry, ProcessCache, cache::namespaces, procfs},
     stats::{Stage, Stats},
 };
+
+/// Bound on the cgroups whose pod addresses are remembered.
+const MAX_POD_ADDRS: usize = 65_536;
 
 pub struct Pipeline {
     pub cache: ProcessCache,
@@ -45,6 +48,8 @@ pub struct Pipeline {
     pub enforcer: Option<Enforcer>,
     /// Cgroups whose connect rules tightened: their established connections are checked.
     tightened: HashSet<u64>,
+    /// The pod's own addresses per enforced cgroup, and when they were read.
+    pod_addrs: HashMap<u64, (Instant, Vec<[u8; 16]>)>,
     pub metrics: Option<Arc<Metrics>>,
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
@@ -72,6 +77,7 @@ impl Pipeline {
             policy_generation: u64::MAX,
             enforcer: None,
             tightened: HashSet::new(),
+            pod_addrs: HashMap::new(),
             metrics: None,
             hub,
             stats,
@@ -240,9 +246,12 @@ impl Pipeline {
         }
         let w = self.identity.resolve(cgroup);
         let probe = pb::Process { pod: w.pod.clone(), container: w.container.clone(), ..Default::default() };
-        let compiled = detect::rule_for(&self.snapshot, &probe)
+        let mut compiled = detect::rule_for(&self.snapshot, &probe)
             .map(|(pol, rule)| enforce::compile(pol.spec.mode, rule))
             .unwrap_or_default();
+        if compiled.flags & enforce_bits::LOOPBACK != 0 {
+            compiled.local = self.pod_addresses(cgroup);
+        }
         let limits_destinations = compiled.flags & (enforce_bits::LOOPBACK | enforce_bits::EGRESS) != 0;
         if let Some(e) = self.enforcer.as_mut()
             && e.apply(cgroup, compiled)
@@ -250,6 +259,30 @@ impl Pipeline {
         {
             self.tightened.insert(cgroup);
         }
+    }
+
+    /// The pod's own addresses (loopback and unspecified left out: the kernel knows those), read
+    /// from a process of `cgroup` and kept a few seconds. Empty until the cgroup has a process;
+    /// the rules are compiled again each second, and pick them up then.
+    fn pod_addresses(&mut self, cgroup: u64) -> Vec<[u8; 16]> {
+        let now = Instant::now();
+        if let Some((at, addrs)) = self.pod_addrs.get(&cgroup)
+            && now.duration_since(*at) < netns::ADDRS_TTL
+        {
+            return addrs.clone();
+        }
+        let Some(pid) = self.identity.procs_of(cgroup).first().copied() else { return Vec::new() };
+        let addrs: Vec<[u8; 16]> = netns::local_addrs(pid)
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .map(enforce::v6_bytes)
+            .collect();
+        if self.pod_addrs.len() >= MAX_POD_ADDRS {
+            self.pod_addrs.clear();
+        }
+        self.pod_addrs.insert(cgroup, (now, addrs.clone()));
+        addrs
     }
 
     /// Cuts the established connections that the rules just compiled forbid, and reports each
@@ -370,6 +403,7 @@ impl Pipeline {
             }
             Record::CgroupRmdir { id, .. } => {
                 self.identity.forget(id);
+                self.pod_addrs.remove(&id);
                 self.iso.forget_cgroup(id);
                 if let Some(e) = self.enforcer.as_mut() {
                     e.forget(id);

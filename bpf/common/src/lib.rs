@@ -245,7 +245,7 @@ pub struct PortKey {
 /// an IPv6 address (IPv4 as ::ffff:a.b.c.d).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EgressKey {
+pub struct CgroupAddr {
     pub cgroup_id: u64,
     pub addr: [u8; 16],
 }
@@ -409,7 +409,7 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Header {}
     unsafe impl aya::Pod for super::PortKey {}
-    unsafe impl aya::Pod for super::EgressKey {}
+    unsafe impl aya::Pod for super::CgroupAddr {}
 }
 
 #[cfg(test)]

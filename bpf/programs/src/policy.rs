@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
 };
-use sidewall_common::{EgressKey, PortKey, enforce};
+use sidewall_common::{CgroupAddr, PortKey, enforce};
 
 #[map]
 pub static ENFORCE: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
@@ -19,8 +19,12 @@ pub static BIND_ALLOW: HashMap<PortKey, u8> = HashMap::with_max_entries(262144, 
 /// and joins the container's namespaces from inside its cgroup) is never hit.
 #[map]
 pub static ARMED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+/// The pod's own addresses (besides loopback) per enforced container, as ::ffff:a.b.c.d or
+/// IPv6: traffic to them stays in the pod, and loopback rules apply to it.
 #[map]
-pub static EGRESS_ALLOW: LpmTrie<EgressKey, u8> = LpmTrie::with_max_entries(65536, 0);
+pub static LOCAL_ADDRS: HashMap<CgroupAddr, u8> = HashMap::with_max_entries(65536, 0);
+#[map]
+pub static EGRESS_ALLOW: LpmTrie<CgroupAddr, u8> = LpmTrie::with_max_entries(65536, 0);
 
 #[inline(always)]
 pub fn flags(cgroup_id: u64) -> u32 {
@@ -34,28 +38,28 @@ fn port_allowed(map: &HashMap<PortKey, u8>, cgroup_id: u64, port: u16) -> bool {
     unsafe { map.get(&key) }.is_some()
 }
 
-/// 127.0.0.0/8, ::1, and ::ffff:127.0.0.0/104 (addresses in network byte order, IPv4 in
-/// the first four bytes when `v4`).
+/// Whether `v6` (IPv4 as ::ffff:a.b.c.d, network byte order) reaches the caller's own network
+/// stack: 127.0.0.0/8, ::1, the unspecified addresses (a connect to 0.0.0.0 or :: goes to the
+/// local host), and the pod's own addresses, which the daemon lists per container.
 #[inline(always)]
-pub fn is_loopback(addr: &[u8; 16], v4: bool) -> bool {
-    if v4 {
-        return addr[0] == 127;
+pub fn is_local(cgroup_id: u64, v6: &[u8; 16]) -> bool {
+    let zero10 = v6[..10].iter().all(|b| *b == 0);
+    let mapped = zero10 && v6[10] == 0xff && v6[11] == 0xff;
+    let zero15 = zero10 && v6[10..15].iter().all(|b| *b == 0);
+    let v4_local = mapped && (v6[12] == 127 || v6[12..].iter().all(|b| *b == 0));
+    if v4_local || (zero15 && (v6[15] == 1 || v6[15] == 0)) {
+        return true;
     }
-    let mapped = addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
-    (mapped && addr[12] == 127) || (addr[..15].iter().all(|b| *b == 0) && addr[15] == 1)
+    // SAFETY: read-only lookup in our own map.
+    unsafe { LOCAL_ADDRS.get(&CgroupAddr { cgroup_id, addr: *v6 }) }.is_some()
 }
 
-/// Whether a connect or send from `cgroup_id` to `addr:port` is denied.
+/// Whether a connect or send from `cgroup_id` to `addr:port` is denied (`addr` as the hook
+/// gives it: IPv4 in the first four bytes when `v4`).
 #[inline(always)]
 pub fn deny_destination(cgroup_id: u64, addr: &[u8; 16], v4: bool, port: u16) -> bool {
     let f = flags(cgroup_id);
     if f == 0 {
-        return false;
-    }
-    if is_loopback(addr, v4) {
-        return f & enforce::LOOPBACK != 0 && !port_allowed(&CONNECT_ALLOW, cgroup_id, port);
-    }
-    if f & enforce::EGRESS == 0 {
         return false;
     }
     let mut v6 = [0u8; 16];
@@ -66,7 +70,13 @@ pub fn deny_destination(cgroup_id: u64, addr: &[u8; 16], v4: bool, port: u16) ->
     } else {
         v6 = *addr;
     }
-    let key = Key::new(64 + 128, EgressKey { cgroup_id, addr: v6 });
+    if is_local(cgroup_id, &v6) {
+        return f & enforce::LOOPBACK != 0 && !port_allowed(&CONNECT_ALLOW, cgroup_id, port);
+    }
+    if f & enforce::EGRESS == 0 {
+        return false;
+    }
+    let key = Key::new(64 + 128, CgroupAddr { cgroup_id, addr: v6 });
     EGRESS_ALLOW.get(&key).is_none()
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 /// How long a namespace's address list is trusted before it is read again.
-const ADDRS_TTL: Duration = Duration::from_secs(5);
+pub const ADDRS_TTL: Duration = Duration::from_secs(5);
 const MAX_NETNS: usize = 16_384;
 
 #[derive(Default)]
@@ -55,7 +55,7 @@ impl NetnsIndex {
 }
 
 /// The addresses of the namespace `pid` is in, from its /proc view.
-fn local_addrs(pid: u32) -> Vec<IpAddr> {
+pub fn local_addrs(pid: u32) -> Vec<IpAddr> {
     let mut out =
         parse_fib_trie_local(&fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default());
     out.extend(parse_if_inet6(&fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default()));

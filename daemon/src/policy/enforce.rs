@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use sidewall_common::{EgressKey, PortKey, enforce};
+use sidewall_common::{CgroupAddr, PortKey, enforce};
 
 use super::model::{Action, ContainerRule, Mode, Permission};
 
@@ -23,6 +23,9 @@ pub struct Compiled {
     pub connect: Vec<u16>,
     pub bind: Vec<u16>,
     pub egress: Vec<(u32, [u8; 16])>,
+    /// The pod's own addresses (IPv4 as ::ffff:a.b.c.d), which loopback rules cover too;
+    /// set only with `LOOPBACK`.
+    pub local: Vec<[u8; 16]>,
 }
 
 impl Compiled {
@@ -31,17 +34,22 @@ impl Compiled {
     /// exist when the maps change.
     pub fn denies(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
-        if ip.is_loopback() {
+        let addr = v6_bytes(ip);
+        if ip.is_loopback() || ip.is_unspecified() || self.local.contains(&addr) {
             return self.flags & enforce::LOOPBACK != 0 && !self.connect.contains(&port);
         }
         if self.flags & enforce::EGRESS == 0 {
             return false;
         }
-        let addr = match ip {
-            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            IpAddr::V6(a) => a.octets(),
-        };
         !self.egress.iter().any(|(len, prefix)| prefix_matches(*len - 64, prefix, &addr))
+    }
+}
+
+/// An address as the kernel's maps hold it: IPv4 as ::ffff:a.b.c.d.
+pub fn v6_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
     }
 }
 
@@ -99,7 +107,8 @@ pub struct Enforcer {
     flags: BpfHashMap<MapData, u64, u32>,
     connect: BpfHashMap<MapData, PortKey, u8>,
     bind: BpfHashMap<MapData, PortKey, u8>,
-    egress: LpmTrie<MapData, EgressKey, u8>,
+    egress: LpmTrie<MapData, CgroupAddr, u8>,
+    local: BpfHashMap<MapData, CgroupAddr, u8>,
     armed: BpfHashMap<MapData, u32, u8>,
     applied: HashMap<u64, Compiled>,
     pub known: HashSet<u64>,
@@ -114,6 +123,7 @@ impl Enforcer {
             connect: BpfHashMap::try_from(map("CONNECT_ALLOW")?)?,
             bind: BpfHashMap::try_from(map("BIND_ALLOW")?)?,
             egress: LpmTrie::try_from(map("EGRESS_ALLOW")?)?,
+            local: BpfHashMap::try_from(map("LOCAL_ADDRS")?)?,
             armed: BpfHashMap::try_from(map("ARMED")?)?,
             applied: HashMap::new(),
             known: HashSet::new(),
@@ -136,7 +146,10 @@ impl Enforcer {
             let _ = self.bind.insert(key(*p), 1, 0);
         }
         for (len, addr) in &c.egress {
-            let _ = self.egress.insert(&Key::new(*len, EgressKey { cgroup_id: cgroup, addr: *addr }), 1, 0);
+            let _ = self.egress.insert(&Key::new(*len, CgroupAddr { cgroup_id: cgroup, addr: *addr }), 1, 0);
+        }
+        for addr in &c.local {
+            let _ = self.local.insert(CgroupAddr { cgroup_id: cgroup, addr: *addr }, 1, 0);
         }
         // Flags last: the allow lists are in place before enforcement starts.
         if c.flags != 0 {
@@ -173,7 +186,10 @@ impl Enforcer {
             let _ = self.bind.remove(&key(p));
         }
         for (len, addr) in old.egress {
-            let _ = self.egress.remove(&Key::new(len, EgressKey { cgroup_id: cgroup, addr }));
+            let _ = self.egress.remove(&Key::new(len, CgroupAddr { cgroup_id: cgroup, addr }));
+        }
+        for addr in old.local {
+            let _ = self.local.remove(&CgroupAddr { cgroup_id: cgroup, addr });
         }
     }
 }
@@ -229,6 +245,12 @@ mod tests {
         assert!(!denies("10.1.200.3", 443) && !denies("::ffff:10.1.0.1", 443));
         assert!(denies("10.2.0.1", 443) && denies("192.168.1.1", 80));
         assert!(!denies("2001:db8:1::1", 443) && denies("2001:db9::1", 443));
+        // The unspecified addresses and the pod's own reach the pod: loopback rules apply.
+        assert!(denies("0.0.0.0", 9090) && denies("::", 9090) && denies("::ffff:0.0.0.0", 9090));
+        assert!(!denies("0.0.0.0", 8080));
+        let pod_ip = Compiled { local: vec![v6_bytes("10.88.0.7".parse().expect("ip"))], ..c.clone() };
+        assert!(pod_ip.denies("10.88.0.7".parse().expect("ip"), 9090));
+        assert!(!pod_ip.denies("10.88.0.7".parse().expect("ip"), 8080), "loopback list, not egress");
         // Nothing compiled (monitor mode, or no rule): nothing is denied.
         assert!(!Compiled::default().denies("127.0.0.1".parse().expect("ip"), 1));
     }
