@@ -125,6 +125,12 @@ async fn loopback_and_bind_rules_are_enforced_in_the_kernel() {
         assert_eq!(text, "error EPERM: connect", "{target}");
     }
 
+    // TCP Fast Open connects from sendto(): the same hook, the same refusal.
+    let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "fastopen-tcp", "127.0.0.1", "9090", "x"]);
+    assert_eq!(text, "error EPERM: sendto", "fast open");
+    let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "fastopen-tcp", "127.0.0.1", "8080", "x"]);
+    assert_eq!(text, "ok pong x", "fast open to the allowed port");
+
     // Binding a port it may not own.
     let (text, _) = out(&pod, "intrudera", &["/bin/swtool", "bind-tcp", "0.0.0.0", "8081"]);
     assert_eq!(text, "error EPERM: bind");

@@ -6,6 +6,8 @@
  *   swtool serve-tcp ADDR PORT [LINGER_MS]  accept forever; reply "pong" + what was read,
  *                                        then wait LINGER_MS before closing
  *   swtool connect-tcp ADDR PORT [DATA]  connect, send DATA, read the reply
+ *   swtool fastopen-tcp ADDR PORT DATA   connect with TCP Fast Open (sendto MSG_FASTOPEN),
+ *                                        read the reply
  *   swtool hold-tcp ADDR PORT SECONDS    connect and keep the connection open, sending
  *                                        one byte a second; reports when it breaks
  *   swtool bind-tcp ADDR PORT [SECONDS]  bind and listen, then sleep (squat a port)
@@ -95,6 +97,21 @@ static int connect_tcp(const char *ip, const char *port, const char *data) {
     if (!len || s < 0) return fail("socket");
     if (connect(s, (struct sockaddr *)&ss, len) < 0) return fail("connect");
     if (data && write(s, data, strlen(data)) < 0) return fail("write");
+    shutdown(s, SHUT_WR);
+    char buf[600];
+    ssize_t n = read(s, buf, sizeof(buf) - 1);
+    buf[n > 0 ? n : 0] = 0;
+    printf("ok %s\n", buf);
+    close(s);
+    return 0;
+}
+
+static int fastopen_tcp(const char *ip, const char *port, const char *data) {
+    struct sockaddr_storage ss;
+    socklen_t len = parse(ip, port, &ss);
+    int s = sock_for(&ss, SOCK_STREAM);
+    if (!len || s < 0) return fail("socket");
+    if (sendto(s, data, strlen(data), MSG_FASTOPEN, (struct sockaddr *)&ss, len) < 0) return fail("sendto");
     shutdown(s, SHUT_WR);
     char buf[600];
     ssize_t n = read(s, buf, sizeof(buf) - 1);
@@ -224,6 +241,7 @@ int main(int argc, char **argv) {
     const char *a = argc > 2 ? argv[2] : "", *b = argc > 3 ? argv[3] : "", *c = argc > 4 ? argv[4] : NULL;
     if (!strcmp(cmd, "serve-tcp")) return serve_tcp(a, b, c);
     if (!strcmp(cmd, "connect-tcp")) return connect_tcp(a, b, c);
+    if (!strcmp(cmd, "fastopen-tcp")) return fastopen_tcp(a, b, c ? c : "x");
     if (!strcmp(cmd, "hold-tcp")) return hold_tcp(a, b, c ? c : "60");
     if (!strcmp(cmd, "bind-tcp")) return bind_tcp(a, b, c);
     if (!strcmp(cmd, "serve-udp")) return serve_udp(a, b);
@@ -233,7 +251,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "clone-userns")) return clone_userns();
     if (!strcmp(cmd, "ptrace-attach")) return ptrace_attach(a);
     if (!strcmp(cmd, "vm-read")) return vm_read(a, b);
-    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix|"
+    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix|"
                     "setns-pidfd|clone-userns|ptrace-attach|vm-read ...\n");
     return 2;
 }
