@@ -137,6 +137,19 @@ impl Isolation {
         if !in_container || ns.mnt == 0 || host_mnt == Some(ns.mnt) || self.baselines.contains_key(&cgroup) {
             return;
         }
+        // runc init enters the cgroup with the mounts of the runtime that started it, which
+        // need not be pid 1's (a runtime in a mount namespace of its own, or pid 1 unreadable
+        // and this daemon's own mounts taken for the host's): that is the runtime, not the
+        // container.
+        let runtime_mounts = entry
+            .parent
+            .as_ref()
+            .filter(|p| p.process.cgroup_id != cgroup)
+            .and_then(|p| p.process.namespaces.as_ref())
+            .is_some_and(|p| p.mnt == ns.mnt);
+        if runtime_mounts {
+            return;
+        }
         if self.baselines.len() >= MAX_BASELINES {
             self.baselines.clear();
             self.owners.clear();
@@ -303,6 +316,25 @@ mod tests {
 
     fn entry(cache: &mut ProcessCache, pid: u32, ppid: u32, cgroup: u64) -> Arc<ProcEntry> {
         cache.lookup(&Header { pid, ppid, cgroup_id: cgroup, ..Default::default() })
+    }
+
+    #[test]
+    fn runc_init_with_the_runtimes_mounts_is_no_baseline() {
+        let mut c = ProcessCache::new("n", Clock::new(), std::time::Duration::from_secs(1));
+        let mut iso = Isolation::default();
+        // The host as this daemon sees it (pid 1 unreadable: its own, private mounts).
+        iso.set_host(entry(&mut c, 1, 0, 1), ns(100));
+        // The runtime, on the host, in mounts that are not the daemon's.
+        let runtime = c.lookup(&Header { pid: 50, ppid: 1, cgroup_id: 1, ns: ns(500), ..Default::default() });
+        // runc init execs in the container's cgroup, still with the runtime's mounts.
+        let init = c.lookup(&Header { pid: 51, ppid: 50, cgroup_id: 40, ns: ns(500), ..Default::default() });
+        assert!(Arc::ptr_eq(init.parent.as_ref().expect("parent"), &runtime));
+        iso.observe(&init, &ns(500), true);
+        // The container's first process, in the namespaces runc built.
+        let shell = c.lookup(&Header { pid: 52, ppid: 51, cgroup_id: 40, ns: ns(300), ..Default::default() });
+        iso.observe(&shell, &ns(300), true);
+        assert!(iso.is_home(52), "the container's process is at home");
+        assert!(!iso.is_home(51), "runc init is not");
     }
 
     #[test]
