@@ -564,7 +564,7 @@ async fn dashboards_and_alert_rules_work_on_a_real_prometheus() {
     out(&pod, "obsapp", &["/bin/swtool", "connect-tcp", "192.0.2.20", "80"]);
 
     // Event loss: bursts of execs until the stalled subscriber has lost some.
-    let lost = "sidewall_events_lost{stage=\"subscriber_queue\"}";
+    let lost = "sidewall_events_lost_total{stage=\"subscriber_queue\"}";
     for burst in 0..8 {
         if scraped(&metrics_addr, lost) > 0.0 {
             break;

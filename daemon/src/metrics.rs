@@ -107,12 +107,12 @@ pub struct Metrics {
     registry: Registry,
     events: Family<WorkloadLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
-    lost: Family<StageLabels, Gauge>,
+    lost: Family<StageLabels, Counter>,
     sensors: Family<SensorLabels, Gauge>,
     policies: Family<ModeLabels, Gauge>,
     exporters: Family<ExporterLabels, Gauge>,
-    flow_connections: Family<FlowLabels, Gauge>,
-    flow_bytes: Family<FlowBytesLabels, Gauge>,
+    flow_connections: Family<FlowLabels, Counter>,
+    flow_bytes: Family<FlowBytesLabels, Counter>,
     process_cache: Gauge,
     subscribers: Gauge,
     filter: LabelFilter,
@@ -209,7 +209,7 @@ impl Metrics {
     fn refresh(&self, status: &StatusSource, hub: &Hub, flows: &Mutex<FlowGraph>, policies: &PolicyStore) {
         let snap = status.snapshot(hub.subscriber_count());
         for (stage, n) in &snap.lost_by_stage {
-            self.lost.get_or_create(&StageLabels { stage: stage.clone() }).set(*n as i64);
+            set_total(&self.lost.get_or_create(&StageLabels { stage: stage.clone() }), *n);
         }
         for s in &snap.sensors {
             for state in ["attached", "skipped", "failed"] {
@@ -235,9 +235,19 @@ impl Metrics {
 
     fn update_flows(&self, flows: &Mutex<FlowGraph>) {
         let pods = flows.lock().unwrap_or_else(|e| e.into_inner()).snapshot(|_| true);
-        // Pods come and go: only what the graph holds now is exported.
+        // Pods come and go: only what the graph holds now is exported. Past `max_series`
+        // edges, the rest are summed under "other", like the workload labels.
         self.flow_connections.clear();
         self.flow_bytes.clear();
+        let mut edges = 0;
+        let other = FlowLabels {
+            namespace: OTHER.into(),
+            pod: OTHER.into(),
+            source: OTHER.into(),
+            destination: OTHER.into(),
+            port: OTHER.into(),
+            protocol: OTHER.into(),
+        };
         for p in pods {
             let (namespace, pod) = p
                 .pod
@@ -249,6 +259,15 @@ impl Metrics {
                         if c.name.is_empty() { c.role.clone() } else { c.name.clone() }
                     })
                 };
+                edges += 1;
+                if edges > self.max_series {
+                    self.flow_connections.get_or_create(&other).inc_by(e.connections);
+                    for (direction, n) in [("sent", e.bytes_sent), ("received", e.bytes_received)] {
+                        let l = FlowBytesLabels { flow: other.clone(), direction: direction.into() };
+                        self.flow_bytes.get_or_create(&l).inc_by(n);
+                    }
+                    continue;
+                }
                 let base = FlowLabels {
                     namespace: namespace.clone(),
                     pod: pod.clone(),
@@ -257,14 +276,19 @@ impl Metrics {
                     port: e.port.to_string(),
                     protocol: e.protocol.clone(),
                 };
-                self.flow_connections.get_or_create(&base).set(e.connections as i64);
+                set_total(&self.flow_connections.get_or_create(&base), e.connections);
                 for (direction, n) in [("sent", e.bytes_sent), ("received", e.bytes_received)] {
                     let l = FlowBytesLabels { flow: base.clone(), direction: direction.into() };
-                    self.flow_bytes.get_or_create(&l).set(n as i64);
+                    set_total(&self.flow_bytes.get_or_create(&l), n);
                 }
             }
         }
     }
+}
+
+/// Sets a counter to a total kept elsewhere (the stats, the flow graph), which only grows.
+fn set_total(c: &Counter, total: u64) {
+    c.inner().store(total, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The metrics and the daemon state their gauges are read from: what /metrics and the OTLP
@@ -357,5 +381,39 @@ mod tests {
         encode(&mut out, &m.registry).expect("encode");
         assert!(out.contains(r#"namespace="a",pod="",container=""} 1"#), "{out}");
         assert!(LabelFilter::parse(&["node".into()]).is_err());
+    }
+
+    #[test]
+    fn flows_are_counters_bounded_like_the_workloads() {
+        use crate::net::flows::{Endpoint, Flow};
+        let pod = pb::Pod { name: "web".into(), namespace: "shop".into(), ..Default::default() };
+        let c = |name: &str| pb::Container { id: name.into(), name: name.into(), ..Default::default() };
+        let (app, proxy) = (c("app"), c("proxy"));
+        let mut g = FlowGraph::default();
+        for port in [8080, 8081, 8082] {
+            let f = Flow {
+                netns_cookie: 1,
+                netns: 1,
+                protocol: "tcp",
+                source: Endpoint { pod: Some(&pod), container: Some(&proxy) },
+                destination: Endpoint { pod: Some(&pod), container: Some(&app) },
+                port,
+            };
+            g.record(&f, 2, (10, 20), sidewall_proto::Timestamp { seconds: 1, nanos: 0 });
+        }
+        let all = LabelFilter::parse(&["namespace".into(), "pod".into(), "container".into()]).expect("valid");
+        let m = Metrics::new(all, 2);
+        m.update_flows(&Mutex::new(g));
+        let mut out = String::new();
+        encode(&mut out, &m.registry).expect("encode");
+        assert!(out.contains("# TYPE sidewall_flow_connections counter"), "{out}");
+        assert!(
+            out.contains(r#"sidewall_flow_connections_total{namespace="shop",pod="web",source="proxy",destination="app",port="8080",protocol="tcp"} 2"#),
+            "{out}"
+        );
+        // The third edge is past the bound of 2: summed under "other".
+        assert!(!out.contains(r#"port="8082""#), "{out}");
+        assert!(out.contains(r#"port="other",protocol="other"} 2"#), "{out}");
+        assert!(out.contains(r#"port="other",protocol="other",direction="received"} 20"#), "{out}");
     }
 }
