@@ -30,22 +30,25 @@ pub fn containers_conf() -> &'static Path {
     &env().0
 }
 
-/// A private containers.conf (runc, cgroupfs, ulimits this shell may set) and the image.
+/// A containers.conf of the tests' own (runc, cgroupfs, ulimits this shell may set), shared by
+/// every test process (same content, written atomically), and the image.
 fn env() -> &'static (PathBuf, String) {
     ENV.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sidewall-podman-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("sidewall-podman");
         fs::create_dir_all(&dir).expect("podman config dir");
-        let conf = dir.join("containers.conf");
         let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
-        fs::write(
-            &conf,
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
-                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
-            ),
-        )
-        .expect("write containers.conf");
-        let image = ensure_image(&conf, &dir);
+        let text = format!(
+            "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
+        );
+        let conf = dir.join(format!("containers-{nofile}-{nproc}.conf"));
+        if fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
+            let fresh = dir.join(format!("containers.conf.{}", std::process::id()));
+            fs::write(&fresh, &text).expect("write containers.conf");
+            fs::rename(&fresh, &conf).expect("install containers.conf");
+        }
+        let build = tempfile::tempdir().expect("image build dir");
+        let image = ensure_image(&conf, build.path());
         (conf, image)
     })
 }
