@@ -407,6 +407,27 @@ async fn egress_and_runtime_sockets_are_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_socket_connect_is_killed_in_the_kernel() {
+    let rules = "    - name: intruderk\n      runtimeSockets: deny\n      action: kill\n";
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "sensor_set = \"strict\"").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("k");
+    // From a shell the daemon has seen inside its container (and so armed, with its children).
+    let attack = "sleep 1; exec /bin/swtool connect-unix /run/containerd/containerd.sock";
+    let (text, code) = out(&pod, "intruderk", &["/bin/sh", "-c", attack]);
+    assert_eq!(code, Some(137), "SIGKILL before the connect returns, not {text:?}");
+    let a = alert(&mut events, "the runtime socket alert", "runtime-socket").await;
+    assert_eq!((a.action.as_str(), a.severity.as_str()), ("killed", "critical"));
+    // Any other unix socket is none of the rule's business.
+    let (text, code) =
+        out(&pod, "intruderk", &["/bin/sh", "-c", "sleep 1; exec /bin/swtool connect-unix /run/other.sock"]);
+    assert_eq!((text.as_str(), code), ("error ENOENT: connect", Some(1)));
+    // A neighbour without the rule reaches the same path unharmed (nothing listens there).
+    let (text, code) = out(&pod, "webk", &["/bin/swtool", "connect-unix", "/run/containerd/containerd.sock"]);
+    assert_eq!((text.as_str(), code), ("error ENOENT: connect", Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rerouting_traffic_into_the_loopback_is_refused() {
     let rules = "    - name: intruderf\n      loopbackRouting: deny\n      action: block\n";
     let (mut d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;

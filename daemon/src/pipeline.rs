@@ -198,7 +198,11 @@ impl Pipeline {
 
     fn alert(&self, ev: &pb::GetEventsResponse, v: &detect::Violation) -> pb::PolicyAlert {
         let (denied, killable, peer, socket) = match &ev.event {
-            Some(Event::ProcessConnect(c)) => (c.result == "denied", false, c.peer.clone(), c.socket.clone()),
+            // A unix connect cannot be refused, but its caller can be killed (runtime sockets).
+            Some(Event::ProcessConnect(c)) => {
+                let unix = c.socket.as_ref().is_some_and(|s| s.protocol == "unix");
+                (c.result == "denied", unix, c.peer.clone(), c.socket.clone())
+            }
             Some(Event::ProcessDatagram(d)) => {
                 (d.result == "denied", false, d.peer.clone(), d.socket.clone())
             }

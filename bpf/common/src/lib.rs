@@ -230,6 +230,8 @@ pub mod enforce {
     pub const KILL_NAMESPACE: u32 = 1 << 3;
     /// Writes to loopback-routing sysctls fail with EPERM.
     pub const SYSCTL: u32 = 1 << 4;
+    /// A connect to a container runtime's unix socket kills the caller (strict set).
+    pub const KILL_RUNTIME_SOCKET: u32 = 1 << 5;
 }
 
 /// Key of `CONNECT_ALLOW` and `BIND_ALLOW`: a cgroup and a port.

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
 };
-use sidewall_common::{CgroupAddr, PortKey, enforce};
+use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, enforce};
 
 #[map]
 pub static ENFORCE: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
@@ -19,6 +19,10 @@ pub static BIND_ALLOW: HashMap<PortKey, u8> = HashMap::with_max_entries(262144, 
 /// and joins the container's namespaces from inside its cgroup) is never hit.
 #[map]
 pub static ARMED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+/// The unix socket paths of container runtimes (zero-padded), filled by the daemon.
+#[map]
+pub static RUNTIME_SOCKETS: HashMap<[u8; UNIX_PATH_MAX], u8> = HashMap::with_max_entries(64, 0);
+
 /// The pod's own addresses (besides loopback) per enforced container, as ::ffff:a.b.c.d or
 /// IPv6: traffic to them stays in the pod, and loopback rules apply to it.
 #[map]
@@ -89,6 +93,16 @@ pub fn deny_bind(cgroup_id: u64, port: u16) -> bool {
 pub fn kill_namespace_change(cgroup_id: u64, tgid: u32) -> bool {
     // SAFETY: read-only lookup in our own map.
     flags(cgroup_id) & enforce::KILL_NAMESPACE != 0 && unsafe { ARMED.get(&tgid) }.is_some()
+}
+
+/// Whether a unix connect to `path` (zero-padded) kills the caller: a runtime's socket, from
+/// a container whose rule kills for it, by a process seen inside its container.
+#[inline(always)]
+pub fn kill_runtime_socket(cgroup_id: u64, tgid: u32, path: &[u8; UNIX_PATH_MAX]) -> bool {
+    flags(cgroup_id) & enforce::KILL_RUNTIME_SOCKET != 0
+        // SAFETY: read-only lookups in our own maps.
+        && unsafe { ARMED.get(&tgid) }.is_some()
+        && unsafe { RUNTIME_SOCKETS.get(path) }.is_some()
 }
 
 /// A child of an armed process is armed from its first instruction.

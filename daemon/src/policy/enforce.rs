@@ -12,9 +12,12 @@ use aya::{
     maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use sidewall_common::{CgroupAddr, PortKey, enforce};
+use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, enforce};
 
-use super::model::{Action, ContainerRule, Mode, Permission};
+use super::{
+    detect,
+    model::{Action, ContainerRule, Mode, Permission},
+};
 
 /// What one cgroup got, so it can be withdrawn exactly.
 #[derive(Default, Clone, PartialEq, Eq, Debug)]
@@ -92,6 +95,9 @@ pub fn compile(mode: Mode, rule: &ContainerRule) -> Compiled {
     if rule.action == Action::Kill && rule.namespace_changes == Permission::Deny {
         c.flags |= enforce::KILL_NAMESPACE;
     }
+    if rule.action == Action::Kill && rule.runtime_sockets == Permission::Deny {
+        c.flags |= enforce::KILL_RUNTIME_SOCKET;
+    }
     c
 }
 
@@ -118,6 +124,13 @@ impl Enforcer {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+        let mut sockets: BpfHashMap<MapData, [u8; UNIX_PATH_MAX], u8> =
+            BpfHashMap::try_from(map("RUNTIME_SOCKETS")?)?;
+        for path in detect::RUNTIME_SOCKETS {
+            let mut key = [0u8; UNIX_PATH_MAX];
+            key[..path.len()].copy_from_slice(path.as_bytes());
+            sockets.insert(key, 1, 0).with_context(|| format!("listing runtime socket {path}"))?;
+        }
         Ok(Self {
             flags: BpfHashMap::try_from(map("ENFORCE")?)?,
             connect: BpfHashMap::try_from(map("CONNECT_ALLOW")?)?,
@@ -209,12 +222,20 @@ mod tests {
             }),
             egress: Some(vec![EgressRule { cidr: "10.0.0.0/8".parse().expect("net"), ports: vec![] }]),
             namespace_changes: Permission::Deny,
+            runtime_sockets: Permission::Deny,
             action: Action::Kill,
             ..Default::default()
         };
         assert_eq!(compile(Mode::Monitor, &rule), Compiled::default());
         let c = compile(Mode::Enforce, &rule);
-        assert_eq!(c.flags, enforce::LOOPBACK | enforce::BIND | enforce::EGRESS | enforce::KILL_NAMESPACE);
+        assert_eq!(
+            c.flags,
+            enforce::LOOPBACK
+                | enforce::BIND
+                | enforce::EGRESS
+                | enforce::KILL_NAMESPACE
+                | enforce::KILL_RUNTIME_SOCKET
+        );
         assert_eq!((c.connect.as_slice(), c.bind.as_slice()), (&[8080, 8081][..], &[15001][..]));
         let (len, addr) = c.egress[0];
         assert_eq!(len, 64 + 96 + 8);
