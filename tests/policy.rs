@@ -354,6 +354,10 @@ async fn a_namespace_change_is_killed_in_the_kernel() {
         (a.action.as_str(), a.severity.as_str(), a.mitre_technique.as_str()),
         ("killed", "critical", "T1611")
     );
+    // Exec'd straight into the container (no shell the daemon saw first): the kernel arms it
+    // at its exec into the container's mounts, before the daemon hears of it.
+    let (text, code) = out(&pod, "intruderc", &["/bin/swtool", "clone-userns"]);
+    assert_eq!(code, Some(137), "SIGKILL at once, not {text:?}");
     // The neighbour, not covered by the rule, does the same unharmed.
     let (text, code) = out(&pod, "webc", &["/bin/swtool", "clone-userns"]);
     assert_eq!(code, Some(0), "{text}");

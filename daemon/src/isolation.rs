@@ -131,11 +131,12 @@ impl Isolation {
     /// Learns a container's baseline from the first process seen in its cgroup with a mount
     /// namespace of its own. (The runtime's `runc init` runs in the container's cgroup with the
     /// host's namespaces before it builds the container's; it is not the container.)
-    pub fn observe(&mut self, entry: &Arc<ProcEntry>, ns: &Namespaces, in_container: bool) {
+    /// Returns whether this set the container's baseline.
+    pub fn observe(&mut self, entry: &Arc<ProcEntry>, ns: &Namespaces, in_container: bool) -> bool {
         let cgroup = entry.process.cgroup_id;
         let host_mnt = self.host.as_ref().map(|h| h.ns.mnt);
         if !in_container || ns.mnt == 0 || host_mnt == Some(ns.mnt) || self.baselines.contains_key(&cgroup) {
-            return;
+            return false;
         }
         // runc init enters the cgroup with the mounts of the runtime that started it, which
         // need not be pid 1's (a runtime in a mount namespace of its own, or pid 1 unreadable
@@ -148,7 +149,7 @@ impl Isolation {
             .and_then(|p| p.process.namespaces.as_ref())
             .is_some_and(|p| p.mnt == ns.mnt);
         if runtime_mounts {
-            return;
+            return false;
         }
         if self.baselines.len() >= MAX_BASELINES {
             self.baselines.clear();
@@ -164,6 +165,7 @@ impl Isolation {
         }
         self.baselines.insert(cgroup, Baseline { ns: *ns, first: entry.clone() });
         self.home.insert(entry.process.pid);
+        true
     }
 
     /// A container process in namespaces that are not its container's, reported once. Only a

@@ -102,7 +102,10 @@ impl Pipeline {
         for entry in self.cache.by_start() {
             if let Some(ns) = entry.process.namespaces.as_ref().filter(|n| n.mnt != 0) {
                 let in_container = self.in_container(&entry);
-                self.iso.observe(&entry, &to_abi(ns), in_container);
+                let ns = to_abi(ns);
+                if self.iso.observe(&entry, &ns, in_container) {
+                    self.set_home(entry.process.cgroup_id, ns.mnt);
+                }
             }
         }
     }
@@ -491,8 +494,8 @@ impl Pipeline {
             self.enforce_cgroup(entry.process.cgroup_id);
             self.cut_forbidden();
         }
-        if learn {
-            self.iso.observe(entry, &hdr.ns, in_container);
+        if learn && self.iso.observe(entry, &hdr.ns, in_container) {
+            self.set_home(entry.process.cgroup_id, hdr.ns.mnt);
         }
         let drift = self.iso.drift(entry, &hdr.ns, in_container);
         if self.iso.is_home(entry.process.pid)
@@ -503,6 +506,12 @@ impl Pipeline {
         if let Some(ie) = drift {
             let ev = self.iso_event(ie);
             self.publish(ev, hdr.ktime);
+        }
+    }
+
+    fn set_home(&mut self, cgroup: u64, mnt: u32) {
+        if let Some(e) = self.enforcer.as_mut() {
+            e.set_home(cgroup, mnt);
         }
     }
 

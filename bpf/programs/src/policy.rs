@@ -105,6 +105,20 @@ pub fn kill_runtime_socket(cgroup_id: u64, tgid: u32, path: &[u8; UNIX_PATH_MAX]
         && unsafe { RUNTIME_SOCKETS.get(path) }.is_some()
 }
 
+/// The mount namespace each container's processes live in, as the daemon learned it (the
+/// container's baseline): an exec into it arms the process at once, before the daemon has
+/// seen the exec (`podman exec`/`kubectl exec` of an attack, say).
+#[map]
+pub static HOME_MNT: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+#[inline(always)]
+pub fn arm_at_home(cgroup_id: u64, tgid: u32, mnt: u32) {
+    // SAFETY: read-only lookup in our own map.
+    if mnt != 0 && unsafe { HOME_MNT.get(&cgroup_id) }.is_some_and(|m| *m == mnt) {
+        let _ = ARMED.insert(&tgid, &1, 0);
+    }
+}
+
 /// A child of an armed process is armed from its first instruction.
 #[inline(always)]
 pub fn inherit_armed(parent: u32, child: u32) {

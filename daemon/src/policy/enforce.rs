@@ -115,6 +115,7 @@ pub struct Enforcer {
     bind: BpfHashMap<MapData, PortKey, u8>,
     egress: LpmTrie<MapData, CgroupAddr, u8>,
     local: BpfHashMap<MapData, CgroupAddr, u8>,
+    home_mnt: BpfHashMap<MapData, u64, u32>,
     armed: BpfHashMap<MapData, u32, u8>,
     applied: HashMap<u64, Compiled>,
     pub known: HashSet<u64>,
@@ -137,6 +138,7 @@ impl Enforcer {
             bind: BpfHashMap::try_from(map("BIND_ALLOW")?)?,
             egress: LpmTrie::try_from(map("EGRESS_ALLOW")?)?,
             local: BpfHashMap::try_from(map("LOCAL_ADDRS")?)?,
+            home_mnt: BpfHashMap::try_from(map("HOME_MNT")?)?,
             armed: BpfHashMap::try_from(map("ARMED")?)?,
             applied: HashMap::new(),
             known: HashSet::new(),
@@ -180,6 +182,12 @@ impl Enforcer {
     pub fn forget(&mut self, cgroup: u64) {
         self.withdraw(cgroup);
         self.known.remove(&cgroup);
+        let _ = self.home_mnt.remove(&cgroup);
+    }
+
+    /// The container's own mount namespace: the kernel arms a process that execs in it.
+    pub fn set_home(&mut self, cgroup: u64, mnt: u32) {
+        let _ = self.home_mnt.insert(cgroup, mnt, 0);
     }
 
     /// A process seen inside its container: it may be killed for namespace changes.

@@ -29,6 +29,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     fill_current(&mut ev.hdr, kind::EXEC, task);
+    crate::policy::arm_at_home(ev.hdr.cgroup_id, ev.hdr.pid, ev.hdr.ns.mnt);
     ev._pad = 0;
 
     ev.filename_len = 0;
