@@ -182,21 +182,8 @@ impl Pipeline {
                 unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
             }
             tracing::info!(rule = v.rule_id, action = %alert.action, policy = %v.policy, "{}", v.message);
-            self.publish_alert(alert, ktime);
+            self.publish(Event::PolicyAlert(alert), ktime);
         }
-    }
-
-    fn publish_alert(&mut self, alert: pb::PolicyAlert, ktime: u64) {
-        let wrapped = Arc::new(pb::GetEventsResponse {
-            event: Some(Event::PolicyAlert(alert)),
-            node_name: self.node_name.clone(),
-            time: Some(self.clock.timestamp(ktime)),
-        });
-        self.stats.count_event(event::kind(&wrapped));
-        if let Some(m) = &self.metrics {
-            m.observe(&wrapped);
-        }
-        self.hub.publish(&wrapped);
     }
 
     fn alert(&self, ev: &pb::GetEventsResponse, v: &detect::Violation) -> pb::PolicyAlert {
@@ -303,7 +290,7 @@ impl Pipeline {
         let cuts = cut::sweep(&self.identity, &cgroups, |c| e.applied(c));
         for c in cuts {
             if let Some(alert) = self.cut_alert(&c) {
-                self.publish_alert(alert, Clock::boot_ns());
+                self.publish(Event::PolicyAlert(alert), Clock::boot_ns());
             }
         }
     }

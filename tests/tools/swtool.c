@@ -90,13 +90,8 @@ static int serve_tcp(const char *ip, const char *port, const char *linger_ms) {
     }
 }
 
-static int connect_tcp(const char *ip, const char *port, const char *data) {
-    struct sockaddr_storage ss;
-    socklen_t len = parse(ip, port, &ss);
-    int s = sock_for(&ss, SOCK_STREAM);
-    if (!len || s < 0) return fail("socket");
-    if (connect(s, (struct sockaddr *)&ss, len) < 0) return fail("connect");
-    if (data && write(s, data, strlen(data)) < 0) return fail("write");
+/* Ends our side of a connection, prints the reply ("ok REPLY") and closes. */
+static int print_reply(int s) {
     shutdown(s, SHUT_WR);
     char buf[600];
     ssize_t n = read(s, buf, sizeof(buf) - 1);
@@ -106,19 +101,23 @@ static int connect_tcp(const char *ip, const char *port, const char *data) {
     return 0;
 }
 
+static int connect_tcp(const char *ip, const char *port, const char *data) {
+    struct sockaddr_storage ss;
+    socklen_t len = parse(ip, port, &ss);
+    int s = sock_for(&ss, SOCK_STREAM);
+    if (!len || s < 0) return fail("socket");
+    if (connect(s, (struct sockaddr *)&ss, len) < 0) return fail("connect");
+    if (data && write(s, data, strlen(data)) < 0) return fail("write");
+    return print_reply(s);
+}
+
 static int fastopen_tcp(const char *ip, const char *port, const char *data) {
     struct sockaddr_storage ss;
     socklen_t len = parse(ip, port, &ss);
     int s = sock_for(&ss, SOCK_STREAM);
     if (!len || s < 0) return fail("socket");
     if (sendto(s, data, strlen(data), MSG_FASTOPEN, (struct sockaddr *)&ss, len) < 0) return fail("sendto");
-    shutdown(s, SHUT_WR);
-    char buf[600];
-    ssize_t n = read(s, buf, sizeof(buf) - 1);
-    buf[n > 0 ? n : 0] = 0;
-    printf("ok %s\n", buf);
-    close(s);
-    return 0;
+    return print_reply(s);
 }
 
 static int hold_tcp(const char *ip, const char *port, const char *seconds) {

@@ -181,32 +181,22 @@ impl StatusSource {
                 }
             }
         });
-        out.push(match &self.otlp {
-            None => disabled("otlp"),
+        let otlp = |name: &str, exporter: &Option<(String, Arc<otlp::Health>)>, lost: u64| match exporter {
+            None => disabled(name),
             Some((endpoint, h)) => {
                 let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 pb::ExporterStatus {
-                    name: "otlp".into(),
+                    name: name.into(),
                     state: if last_error.is_some() { "failing" } else { "ok" }.into(),
                     detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
                     events: h.sent.load(Relaxed),
-                    lost: self.stats.lost(Stage::Otlp),
+                    lost,
                 }
             }
-        });
-        out.push(match &self.otlp_metrics {
-            None => disabled("otlp_metrics"),
-            Some((endpoint, h)) => {
-                let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                pb::ExporterStatus {
-                    name: "otlp_metrics".into(),
-                    state: if last_error.is_some() { "failing" } else { "ok" }.into(),
-                    detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
-                    events: h.sent.load(Relaxed),
-                    lost: 0,
-                }
-            }
-        });
+        };
+        out.push(otlp("otlp", &self.otlp, self.stats.lost(Stage::Otlp)));
+        // A refused metrics push loses nothing: the next one carries the same totals.
+        out.push(otlp("otlp_metrics", &self.otlp_metrics, 0));
         out.push(match &self.metrics_address {
             None => disabled("prometheus"),
             Some(a) => pb::ExporterStatus {

@@ -99,24 +99,29 @@ async fn send(
     let Some(c) = client.as_mut() else { return Err("no client".into()) };
     let req = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "sidewalld"), kv("host.name", node)],
-                ..Default::default()
-            }),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "sidewall".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                log_records: records,
-                ..Default::default()
-            }],
+            resource: Some(resource(node)),
+            scope_logs: vec![ScopeLogs { scope: Some(scope()), log_records: records, ..Default::default() }],
             ..Default::default()
         }],
     };
     c.export(req).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     Ok(())
+}
+
+/// What every export says it comes from: sidewalld on this node.
+pub(crate) fn resource(node: &str) -> Resource {
+    Resource {
+        attributes: vec![kv("service.name", "sidewalld"), kv("host.name", node)],
+        ..Default::default()
+    }
+}
+
+pub(crate) fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "sidewall".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
 }
 
 pub(crate) fn kv(key: &str, value: &str) -> KeyValue {

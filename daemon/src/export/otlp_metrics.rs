@@ -10,15 +10,13 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
-    common::v1::InstrumentationScope,
     metrics::v1::{
         AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
         metric::Data, number_data_point::Value,
     },
-    resource::v1::Resource,
 };
 
-use super::otlp::{Health, kv};
+use super::otlp::{Health, kv, resource, scope};
 use crate::metrics::{MetricsState, model};
 
 type Client = MetricsServiceClient<tonic::transport::Channel>;
@@ -64,19 +62,8 @@ async fn send(
     let Some(c) = client.as_mut() else { return Err("no client".into()) };
     let req = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "sidewalld"), kv("host.name", node)],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "sidewall".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                metrics,
-                ..Default::default()
-            }],
+            resource: Some(resource(node)),
+            scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
             ..Default::default()
         }],
     };
