@@ -246,3 +246,34 @@ async fn udp_datagrams_and_unix_connects_are_seen() {
         assert_eq!(container_name(c.process.as_ref()), "proxy");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_shows_the_network_namespace_it_was_made_in() {
+    let d = Daemon::start().await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    // A process that moves to a new network namespace without exec'ing again: what the
+    // daemon knows of it from its exec is the old namespace.
+    let script = "import ctypes, os, socket\n\
+                  assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0\n\
+                  print(os.readlink('/proc/self/ns/net'), flush=True)\n\
+                  socket.socket().connect_ex(('127.0.0.1', 9))\n";
+    let child = Command::new("python3").args(["-c", script]).output().expect("python3");
+    let text = String::from_utf8_lossy(&child.stdout);
+    let inode: u32 = text
+        .trim()
+        .strip_prefix("net:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("netns of the child: {text:?} {}", String::from_utf8_lossy(&child.stderr)));
+    let ev = events
+        .find("the connect from the new namespace", WAIT, |e| match &e.event {
+            Some(Event::ProcessConnect(c)) => {
+                remote_port(c.socket.as_ref()) == 9
+                    && c.process.as_ref().is_some_and(|p| p.binary.contains("python"))
+            }
+            _ => false,
+        })
+        .await;
+    let Some(Event::ProcessConnect(c)) = &ev.event else { unreachable!() };
+    assert_eq!(c.socket.as_ref().map(|s| s.netns), Some(inode));
+}

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidewall_common::{Header, SockEvent, fin, sock_op, verdict};
+use sidewall_common::{Header, SockEvent, fin, flags, sock_op, verdict};
 use sidewall_proto::v1 as pb;
 
 use self::{
@@ -215,7 +215,13 @@ impl Net {
 
     /// The socket as events show it, for an owner in the caller's context.
     fn socket(&mut self, e: &SockEvent, owner: &ProcEntry, remote: Option<SocketAddr>) -> pb::Socket {
-        let inode = owner.process.namespaces.as_ref().map_or(0, |n| n.net);
+        // The namespace the kernel saw the call in; the cache holds the one at exec, which a
+        // process that unshared its network namespace since has left.
+        let inode = if e.hdr.flags & flags::NS_UNKNOWN == 0 && e.hdr.ns.net != 0 {
+            e.hdr.ns.net
+        } else {
+            owner.process.namespaces.as_ref().map_or(0, |n| n.net)
+        };
         self.netns.learn(e.netns_cookie, inode);
         let loopback = remote.is_some_and(|r| self.netns.is_local(inode, owner.process.pid, &r.ip()));
         let family_ip = remote.map_or_else(|| ip(e.family, &e.local_addr), |r| r.ip());
