@@ -209,7 +209,8 @@ impl Drop for Held {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn established_flows_that_a_new_policy_forbids_are_cut() {
-    let (d, _dir) = daemon_with_policy(&policy("guard", "monitor", &guard("h")), "").await;
+    // At first no rule covers the pod (the guard is for other names).
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("h-none")), "").await;
     let mut events = d.events(GetEventsRequest::default()).await;
     // web listens and never answers nor closes: only sidewall can end these connections.
     let listen_both =
@@ -222,13 +223,29 @@ async fn established_flows_that_a_new_policy_forbids_are_cut() {
         ],
         &Options::default(),
     );
-    // Opened while the policy only monitors: both stay open.
+    // Opened while no rule covers them.
     let forbidden = Held::open(&pod, "intruderh", "9090");
     let allowed = Held::open(&pod, "intruderh", "8080");
 
+    // A rule in monitor mode: the forbidden flow is reported as what enforce would cut.
+    let doc = policy("guard-h", "monitor", &guard("h"));
+    d.client().await.add_policy(AddPolicyRequest { document: doc }).await.expect("add");
+    let ev = events
+        .find(
+            "would_cut",
+            WAIT,
+            |e| matches!(&e.event, Some(Event::PolicyAlert(a)) if a.action == "would_cut"),
+        )
+        .await;
+    let Some(Event::PolicyAlert(a)) = ev.event else { unreachable!() };
+    assert_eq!((a.mode.as_str(), a.policy.as_str()), ("monitor", "default/guard-h"));
+    assert_eq!(a.socket.as_ref().and_then(|s| s.remote.as_ref()).map(|r| r.port), Some(9090));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(forbidden.lines.try_recv().is_err(), "monitor mode cuts nothing");
+
     d.client()
         .await
-        .set_policy_mode(SetPolicyModeRequest { name: "guard".into(), mode: "enforce".into() })
+        .set_policy_mode(SetPolicyModeRequest { name: "guard-h".into(), mode: "enforce".into() })
         .await
         .expect("mode");
     let ev = events

@@ -26,6 +26,7 @@ use crate::{
         cut::{self, Cut},
         detect,
         enforce::{self, Enforcer},
+        model::Mode,
         parse::Policy,
         store::{self, PolicyStore},
     },
@@ -48,6 +49,10 @@ pub struct Pipeline {
     pub enforcer: Option<Enforcer>,
     /// Cgroups whose connect rules tightened: their established connections are checked.
     tightened: HashSet<u64>,
+    /// What monitor-mode rules would put in the kernel, per cgroup, and the cgroups where that
+    /// tightened: their established connections are reported as `would_cut`.
+    would: HashMap<u64, enforce::Compiled>,
+    would_tighten: HashSet<u64>,
     /// The pod's own addresses per enforced cgroup, and when they were read.
     pod_addrs: HashMap<u64, (Instant, Vec<[u8; 16]>)>,
     pub metrics: Option<Arc<Metrics>>,
@@ -77,6 +82,8 @@ impl Pipeline {
             policy_generation: u64::MAX,
             enforcer: None,
             tightened: HashSet::new(),
+            would: HashMap::new(),
+            would_tighten: HashSet::new(),
             pod_addrs: HashMap::new(),
             metrics: None,
             hub,
@@ -233,25 +240,43 @@ impl Pipeline {
         self.cut_forbidden();
     }
 
-    /// Compiles the rule governing `cgroup`'s container into the kernel's maps.
+    /// Compiles the rule governing `cgroup`'s container into the kernel's maps (and, for a
+    /// monitor-mode rule, what enforce mode would put there).
     pub fn enforce_cgroup(&mut self, cgroup: u64) {
         if self.enforcer.is_none() {
             return;
         }
         let w = self.identity.resolve(cgroup);
         let probe = pb::Process { pod: w.pod.clone(), container: w.container.clone(), ..Default::default() };
-        let mut compiled = detect::rule_for(&self.snapshot, &probe)
-            .map(|(pol, rule)| enforce::compile(pol.spec.mode, rule))
-            .unwrap_or_default();
-        if compiled.flags & enforce_bits::LOOPBACK != 0 {
-            compiled.local = self.pod_addresses(cgroup);
+        let (mut compiled, mut shadow) = match detect::rule_for(&self.snapshot, &probe) {
+            Some((pol, rule)) => (
+                enforce::compile(pol.spec.mode, rule),
+                (pol.spec.mode == Mode::Monitor).then(|| enforce::compile(Mode::Enforce, rule)),
+            ),
+            None => Default::default(),
+        };
+        for c in std::iter::once(&mut compiled).chain(shadow.as_mut()) {
+            if c.flags & enforce_bits::LOOPBACK != 0 {
+                c.local = self.pod_addresses(cgroup);
+            }
         }
-        let limits_destinations = compiled.flags & (enforce_bits::LOOPBACK | enforce_bits::EGRESS) != 0;
         if let Some(e) = self.enforcer.as_mut()
-            && e.apply(cgroup, compiled)
-            && limits_destinations
+            && e.apply(cgroup, compiled.clone())
+            && limits_destinations(&compiled)
         {
             self.tightened.insert(cgroup);
+        }
+        match shadow {
+            Some(c) if self.would.get(&cgroup) != Some(&c) => {
+                if limits_destinations(&c) {
+                    self.would_tighten.insert(cgroup);
+                }
+                self.would.insert(cgroup, c);
+            }
+            Some(_) => {}
+            None => {
+                self.would.remove(&cgroup);
+            }
         }
     }
 
@@ -280,16 +305,28 @@ impl Pipeline {
     }
 
     /// Cuts the established connections that the rules just compiled forbid, and reports each
-    /// as a policy_alert with the action `cut`.
+    /// as a policy_alert with the action `cut`; reports those monitor-mode rules would cut as
+    /// `would_cut`, and leaves them be.
     fn cut_forbidden(&mut self) {
-        if self.tightened.is_empty() {
-            return;
+        let (cgroups, would) = (std::mem::take(&mut self.tightened), std::mem::take(&mut self.would_tighten));
+        let mut found = Vec::new();
+        if let Some(e) = self.enforcer.as_ref()
+            && !cgroups.is_empty()
+        {
+            found.extend(
+                cut::sweep(&self.identity, &cgroups, |c| e.applied(c), true).into_iter().map(|c| (c, "cut")),
+            );
         }
-        let cgroups = std::mem::take(&mut self.tightened);
-        let Some(e) = self.enforcer.as_ref() else { return };
-        let cuts = cut::sweep(&self.identity, &cgroups, |c| e.applied(c));
-        for c in cuts {
-            if let Some(alert) = self.cut_alert(&c) {
+        if !would.is_empty() {
+            let rules = &self.would;
+            found.extend(
+                cut::sweep(&self.identity, &would, |c| rules.get(&c), false)
+                    .into_iter()
+                    .map(|c| (c, "would_cut")),
+            );
+        }
+        for (c, action) in found {
+            if let Some(alert) = self.cut_alert(&c, action) {
                 self.publish(Event::PolicyAlert(alert), Clock::boot_ns());
             }
         }
@@ -297,7 +334,7 @@ impl Pipeline {
 
     /// The alert for a cut connection: the violation its connect would be now, from the
     /// process that opened it when this daemon saw that (its container otherwise).
-    fn cut_alert(&mut self, c: &Cut) -> Option<pb::PolicyAlert> {
+    fn cut_alert(&mut self, c: &Cut, action: &str) -> Option<pb::PolicyAlert> {
         let s = &c.socket;
         let (socket, process, peer) = match self.net.connection(s.cookie) {
             Some(c) => (c.socket, self.process(&c.owner), c.peer.map(|p| self.process(&p))),
@@ -325,9 +362,12 @@ impl Pipeline {
         };
         let v = detect::check(&self.snapshot, &ev).into_iter().next()?;
         let mut alert = self.alert(&ev, &v);
-        alert.action = "cut".into();
-        alert.message = format!("{} (established connection cut)", v.message);
-        tracing::info!(rule = v.rule_id, policy = %v.policy, remote = %s.remote, "cut a connection");
+        alert.message = match action {
+            "cut" => format!("{} (established connection cut)", v.message),
+            _ => format!("{} (established connection; enforce mode would cut it)", v.message),
+        };
+        alert.action = action.into();
+        tracing::info!(rule = v.rule_id, policy = %v.policy, remote = %s.remote, action, "established connection");
         Some(alert)
     }
 
@@ -398,6 +438,7 @@ impl Pipeline {
             Record::CgroupRmdir { id, .. } => {
                 self.identity.forget(id);
                 self.pod_addrs.remove(&id);
+                self.would.remove(&id);
                 self.iso.forget_cgroup(id);
                 if let Some(e) = self.enforcer.as_mut() {
                     e.forget(id);
@@ -600,6 +641,11 @@ fn cut_socket(s: &crate::net::sockdiag::DiagSocket) -> pb::Socket {
         netns: 0,
         cookie: s.cookie,
     }
+}
+
+/// Whether compiled rules limit where a container may connect (what a sweep checks).
+fn limits_destinations(c: &enforce::Compiled) -> bool {
+    c.flags & (enforce_bits::LOOPBACK | enforce_bits::EGRESS) != 0
 }
 
 fn record_kind_name(k: u32) -> &'static str {

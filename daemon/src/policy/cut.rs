@@ -44,15 +44,17 @@ pub fn forbidden<'a>(
         .collect()
 }
 
-/// Cuts what `cgroups`' rules (`rule_of`) forbid, in each of their network namespaces.
+/// Finds what `cgroups`' rules (`rule_of`) forbid, in each of their network namespaces, and
+/// cuts it if `destroy` (monitor mode only reports it).
 pub fn sweep<'a>(
     identity: &Identity,
     cgroups: &HashSet<u64>,
     rule_of: impl Fn(u64) -> Option<&'a Compiled> + Copy,
+    destroy: bool,
 ) -> Vec<Cut> {
     let mut cuts = Vec::new();
     for (netns, members) in namespaces_of(identity, cgroups) {
-        match cut_in(&netns, &members, rule_of) {
+        match cut_in(&netns, &members, rule_of, destroy) {
             Ok(mut c) => cuts.append(&mut c),
             Err(e) => tracing::warn!(error = %e, "could not list or cut the connections of a pod"),
         }
@@ -64,6 +66,7 @@ fn cut_in<'a>(
     netns: &File,
     members: &HashSet<u64>,
     rule_of: impl Fn(u64) -> Option<&'a Compiled>,
+    destroy: bool,
 ) -> std::io::Result<Vec<Cut>> {
     let mut diag = SockDiag::open_in(netns)?;
     let states = 1 << TCP_ESTABLISHED | 1 << TCP_CLOSE_WAIT | 1 << TCP_LISTEN;
@@ -71,6 +74,10 @@ fn cut_in<'a>(
     let rule = |cgroup| members.contains(&cgroup).then(|| rule_of(cgroup)).flatten();
     let mut cuts = Vec::new();
     for s in forbidden(&sockets, rule) {
+        if !destroy {
+            cuts.push(Cut { cgroup: s.cgroup_id, socket: s.clone() });
+            continue;
+        }
         match diag.destroy(s) {
             Ok(()) => cuts.push(Cut { cgroup: s.cgroup_id, socket: s.clone() }),
             // Closed meanwhile: nothing left to cut.
