@@ -185,6 +185,23 @@ async fn sidecar_reading_and_tracing_the_app_is_cross_container_access() {
     assert_eq!(container_name(a.target.as_ref()), "app");
     assert!(a.cross_container);
 
+    // The same file by a relative path: seen on the opened file, not on the path.
+    let out = pod.exec("proxy", &["/bin/sh", "-c", &format!("cd /proc/{app_pid} && cat environ >/dev/null")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = access_event(&mut events, "relative read of the app's environ", |a| {
+        a.access == "proc_open" && a.path == "environ"
+    })
+    .await;
+    assert_eq!(container_name(a.process.as_ref()), "proxy");
+    assert_eq!(a.target.as_ref().map(|t| t.pid), Some(app_host_pid));
+    assert!(a.cross_container);
+    let resolved = events
+        .seen
+        .iter()
+        .filter(|e| matches!(&e.event, Some(Event::ProcessAccess(a)) if a.path == "environ"))
+        .count();
+    assert_eq!(resolved, 1, "an open reported by its path is not reported again by its file");
+
     let out = pod.exec("proxy", &["/bin/swtool", "ptrace-attach", &app_pid]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let a = access_event(&mut events, "ptrace attach", |a| a.access == "ptrace_attach").await;

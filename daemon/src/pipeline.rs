@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidewall_common::{Header, enforce as enforce_bits, flags, kind, ns_op};
+use sidewall_common::{Header, access_op, enforce as enforce_bits, flags, kind, ns_op};
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
 use tokio::sync::watch;
 
@@ -424,7 +424,12 @@ impl Pipeline {
                 if !self.acts_as_container(&owner) {
                     return None;
                 }
-                let target = self.process_in_pidns(hdr.ns.pid, target_pid);
+                // Paths name the target in the caller's pid namespace; a resolved file, in the host's.
+                let target = if op == access_op::PROC_FILE {
+                    self.cache.get(target_pid).cloned()
+                } else {
+                    self.process_in_pidns(hdr.ns.pid, target_pid)
+                };
                 let ie = self.iso.access(owner, op, target, path);
                 self.iso_event(ie)
             }

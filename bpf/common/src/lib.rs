@@ -151,6 +151,9 @@ pub mod access_op {
     pub const VM_READV: u32 = 3;
     pub const VM_WRITEV: u32 = 4;
     pub const PROC_OPEN: u32 = 5;
+    /// An open that resolved to another process's /proc file, seen on the opened file (any
+    /// path: relative, through a directory descriptor, openat2); `target_pid` is the host's.
+    pub const PROC_FILE: u32 = 6;
 }
 
 /// Bytes of a /proc path kept in an `AccessEvent`.
@@ -384,6 +387,19 @@ pub struct Offsets {
     pub cgroup_root: u32,
     pub cgroup_root_hierarchy_id: u32,
     pub kernfs_node_id: u32,
+
+    /// The opened file of an fd: `task->files->fdt->fd[n]`, its inode and filesystem, and the
+    /// task a procfs inode belongs to (`proc_inode.pid`, before the embedded `vfs_inode`).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_inode: u32,
+    pub file_path: u32,
+    pub inode_sb: u32,
+    pub sb_magic: u32,
+    pub proc_inode_pid: u32,
+    pub proc_inode_vfs_inode: u32,
 
     /// `sock.sk_flags` and the bit of `SOCK_DONE` in it (set when the peer's FIN arrives).
     pub sock_flags: u32,

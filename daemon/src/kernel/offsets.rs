@@ -128,6 +128,17 @@ impl Resolver<'_> {
             cgroup_root: f("cgroup", "root")?,
             cgroup_root_hierarchy_id: f("cgroup_root", "hierarchy_id")?,
             kernfs_node_id: f("kernfs_node", "id")?,
+            // Resolved /proc opens only (strict set): without them the path-based check remains.
+            task_files: self.optional("task_struct", "files"),
+            files_fdt: self.optional("files_struct", "fdt"),
+            fdtable_max_fds: self.optional("fdtable", "max_fds"),
+            fdtable_fd: self.optional("fdtable", "fd"),
+            file_inode: self.optional("file", "f_inode"),
+            file_path: self.optional("file", "f_path"),
+            inode_sb: self.optional("inode", "i_sb"),
+            sb_magic: self.optional("super_block", "s_magic"),
+            proc_inode_pid: self.optional("proc_inode", "pid"),
+            proc_inode_vfs_inode: self.optional("proc_inode", "vfs_inode"),
             // Only refines TCP byte counts: a kernel without them gets the state-based guess.
             // `sk_flags` is a macro for `__sk_common.skc_flags`.
             sock_flags: f("sock", "__sk_common")
@@ -248,6 +259,9 @@ mod tests {
         // mm->arg_end follows arg_start (both unsigned long) inside an anonymous struct.
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
         assert_ne!(o.nsproxy_time, UNRESOLVED);
+        // proc_inode starts with its pid pointer; the fd array follows max_fds.
+        assert_eq!((o.proc_inode_pid, o.fdtable_max_fds, o.fdtable_fd), (0, 0, 8));
+        assert!(o.proc_inode_vfs_inode > 0 && o.sb_magic > 0 && o.file_inode != UNRESOLVED);
         // enum sock_flags { SOCK_DEAD, SOCK_DONE, ... } has kept this order since 2.6.
         assert_eq!(o.sock_done_bit, 1);
         assert_ne!(o.sock_flags, UNRESOLVED);
