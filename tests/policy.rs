@@ -428,6 +428,26 @@ async fn egress_and_runtime_sockets_are_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reading_another_containers_secrets_is_killed_in_the_kernel() {
+    let rules = "    - name: intruderm\n      processAccess: deny\n      action: kill\n";
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "sensor_set = \"strict\"").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("m");
+    wait_serving(&pod, "webm");
+    // The web server's environment, by a relative path from a shell the daemon has seen.
+    let web = pod.pod_pid("webm");
+    let read = format!("sleep 1; cd /proc/{web} && exec cat environ");
+    let (text, code) = out(&pod, "intruderm", &["/bin/sh", "-c", &read]);
+    assert_eq!((code, text.as_str()), (Some(137), ""), "killed before reading a byte");
+    let a = alert(&mut events, "the access alert", "process-access").await;
+    assert_eq!(a.action, "killed");
+    // Its own container's processes are not another container's.
+    let own = pod.pod_pid("intruderm");
+    let (_, code) = out(&pod, "intruderm", &["/bin/sh", "-c", &format!("sleep 1; cat /proc/{own}/environ")]);
+    assert_eq!(code, Some(0), "same container");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_runtime_socket_connect_is_killed_in_the_kernel() {
     let rules = "    - name: intruderk\n      runtimeSockets: deny\n      action: kill\n";
     let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "sensor_set = \"strict\"").await;

@@ -235,6 +235,8 @@ pub mod enforce {
     pub const SYSCTL: u32 = 1 << 4;
     /// A connect to a container runtime's unix socket kills the caller (strict set).
     pub const KILL_RUNTIME_SOCKET: u32 = 1 << 5;
+    /// Opening another container's process's environ, mem or maps kills the caller (strict set).
+    pub const KILL_ACCESS: u32 = 1 << 6;
 }
 
 /// Key of `CONNECT_ALLOW` and `BIND_ALLOW`: a cgroup and a port.
@@ -400,6 +402,12 @@ pub struct Offsets {
     pub sb_magic: u32,
     pub proc_inode_pid: u32,
     pub proc_inode_vfs_inode: u32,
+    /// A pid's first task (`pid.tasks[PIDTYPE_PID]`, linked through `task.pid_links[0]`) and
+    /// a task's cgroup v2 cgroup (`task->cgroups->dfl_cgrp`).
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
 
     /// `sock.sk_flags` and the bit of `SOCK_DONE` in it (set when the peer's FIN arrives).
     pub sock_flags: u32,

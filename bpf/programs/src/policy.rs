@@ -119,6 +119,18 @@ pub fn arm_at_home(cgroup_id: u64, tgid: u32, mnt: u32) {
     }
 }
 
+/// Whether opening a process's secrets (`target_cgroup`: the cgroup it lives in) kills the
+/// caller: another container's, from a container whose rule kills for it, by an armed process.
+#[inline(always)]
+pub fn kill_access(cgroup_id: u64, tgid: u32, target_cgroup: u64) -> bool {
+    // An unknown cgroup (0) is not known to be another container's: no kill on a guess.
+    target_cgroup != 0
+        && target_cgroup != cgroup_id
+        && flags(cgroup_id) & enforce::KILL_ACCESS != 0
+        // SAFETY: read-only lookup in our own map.
+        && unsafe { ARMED.get(&tgid) }.is_some()
+}
+
 /// A child of an armed process is armed from its first instruction.
 #[inline(always)]
 pub fn inherit_armed(parent: u32, child: u32) {

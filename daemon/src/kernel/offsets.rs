@@ -139,6 +139,10 @@ impl Resolver<'_> {
             sb_magic: self.optional("super_block", "s_magic"),
             proc_inode_pid: self.optional("proc_inode", "pid"),
             proc_inode_vfs_inode: self.optional("proc_inode", "vfs_inode"),
+            pid_tasks: self.optional("pid", "tasks"),
+            task_pid_links: self.optional("task_struct", "pid_links"),
+            task_cgroups: self.optional("task_struct", "cgroups"),
+            css_set_dfl_cgrp: self.optional("css_set", "dfl_cgrp"),
             // Only refines TCP byte counts: a kernel without them gets the state-based guess.
             // `sk_flags` is a macro for `__sk_common.skc_flags`.
             sock_flags: f("sock", "__sk_common")

@@ -98,6 +98,9 @@ pub fn compile(mode: Mode, rule: &ContainerRule) -> Compiled {
     if rule.action == Action::Kill && rule.runtime_sockets == Permission::Deny {
         c.flags |= enforce::KILL_RUNTIME_SOCKET;
     }
+    if rule.action == Action::Kill && rule.process_access == Permission::Deny {
+        c.flags |= enforce::KILL_ACCESS;
+    }
     c
 }
 
@@ -231,6 +234,7 @@ mod tests {
             egress: Some(vec![EgressRule { cidr: "10.0.0.0/8".parse().expect("net"), ports: vec![] }]),
             namespace_changes: Permission::Deny,
             runtime_sockets: Permission::Deny,
+            process_access: Permission::Deny,
             action: Action::Kill,
             ..Default::default()
         };
@@ -243,6 +247,7 @@ mod tests {
                 | enforce::EGRESS
                 | enforce::KILL_NAMESPACE
                 | enforce::KILL_RUNTIME_SOCKET
+                | enforce::KILL_ACCESS
         );
         assert_eq!((c.connect.as_slice(), c.bind.as_slice()), (&[8080, 8081][..], &[15001][..]));
         let (len, addr) = c.egress[0];

@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str, bpf_send_signal},
     },
     macros::{map, tracepoint},
     maps::LruHashMap,
@@ -83,11 +83,12 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn opened(ctx: &TracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     // SAFETY: a lookup in our own map.
-    if unsafe { OPEN_REPORTED.get(&tid) }.is_some() {
+    let reported = unsafe { OPEN_REPORTED.get(&tid) }.is_some();
+    if reported {
         let _ = OPEN_REPORTED.remove(&tid);
-        return 0;
     }
     // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
     let fd = unsafe { ctx.read_at::<i64>(off!(tp_exit_ret)) }.unwrap_or(-1);
@@ -97,16 +98,25 @@ fn opened(ctx: &TracePointContext) -> u32 {
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mut name = [0u8; ACCESS_PATH_MAX];
-    if let Some((pid, len)) = proc_file(task, fd as u32, &mut name) {
+    let Some((pid, len, target_cgroup)) = proc_file(task, fd as u32, &mut name) else { return 0 };
+    // SAFETY: helper without pointer arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, target_cgroup) {
+        // The file is open but never read: SIGKILL lands on the way back to user space.
+        // SAFETY: signals the current task only.
+        unsafe { bpf_send_signal(9) };
+    }
+    if !reported {
         emit(access_op::PROC_FILE, pid, Some((&name, len)));
     }
     0
 }
 
 /// For fd `fd` of `task` open on a per-process procfs file named environ, mem or maps: the
-/// host pid it belongs to, with the file name copied into `name`.
+/// host pid it belongs to and that process's cgroup (0 if unknown), with the file name copied
+/// into `name`.
 #[inline(always)]
-fn proc_file(task: *const u8, fd: u32, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<(u32, u32)> {
+fn proc_file(task: *const u8, fd: u32, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<(u32, u32, u64)> {
     let fdt = read_ptr(read_ptr(task, off!(task_files))?, off!(files_fdt))?;
     if fd >= read::<u32>(fdt, off!(fdtable_max_fds))? {
         return None;
@@ -129,7 +139,19 @@ fn proc_file(task: *const u8, fd: u32, name: &mut [u8; ACCESS_PATH_MAX]) -> Opti
     }
     let secret =
         matches!((name[0], name[1], name[2]), (b'e', b'n', b'v') | (b'm', b'e', b'm') | (b'm', b'a', b'p'));
-    secret.then_some((nr, n as u32 - 1))
+    secret.then(|| (nr, n as u32 - 1, cgroup_of_pid(pid)))
+}
+
+/// The cgroup v2 id of the first task of `pid`, 0 if it cannot be read.
+#[inline(always)]
+fn cgroup_of_pid(pid: *const u8) -> u64 {
+    let Some(link) = read_ptr(pid, off!(pid_tasks)) else { return 0 };
+    let target = link.wrapping_sub(off!(task_pid_links));
+    read_ptr(target, off!(task_cgroups))
+        .and_then(|cset| read_ptr(cset, off!(css_set_dfl_cgrp)))
+        .and_then(|cgrp| read_ptr(cgrp, off!(cgroup_kn)))
+        .and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))
+        .unwrap_or(0)
 }
 
 #[inline(always)]
