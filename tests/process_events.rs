@@ -226,7 +226,8 @@ async fn json_export_lines_parse_back_into_events() {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let text = fs::read_to_string(&d.export).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // A line still being written has no newline yet: a reader takes whole lines only.
+        let lines: Vec<&str> = text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n')).collect();
         let parsed: Vec<GetEventsResponse> =
             lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
         if let Some(i) = parsed.iter().position(|e| exec_of(e, pid).is_some()) {
