@@ -47,6 +47,9 @@ pub struct Pipeline {
     snapshot: Vec<Policy>,
     policy_generation: u64,
     pub enforcer: Option<Enforcer>,
+    /// The rule (policy and container rule indices in `snapshot`) that governs each cgroup's
+    /// processes; cleared with every new snapshot and every tick (names can arrive later).
+    rule_cache: HashMap<u64, Option<(usize, usize)>>,
     /// Cgroups whose connect rules tightened: their established connections are checked.
     tightened: HashSet<u64>,
     /// What monitor-mode rules would put in the kernel, per cgroup, and the cgroups where that
@@ -81,6 +84,7 @@ impl Pipeline {
             snapshot: Vec::new(),
             policy_generation: u64::MAX,
             enforcer: None,
+            rule_cache: HashMap::new(),
             tightened: HashSet::new(),
             would: HashMap::new(),
             would_tighten: HashSet::new(),
@@ -180,7 +184,25 @@ impl Pipeline {
             return;
         }
         self.refresh_policies();
-        for v in detect::check(&self.snapshot, ev) {
+        let Some(p) = event::subject(ev) else { return };
+        let found = match self.rule_cache.get(&p.cgroup_id) {
+            Some(found) => *found,
+            None => {
+                let found = detect::rule_index(&self.snapshot, p);
+                // A container whose names are not known yet is asked again next time.
+                let named = p.container.as_ref().is_none_or(|c| {
+                    !c.name.is_empty() && p.pod.as_ref().is_some_and(|pod| !pod.name.is_empty())
+                });
+                if named {
+                    self.rule_cache.insert(p.cgroup_id, found);
+                }
+                found
+            }
+        };
+        let Some((pi, ri)) = found else { return };
+        let pol = &self.snapshot[pi];
+        let violations = detect::check_rule(pol, &pol.spec.containers[ri], ev);
+        for v in violations {
             let alert = self.alert(ev, &v);
             if alert.action == "killed"
                 && let Some(p) = alert.process.as_ref()
@@ -232,6 +254,7 @@ impl Pipeline {
         }
         self.policy_generation = generation;
         self.snapshot = self.policies.snapshot();
+        self.rule_cache.clear();
         let known: Vec<u64> =
             self.enforcer.as_ref().map(|e| e.known.iter().copied().collect()).unwrap_or_default();
         for cgroup in known {
@@ -617,6 +640,7 @@ impl Pipeline {
             self.publish(ev, Clock::boot_ns());
         }
         self.cache.sweep(now);
+        self.rule_cache.clear();
         self.hub.report_losses();
         self.refresh_policies();
         // Names from the Kubernetes API can come after a container starts: recompile.

@@ -106,6 +106,21 @@ fn violation(pol: &Policy, rule: &ContainerRule, id: &'static str, message: Stri
 pub fn check(policies: &[Policy], ev: &pb::GetEventsResponse) -> Vec<Violation> {
     let Some(p) = crate::event::subject(ev) else { return Vec::new() };
     let Some((pol, rule)) = rule_for(policies, p) else { return Vec::new() };
+    check_rule(pol, rule, ev)
+}
+
+/// Where `rule_for` found the rule: (policy, container rule) indices, for a cache that spares
+/// every event a walk over every rule.
+pub fn rule_index(policies: &[Policy], p: &pb::Process) -> Option<(usize, usize)> {
+    let (pol, rule) = rule_for(policies, p)?;
+    let pi = policies.iter().position(|x| std::ptr::eq(x, pol))?;
+    let ri = pol.spec.containers.iter().position(|x| std::ptr::eq(x, rule))?;
+    Some((pi, ri))
+}
+
+/// The violations `ev` commits against `rule` of `pol`, the rule that governs its process.
+pub fn check_rule(pol: &Policy, rule: &ContainerRule, ev: &pb::GetEventsResponse) -> Vec<Violation> {
+    let Some(p) = crate::event::subject(ev) else { return Vec::new() };
     match &ev.event {
         Some(Event::ProcessConnect(c)) => destination(pol, rule, c.socket.as_ref(), c.peer.as_ref()),
         Some(Event::ProcessDatagram(d)) => destination(pol, rule, d.socket.as_ref(), d.peer.as_ref()),
