@@ -278,9 +278,12 @@ impl Pipeline {
             ),
             None => Default::default(),
         };
-        for c in std::iter::once(&mut compiled).chain(shadow.as_mut()) {
-            if c.flags & enforce_bits::LOOPBACK != 0 {
-                c.local = self.pod_addresses(cgroup);
+        // Loopback rules cover the pod's own addresses too (one read serves both).
+        let loopback = |c: &enforce::Compiled| c.flags & enforce_bits::LOOPBACK != 0;
+        if loopback(&compiled) || shadow.as_ref().is_some_and(loopback) {
+            let local = self.pod_addresses(cgroup);
+            for c in std::iter::once(&mut compiled).chain(shadow.as_mut()).filter(|c| loopback(c)) {
+                c.local = local.clone();
             }
         }
         if let Some(e) = self.enforcer.as_mut()

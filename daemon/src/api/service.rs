@@ -181,22 +181,23 @@ impl StatusSource {
                 }
             }
         });
-        let otlp = |name: &str, exporter: &Option<(String, Arc<otlp::Health>)>, lost: u64| match exporter {
-            None => disabled(name),
-            Some((endpoint, h)) => {
-                let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                pb::ExporterStatus {
-                    name: name.into(),
-                    state: if last_error.is_some() { "failing" } else { "ok" }.into(),
-                    detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
-                    events: h.sent.load(Relaxed),
-                    lost,
+        let otlp_status =
+            |name: &str, exporter: &Option<(String, Arc<otlp::Health>)>, lost: u64| match exporter {
+                None => disabled(name),
+                Some((endpoint, h)) => {
+                    let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    pb::ExporterStatus {
+                        name: name.into(),
+                        state: if last_error.is_some() { "failing" } else { "ok" }.into(),
+                        detail: last_error.map_or_else(|| endpoint.clone(), |e| format!("{endpoint}: {e}")),
+                        events: h.sent.load(Relaxed),
+                        lost,
+                    }
                 }
-            }
-        };
-        out.push(otlp("otlp", &self.otlp, self.stats.lost(Stage::Otlp)));
+            };
+        out.push(otlp_status("otlp", &self.otlp, self.stats.lost(Stage::Otlp)));
         // A refused metrics push loses nothing: the next one carries the same totals.
-        out.push(otlp("otlp_metrics", &self.otlp_metrics, 0));
+        out.push(otlp_status("otlp_metrics", &self.otlp_metrics, 0));
         out.push(match &self.metrics_address {
             None => disabled("prometheus"),
             Some(a) => pb::ExporterStatus {
