@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::api::listen::{Address, parse_address, tcp_listen_addr};
+pub use sidewall_proto::client::{Address, parse_address};
 
 const DEFAULT_SOCKET: &str = "/run/sidewall/sidewall.sock";
 
@@ -148,7 +148,7 @@ impl Config {
                 format!("{:?} must start with http:// or https://", self.otlp_endpoint),
             );
         }
-        if let Err(e) = crate::metrics::LabelFilter::parse(&self.metrics_labels) {
+        if let Err(e) = LabelFilter::parse(&self.metrics_labels) {
             return bad("metrics_labels", e);
         }
         if self.export_file_max_mb == 0 {
@@ -185,6 +185,35 @@ impl Config {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into())
+    }
+}
+
+/// A listen address must be an IP and port; host names are for clients.
+pub fn tcp_listen_addr(authority: &str) -> Result<std::net::SocketAddr, String> {
+    authority.parse().map_err(|_| format!("tcp://{authority}: listen address must be ip:port"))
+}
+
+/// Which workload labels are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct LabelFilter {
+    pub namespace: bool,
+    pub pod: bool,
+    pub container: bool,
+}
+
+impl LabelFilter {
+    /// From a list like ["namespace", "pod", "container"]; unknown names are an error.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut f = Self { namespace: false, pod: false, container: false };
+        for n in names {
+            match n.as_str() {
+                "namespace" => f.namespace = true,
+                "pod" => f.pod = true,
+                "container" => f.container = true,
+                other => return Err(format!("{other:?} is not one of namespace, pod, container")),
+            }
+        }
+        Ok(f)
     }
 }
 
@@ -251,5 +280,12 @@ mod tests {
         let f = file("x = [\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("line "), "{e}");
+    }
+
+    #[test]
+    fn tcp_listen_needs_an_ip() {
+        assert!(tcp_listen_addr("127.0.0.1:50051").is_ok());
+        assert!(tcp_listen_addr("[::1]:1").is_ok());
+        assert!(tcp_listen_addr("localhost:1").is_err());
     }
 }

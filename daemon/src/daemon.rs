@@ -6,14 +6,13 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::{
-    api::{
-        listen,
-        service::{SensorsService, StatusSource},
-    },
-    config::{Config, SensorSet},
+    api::{listen, service::SensorsService},
+    clock::Clock,
+    config::{Config, LabelFilter, SensorSet},
     export::{
         hub::Hub,
         jsonl::{self, JsonlConfig},
+        metrics::{self, Metrics, MetricsState},
         otlp, otlp_metrics,
     },
     identity::{
@@ -26,14 +25,16 @@ use crate::{
         loader::{self, LoadOptions},
         ringbuf::{KernelDrops, RingReader},
     },
-    metrics::{self, LabelFilter, Metrics, MetricsState},
-    pipeline::{self, Pipeline},
+    net::Net,
+    pipeline::{self, Pipeline, enrich::Enricher, publish::Publisher},
     policy::{
         enforce::Enforcer,
+        engine::PolicyEngine,
         store::{self, PolicyStore},
     },
-    process::{Clock, ProcessCache, procfs},
+    process::{ProcessCache, procfs},
     stats::Stats,
+    status::NodeStatus,
 };
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -62,7 +63,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
     let policies = PolicyStore::with_builtin();
-    let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, &policies).await?;
+    let kube = kube_client(&cfg).await?;
+    let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, kube.clone());
+    start_policy_sources(&cfg, kube, &policies);
     let export_file = start_export(&cfg, &hub)?;
     let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| {
         tracing::info!(endpoint = %cfg.otlp_endpoint, "exporting events as OTLP logs");
@@ -71,38 +74,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let otlp_metrics =
         otlp.as_ref().map(|(endpoint, _)| (endpoint.clone(), Arc::new(otlp::Health::default())));
-    let status = Arc::new(StatusSource {
+    let status = Arc::new(NodeStatus {
         node_name: node.clone(),
         kernel: kernel_release(),
         sensors: loaded.sensors.clone(),
         stats: stats.clone(),
+        hub: hub.clone(),
         export_file,
         otlp,
         otlp_metrics: otlp_metrics.clone(),
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
         identity_source,
     });
-    let enforcer = Enforcer::take(&mut loaded.ebpf)?;
-    let mut pipeline = Pipeline::new(cache, Identity::new(sources), hub.clone(), stats, clock, node);
-    pipeline.enforcer = Some(enforcer);
-    pipeline.policies = policies.clone();
-    if !cfg.policy_dir.is_empty() {
-        let dir = std::path::PathBuf::from(&cfg.policy_dir);
-        tracing::info!(dir = %dir.display(), "watching the policy directory");
-        tokio::spawn(store::watch_dir(policies.clone(), dir, Duration::from_secs(1)));
-    }
-    pipeline.learn_namespaces();
-    let flows = pipeline.net.flows.clone();
+    let net = Net::new(clock);
+    let flows = net.flows.clone();
+    let enricher = Enricher::new(cache, Identity::new(sources), net);
+    let engine = PolicyEngine::new(policies.clone(), Some(Enforcer::take(&mut loaded.ebpf)?));
 
     // Metrics are kept when something reads them: a Prometheus scrape or the OTLP exporter.
+    let mut metrics_kept = None;
     if !cfg.metrics_address.is_empty() || otlp_metrics.is_some() {
         let filter = LabelFilter::parse(&cfg.metrics_labels).map_err(anyhow::Error::msg)?;
         let metrics = Arc::new(Metrics::new(filter, cfg.metrics_max_series));
-        pipeline.metrics = Some(metrics.clone());
+        metrics_kept = Some(metrics.clone());
         let state = MetricsState {
             metrics,
             status: status.clone(),
-            hub: hub.clone(),
             flows: flows.clone(),
             policies: policies.clone(),
         };
@@ -121,6 +118,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             });
         }
     }
+    let publisher = Publisher::new(hub.clone(), stats, metrics_kept, clock, node);
+    let pipeline = Pipeline::new(enricher, engine, publisher);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let svc = SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue };
@@ -156,32 +155,49 @@ fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<j
     Ok(Some((cfg.export_file.clone(), health)))
 }
 
+/// A Kubernetes client when the configuration asks for the API.
+async fn kube_client(cfg: &Config) -> anyhow::Result<Option<kube::Client>> {
+    if !cfg.use_kubernetes() {
+        return Ok(None);
+    }
+    let kubeconfig = (!cfg.kubeconfig.is_empty()).then(|| Path::new(&cfg.kubeconfig));
+    let client = kubernetes::client(kubeconfig).await.context("connecting to the Kubernetes API")?;
+    Ok(Some(client))
+}
+
 /// The identity sources this configuration asks for, and their names for status.
-async fn identity_sources(
+fn identity_sources(
     cfg: &Config,
     cgroups: Option<CgroupFs>,
     node: &str,
-    policies: &Arc<PolicyStore>,
-) -> anyhow::Result<(Sources, String)> {
+    kube: Option<kube::Client>,
+) -> (Sources, String) {
     let mut names = vec!["cgroup"];
     let podman = (!cfg.podman_storage.is_empty() && Path::new(&cfg.podman_storage).is_dir())
         .then(|| PodmanStore::new(&cfg.podman_storage));
     if podman.is_some() {
         names.push("podman");
     }
-    let kube = if cfg.use_kubernetes() {
-        let kubeconfig = (!cfg.kubeconfig.is_empty()).then(|| Path::new(&cfg.kubeconfig));
-        let client = kubernetes::client(kubeconfig).await.context("connecting to the Kubernetes API")?;
+    let kube = kube.map(|client| {
         let index = Arc::new(KubeIndex::new());
-        tokio::spawn(kubernetes::watch(client.clone(), node.to_string(), index.clone()));
-        // SidecarPolicy objects, in every namespace.
-        tokio::spawn(crate::policy::crd::watch(client, policies.clone()));
+        tokio::spawn(kubernetes::watch(client, node.to_string(), index.clone()));
         names.push("kubernetes");
-        Some(index)
-    } else {
-        None
-    };
-    Ok((Sources { cgroups, kube, podman }, names.join("+")))
+        index
+    });
+    (Sources { cgroups, kube, podman }, names.join("+"))
+}
+
+/// Where policies come from besides the built-in default and the API: `--policy-dir`, and
+/// SidecarPolicy objects in every namespace.
+fn start_policy_sources(cfg: &Config, kube: Option<kube::Client>, policies: &Arc<PolicyStore>) {
+    if !cfg.policy_dir.is_empty() {
+        let dir = std::path::PathBuf::from(&cfg.policy_dir);
+        tracing::info!(dir = %dir.display(), "watching the policy directory");
+        tokio::spawn(store::watch_dir(policies.clone(), dir, Duration::from_secs(1)));
+    }
+    if let Some(client) = kube {
+        tokio::spawn(crate::policy::crd::watch(client, policies.clone()));
+    }
 }
 
 fn kernel_release() -> String {

@@ -298,7 +298,7 @@ impl Isolation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::{Clock, ProcessCache};
+    use crate::{clock::Clock, process::ProcessCache};
     use sidewall_common::Header;
 
     fn ns(base: u32) -> Namespaces {

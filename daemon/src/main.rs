@@ -118,7 +118,7 @@ fn cleanup(cfg: &Config) -> ExitCode {
         eprintln!("sidewalld: cannot remove {}: {e}", cfg.bpf_pin_dir);
         return ExitCode::FAILURE;
     }
-    if let sidewalld::api::listen::Address::Unix(path) = cfg.address() {
+    if let sidewalld::config::Address::Unix(path) = cfg.address() {
         // Only a stale socket: a live daemon is still answering on it.
         if std::os::unix::net::UnixStream::connect(&path).is_err() {
             let _ = std::fs::remove_file(&path);

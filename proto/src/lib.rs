@@ -4,6 +4,7 @@
 //! field names (snake_case), which is the form of the JSON-lines export.
 
 pub mod client;
+pub mod documents;
 mod timestamp;
 pub use timestamp::Timestamp;
 

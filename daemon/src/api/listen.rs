@@ -1,14 +1,14 @@
 //! Where the API listens: a unix socket (default, mode 0600) or TCP when asked for.
 
-use std::{fs, net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
 
 use anyhow::{Context as _, bail};
-pub use sidewall_proto::client::{Address, DEFAULT_SERVER, parse_address};
 use sidewall_proto::v1::sensors_server::SensorsServer;
 use tokio::{net::UnixListener, sync::watch};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::service::SensorsService;
+use crate::config::{Address, tcp_listen_addr};
 
 /// Serves until `shutdown` flips; removes the socket file afterwards.
 pub async fn serve(
@@ -22,7 +22,7 @@ pub async fn serve(
     };
     match addr {
         Address::Tcp(authority) => {
-            let a = tcp_listen_addr(&authority)?;
+            let a = tcp_listen_addr(&authority).map_err(anyhow::Error::msg)?;
             router.serve_with_shutdown(a, stop).await.with_context(|| format!("serving on tcp://{a}"))
         }
         Address::Unix(path) => {
@@ -32,11 +32,6 @@ pub async fn serve(
             r.with_context(|| format!("serving on unix://{}", path.display()))
         }
     }
-}
-
-/// A listen address must be an IP and port; host names are for clients.
-pub fn tcp_listen_addr(authority: &str) -> anyhow::Result<SocketAddr> {
-    authority.parse().with_context(|| format!("tcp://{authority}: listen address must be ip:port"))
 }
 
 /// Binds the socket with mode 0600. A stale socket is replaced; a live one (another daemon
@@ -60,16 +55,4 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     let listener = bound.with_context(|| format!("binding unix://{}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tcp_listen_needs_an_ip() {
-        assert!(tcp_listen_addr("127.0.0.1:50051").is_ok());
-        assert!(tcp_listen_addr("[::1]:1").is_ok());
-        assert!(tcp_listen_addr("localhost:1").is_err());
-    }
 }

@@ -13,8 +13,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::filter::EventFilter;
 use crate::{
+    clock::Clock,
     event::Shared,
-    process::Clock,
     stats::{Stage, Stats},
 };
 

@@ -2,5 +2,6 @@
 pub mod filter;
 pub mod hub;
 pub mod jsonl;
+pub mod metrics;
 pub mod otlp;
 pub mod otlp_metrics;

@@ -16,8 +16,8 @@ use opentelemetry_proto::tonic::{
     },
 };
 
+use super::metrics::{MetricsState, model};
 use super::otlp::{Health, kv, resource, scope};
-use crate::metrics::{MetricsState, model};
 
 type Client = MetricsServiceClient<tonic::transport::Channel>;
 
@@ -130,7 +130,7 @@ mod tests {
     use sidewall_proto::v1 as pb;
 
     use super::*;
-    use crate::metrics::{LabelFilter, Metrics};
+    use crate::export::metrics::{LabelFilter, Metrics};
 
     #[test]
     fn counters_become_cumulative_sums_with_their_labels() {

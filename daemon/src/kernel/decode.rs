@@ -225,6 +225,67 @@ pub fn absolute_binary(filename: &str, cwd: &str) -> String {
     out
 }
 
+/// The name of a record kind, as lost_events reports kernel drops by kind.
+pub fn record_kind_name(k: u32) -> &'static str {
+    match k {
+        kind::EXEC => "process_exec",
+        kind::EXIT => "process_exit",
+        kind::FORK => "process_fork",
+        kind::NAMESPACE => "process_namespace",
+        kind::ACCESS => "process_access",
+        kind::SYSCTL => "process_sysctl",
+        kind::CGROUP_MKDIR => "cgroup_mkdir",
+        kind::CGROUP_RMDIR => "cgroup_rmdir",
+        kind::SOCK => "socket",
+        kind::UNIX_CONNECT => "unix_connect",
+        _ => "other",
+    }
+}
+
+/// (exit status, signal name, core dumped) from a wait(2)-style status word.
+pub fn wait_status(code: u32) -> (u32, &'static str, bool) {
+    let sig = code & 0x7f;
+    if sig == 0 { ((code >> 8) & 0xff, "", false) } else { (0, signal_name(sig), code & 0x80 != 0) }
+}
+
+pub fn signal_name(sig: u32) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    NAMES.get(sig as usize).copied().filter(|n| !n.is_empty()).unwrap_or("SIGRT")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +332,13 @@ mod tests {
         assert!(matches!(decode(&hdr), Err(DecodeError::Short { what: "exec record", .. })));
         hdr[0] = 99;
         assert_eq!(decode(&hdr).unwrap_err(), DecodeError::UnknownKind(99));
+    }
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(wait_status(3 << 8), (3, "", false));
+        assert_eq!(wait_status(9), (0, "SIGKILL", false));
+        assert_eq!(wait_status(11 | 0x80), (0, "SIGSEGV", true));
+        assert_eq!(signal_name(40), "SIGRT");
     }
 }

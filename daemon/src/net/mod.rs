@@ -26,8 +26,9 @@ use self::{
     ports::{Binding, PortTable},
 };
 use crate::{
+    clock::Clock,
     identity::Identity,
-    process::{Clock, ProcEntry, ProcessCache},
+    process::{ProcEntry, ProcessCache},
 };
 
 /// TCP states (include/net/tcp_states.h) as sock_ops reports them.

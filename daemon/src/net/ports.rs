@@ -71,7 +71,7 @@ impl PortTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::{Clock, ProcessCache};
+    use crate::{clock::Clock, process::ProcessCache};
     use sidewall_common::Header;
 
     fn owner(pid: u32) -> Arc<ProcEntry> {

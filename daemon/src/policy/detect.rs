@@ -176,8 +176,9 @@ fn destination(
     if s.loopback {
         if let Some(allowed) = rule.loopback.as_ref().and_then(|l| l.connect.as_ref()) {
             let peer_name = peer.and_then(|p| p.container.as_ref()).map(|c| c.name.as_str());
+            // Nobody listening: nothing was reached, and the kernel's judgement (the port) stands.
             let ok = allowed.iter().any(|r| {
-                (r.container.is_none() || r.container.as_deref() == peer_name)
+                (r.container.is_none() || peer_name.is_none() || r.container.as_deref() == peer_name)
                     && (r.ports.is_empty() || r.ports.contains(&port))
             });
             if !ok {

@@ -5,6 +5,7 @@ pub mod crd;
 pub mod cut;
 pub mod detect;
 pub mod enforce;
+pub mod engine;
 pub mod model;
 pub mod parse;
 pub mod store;

@@ -137,23 +137,10 @@ fn full_name(name: &str) -> String {
     if name.contains('/') { name.to_string() } else { format!("default/{name}") }
 }
 
-/// Every document of a file (YAML allows several, separated by `---` lines). Each document is
-/// parsed with the lines before it blanked, so errors give line numbers of the file.
+/// Every document of a file (YAML allows several, separated by `---` lines), with errors at
+/// the file's line numbers.
 pub fn parse_file(text: &str, origin: &str) -> Result<Vec<Policy>, PolicyError> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut starts: Vec<usize> = vec![0];
-    starts.extend(lines.iter().enumerate().filter(|(_, l)| l.trim_end() == "---").map(|(i, _)| i + 1));
-    let mut out = Vec::new();
-    for (k, &start) in starts.iter().enumerate() {
-        let end = starts.get(k + 1).map_or(lines.len(), |next| next - 1);
-        let body = &lines[start.min(end)..end];
-        if !body.iter().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
-            continue;
-        }
-        let doc = "\n".repeat(start) + &body.join("\n");
-        out.push(parse(&doc, origin)?);
-    }
-    Ok(out)
+    sidewall_proto::documents::documents(text).iter().map(|doc| parse(doc, origin)).collect()
 }
 
 /// Watches `dir` for policy files (*.yaml, *.yml, *.json), every `every`, forever.

@@ -13,7 +13,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use sidewall_common::{Header, Namespaces, flags};
 use sidewall_proto::v1 as pb;
 
-use super::clock::Clock;
+use crate::clock::Clock;
 use crate::kernel::decode::{Exec, absolute_binary};
 
 /// How many ancestors a process_exec event carries at most.
@@ -75,6 +75,22 @@ pub fn namespaces(ns: &Namespaces) -> pb::Namespaces {
         time_for_children: ns.time_for_children,
         cgroup: ns.cgroup,
         user: ns.user,
+    }
+}
+
+/// The inverse of `namespaces`: the kernel's form of the API's namespace inodes.
+pub fn abi_namespaces(n: &pb::Namespaces) -> Namespaces {
+    Namespaces {
+        uts: n.uts,
+        ipc: n.ipc,
+        mnt: n.mnt,
+        pid: n.pid,
+        pid_for_children: n.pid_for_children,
+        net: n.net,
+        time: n.time,
+        time_for_children: n.time_for_children,
+        cgroup: n.cgroup,
+        user: n.user,
     }
 }
 

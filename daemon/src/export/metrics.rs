@@ -19,9 +19,8 @@ use prometheus_client::{
 };
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
 
-use crate::{
-    api::service::StatusSource, event, export::hub::Hub, net::flows::FlowGraph, policy::store::PolicyStore,
-};
+pub use crate::config::LabelFilter;
+use crate::{event, net::flows::FlowGraph, policy::store::PolicyStore, status::NodeStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkloadLabels {
@@ -77,30 +76,6 @@ struct FlowBytesLabels {
     #[prometheus(flatten)]
     flow: FlowLabels,
     direction: String,
-}
-
-/// Which workload labels are kept.
-#[derive(Clone, Copy, Debug)]
-pub struct LabelFilter {
-    pub namespace: bool,
-    pub pod: bool,
-    pub container: bool,
-}
-
-impl LabelFilter {
-    /// From a list like ["namespace", "pod", "container"]; unknown names are an error.
-    pub fn parse(names: &[String]) -> Result<Self, String> {
-        let mut f = Self { namespace: false, pod: false, container: false };
-        for n in names {
-            match n.as_str() {
-                "namespace" => f.namespace = true,
-                "pod" => f.pod = true,
-                "container" => f.container = true,
-                other => return Err(format!("{other:?} is not one of namespace, pod, container")),
-            }
-        }
-        Ok(f)
-    }
 }
 
 pub struct Metrics {
@@ -206,8 +181,8 @@ impl Metrics {
     }
 
     /// Brings the gauges up to date from the daemon's state.
-    fn refresh(&self, status: &StatusSource, hub: &Hub, flows: &Mutex<FlowGraph>, policies: &PolicyStore) {
-        let snap = status.snapshot(hub.subscriber_count());
+    fn refresh(&self, status: &NodeStatus, flows: &Mutex<FlowGraph>, policies: &PolicyStore) {
+        let snap = status.snapshot();
         for (stage, n) in &snap.lost_by_stage {
             set_total(&self.lost.get_or_create(&StageLabels { stage: stage.clone() }), *n);
         }
@@ -296,8 +271,7 @@ fn set_total(c: &Counter, total: u64) {
 #[derive(Clone)]
 pub struct MetricsState {
     pub metrics: Arc<Metrics>,
-    pub status: Arc<StatusSource>,
-    pub hub: Arc<Hub>,
+    pub status: Arc<NodeStatus>,
     pub flows: Arc<Mutex<FlowGraph>>,
     pub policies: Arc<PolicyStore>,
 }
@@ -305,7 +279,7 @@ pub struct MetricsState {
 impl MetricsState {
     /// The text exposition, gauges brought up to date.
     pub fn text(&self) -> String {
-        self.metrics.refresh(&self.status, &self.hub, &self.flows, &self.policies);
+        self.metrics.refresh(&self.status, &self.flows, &self.policies);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.metrics.registry);
@@ -314,7 +288,7 @@ impl MetricsState {
 
     /// The same metrics as Prometheus' protobuf data model, for other exporters.
     pub fn families(&self) -> Vec<model::MetricFamily> {
-        self.metrics.refresh(&self.status, &self.hub, &self.flows, &self.policies);
+        self.metrics.refresh(&self.status, &self.flows, &self.policies);
         self.metrics.families()
     }
 }

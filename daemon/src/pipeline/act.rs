@@ -1,0 +1,64 @@
+//! The act stage: a violation becomes a `policy_alert` saying what was done about it, and a
+//! process that its rule kills, and that the kernel could not kill first, is killed here.
+
+use sidewall_proto::v1::{self as pb, get_events_response::Event};
+
+use crate::{
+    event,
+    policy::{detect::Violation, engine::Forbidden, store},
+};
+
+/// The alert for `v`, a violation of `ev`.
+pub fn alert(ev: &pb::GetEventsResponse, v: &Violation) -> pb::PolicyAlert {
+    let (denied, killable, peer, socket) = match &ev.event {
+        // A unix connect cannot be refused, but its caller can be killed (runtime sockets).
+        Some(Event::ProcessConnect(c)) => {
+            let unix = c.socket.as_ref().is_some_and(|s| s.protocol == "unix");
+            (c.result == "denied", unix, c.peer.clone(), c.socket.clone())
+        }
+        Some(Event::ProcessDatagram(d)) => (d.result == "denied", false, d.peer.clone(), d.socket.clone()),
+        Some(Event::ProcessBind(b)) => (b.result == "denied", false, None, b.socket.clone()),
+        Some(Event::ProcessSysctl(s)) => (s.result == "denied", false, None, None),
+        Some(Event::ProcessNamespace(n)) => (false, true, n.target.clone(), None),
+        Some(Event::ProcessAccess(a)) => (false, true, a.target.clone(), None),
+        _ => (false, false, None, None),
+    };
+    pb::PolicyAlert {
+        rule_id: v.rule_id.into(),
+        severity: v.severity.into(),
+        mitre_technique: v.mitre.into(),
+        policy: v.policy.clone(),
+        action: v.action_taken(denied, killable).into(),
+        message: v.message.clone(),
+        process: event::subject(ev).cloned(),
+        peer,
+        socket,
+        mode: store::mode_name(v.mode).into(),
+        trigger: event::kind(ev) as i32,
+    }
+}
+
+/// The alert for an established connection a rule forbids: `ev` is the connect that opened it.
+pub fn established(ev: &pb::GetEventsResponse, v: &Violation, f: &Forbidden) -> pb::PolicyAlert {
+    let mut alert = alert(ev, v);
+    alert.message = if f.enforced {
+        format!("{} (established connection cut)", v.message)
+    } else {
+        format!("{} (established connection; enforce mode would cut it)", v.message)
+    };
+    alert.action = f.action().into();
+    let remote = f.cut.socket.remote;
+    tracing::info!(rule = v.rule_id, policy = %v.policy, %remote, action = f.action(), "established connection");
+    alert
+}
+
+/// Carries out what the alert says the daemon does: a kill the kernel did not make.
+pub fn execute(alert: &pb::PolicyAlert) {
+    tracing::info!(rule = %alert.rule_id, action = %alert.action, policy = %alert.policy, "{}", alert.message);
+    if alert.action == "killed"
+        && let Some(p) = alert.process.as_ref()
+    {
+        // SAFETY: kill(2) of the offending process, by the pid the kernel reported.
+        unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+    }
+}

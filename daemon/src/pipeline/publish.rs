@@ -1,0 +1,84 @@
+//! The publish stage: an event is dressed once (node, time), counted, observed by the
+//! metrics, and handed to the hub, which fans it out to the gRPC streams and the exporters.
+
+use std::sync::Arc;
+
+use sidewall_common::kind;
+use sidewall_proto::v1::{self as pb, get_events_response::Event};
+
+use crate::{
+    clock::Clock,
+    event::{self, Shared},
+    export::{hub::Hub, metrics::Metrics},
+    kernel::decode::record_kind_name,
+    stats::{Stage, Stats},
+};
+
+pub struct Publisher {
+    hub: Arc<Hub>,
+    stats: Arc<Stats>,
+    metrics: Option<Arc<Metrics>>,
+    clock: Clock,
+    node_name: String,
+    kernel_drops_reported: [u64; kind::MAX as usize],
+}
+
+impl Publisher {
+    pub fn new(
+        hub: Arc<Hub>,
+        stats: Arc<Stats>,
+        metrics: Option<Arc<Metrics>>,
+        clock: Clock,
+        node_name: String,
+    ) -> Self {
+        Self { hub, stats, metrics, clock, node_name, kernel_drops_reported: [0; kind::MAX as usize] }
+    }
+
+    /// The event as every consumer sees it. `ktime`: boot-time ns when the kernel saw it,
+    /// which becomes its `time`.
+    pub fn dress(&self, event: Event, ktime: u64) -> Shared {
+        Arc::new(pb::GetEventsResponse {
+            event: Some(event),
+            node_name: self.node_name.clone(),
+            time: Some(self.clock.timestamp(ktime)),
+        })
+    }
+
+    pub fn publish(&self, ev: &Shared) {
+        self.stats.count_event(event::kind(ev));
+        if let Some(m) = &self.metrics {
+            m.observe(ev);
+        }
+        self.hub.publish(ev);
+    }
+
+    pub fn count_malformed(&self) {
+        self.stats.count_lost(Stage::Decode, 1);
+    }
+
+    /// A lost_events event when the kernel counted new ring-buffer drops.
+    pub fn kernel_drops(&mut self, totals: [u64; kind::MAX as usize]) -> Option<Event> {
+        let mut by_kind = std::collections::HashMap::new();
+        let mut count = 0;
+        for (k, (&now, seen)) in totals.iter().zip(self.kernel_drops_reported.iter_mut()).enumerate() {
+            let delta = now.saturating_sub(*seen);
+            *seen = now;
+            if delta > 0 {
+                count += delta;
+                by_kind.insert(record_kind_name(k as u32).to_string(), delta);
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        self.stats.count_lost(Stage::KernelRingbuf, count);
+        tracing::warn!(count, "kernel ring buffer full: events lost");
+        Some(Event::LostEvents(pb::LostEvents { stage: Stage::KernelRingbuf.name().into(), count, by_kind }))
+    }
+
+    /// Once a second: subscribers that lost events hear of it; the cache size is reported.
+    pub fn tick(&self, process_cache_size: usize) {
+        self.hub.report_losses();
+        self.stats.process_cache_size.store(process_cache_size as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
