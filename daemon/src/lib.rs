@@ -1,6 +1,7 @@
-//! sidewalld: the node daemon. Data flows one way:
-//! kernel (`kernel`) -> decode -> process cache (`process`) -> workload identity (`identity`)
-//! -> sockets and flows (`net`), namespaces and access (`isolation`) -> events (`pipeline`) -> fan-out and exporters (`export`) -> gRPC (`api`).
+//! sidewalld: the node daemon. Data flows one way (see `pipeline`):
+//! kernel (`kernel`) -> decode -> enrich (`process`, `identity`, `net`, `isolation`) ->
+//! detect and enforce (`policy::engine`) -> act -> publish -> fan-out and exporters (`export`)
+//! -> gRPC (`api`). `status` reports on all of it; `config` and `clock` are leaves.
 pub mod api;
 pub mod clock;
 pub mod config;
