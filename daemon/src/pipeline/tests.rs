@@ -279,3 +279,16 @@ fn a_malformed_record_is_counted_at_decode() {
     assert!(r.events().is_empty());
     assert_eq!(r.stats.lost(Stage::Decode), 1);
 }
+
+#[test]
+fn every_refusal_of_the_kernel_is_heard() {
+    // No policy of this daemon covers web (its rules changed since the kernel judged, say):
+    // the kernel's refusal is an alert all the same.
+    let mut r = rig(None);
+    start_pod(&mut r);
+    r.feed(&sock(sock_op::CONNECT, 100, WEB_CGROUP, 9090, true));
+    let evs = r.events();
+    let a = alert(evs.last().expect("events"));
+    assert_eq!((a.rule_id.as_str(), a.action.as_str()), ("kernel-refusal", "blocked"), "{evs:#?}");
+    assert!(a.message.contains("connect to 127.0.0.1:9090"), "{}", a.message);
+}

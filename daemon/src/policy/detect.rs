@@ -89,6 +89,7 @@ fn violation(pol: &Policy, rule: &ContainerRule, id: &'static str, message: Stri
         "namespace-transition" => ("critical", "T1611"),
         "runtime-socket" => ("critical", "T1610"),
         "loopback-routing" => ("high", "T1599"),
+        "kernel-refusal" => ("medium", ""),
         _ => ("high", "T1055"),
     };
     Violation {
@@ -107,6 +108,47 @@ pub fn check(policies: &[Policy], ev: &pb::GetEventsResponse) -> Vec<Violation> 
     let Some(p) = crate::event::subject(ev) else { return Vec::new() };
     let Some((pol, rule)) = rule_for(policies, p) else { return Vec::new() };
     check_rule(pol, rule, ev)
+}
+
+/// What the kernel refused in `ev` (a connect, send, bind or sysctl write it denied), if
+/// anything: an action the kernel refuses is always heard, even when no detection names it
+/// (a rule changed since the kernel judged, or the two disagree).
+pub fn refused(ev: &pb::GetEventsResponse) -> Option<String> {
+    let remote = |s: Option<&pb::Socket>| {
+        s.and_then(|s| s.remote.as_ref()).map_or_else(String::new, |r| format!(" to {}:{}", r.ip, r.port))
+    };
+    match &ev.event {
+        Some(Event::ProcessConnect(c)) if c.result == "denied" => {
+            Some(format!("connect{}", remote(c.socket.as_ref())))
+        }
+        Some(Event::ProcessDatagram(d)) if d.result == "denied" => {
+            Some(format!("send{}", remote(d.socket.as_ref())))
+        }
+        Some(Event::ProcessBind(b)) if b.result == "denied" => {
+            let port = b.socket.as_ref().and_then(|s| s.local.as_ref()).map_or(0, |l| l.port);
+            Some(format!("bind to port {port}"))
+        }
+        Some(Event::ProcessSysctl(s)) if s.result == "denied" => Some(format!("write to {}", s.name)),
+        _ => None,
+    }
+}
+
+/// The violation for a refusal no detection named, against the rule governing the caller
+/// (`None`: no rule in this daemon's policies, as when they changed since the kernel judged).
+pub fn refusal(found: Option<(&Policy, &ContainerRule)>, what: String) -> Violation {
+    let message = format!("the kernel refused a {what}");
+    match found {
+        Some((pol, rule)) => violation(pol, rule, "kernel-refusal", message),
+        None => Violation {
+            rule_id: "kernel-refusal",
+            severity: "medium",
+            mitre: "",
+            policy: String::new(),
+            mode: Mode::Enforce,
+            action: Action::Block,
+            message: format!("{message} (no rule in force names it)"),
+        },
+    }
 }
 
 /// Where `rule_for` found the rule: (policy, container rule) indices, for a cache that spares

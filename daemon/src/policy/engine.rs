@@ -125,16 +125,21 @@ impl PolicyEngine {
         }
     }
 
-    /// The violations of `ev` against the rule governing its process's container.
+    /// The violations of `ev` against the rule governing its process's container; a refusal
+    /// of the kernel is one even when no detection names it.
     pub fn detect(&mut self, ev: &pb::GetEventsResponse) -> Vec<Violation> {
         use pb::get_events_response::Event;
         if matches!(ev.event, Some(Event::PolicyAlert(_)) | Some(Event::LostEvents(_)) | None) {
             return Vec::new();
         }
         let Some(p) = event::subject(ev) else { return Vec::new() };
-        let Some((pi, ri)) = self.rule_index(p) else { return Vec::new() };
-        let pol = &self.snapshot[pi];
-        detect::check_rule(pol, &pol.spec.containers[ri], ev)
+        let found =
+            self.rule_index(p).map(|(pi, ri)| (&self.snapshot[pi], &self.snapshot[pi].spec.containers[ri]));
+        let violations = found.map(|(pol, rule)| detect::check_rule(pol, rule, ev)).unwrap_or_default();
+        match detect::refused(ev) {
+            Some(what) if violations.is_empty() => vec![detect::refusal(found, what)],
+            _ => violations,
+        }
     }
 
     /// The first violation of `ev` under any policy (for a connection found established,
