@@ -358,7 +358,7 @@ async fn a_malformed_policy_is_refused_and_the_old_one_still_enforces() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_namespace_change_is_killed_in_the_kernel() {
     let rules = "    - name: intruderc\n      namespaceChanges: deny\n      action: kill\n";
-    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;
+    let (mut d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "").await;
     let mut events = d.events(GetEventsRequest::default()).await;
     let pod = pod("c");
     // An attacker's shell in the container: the daemon arms it (it runs inside its container's
@@ -378,6 +378,15 @@ async fn a_namespace_change_is_killed_in_the_kernel() {
     // The neighbour, not covered by the rule, does the same unharmed.
     let (text, code) = out(&pod, "webc", &["/bin/swtool", "clone-userns"]);
     assert_eq!(code, Some(0), "{text}");
+    // With the daemon killed, what arms and kills lives on in the kernel; and after it is back.
+    d.crash();
+    let (text, code) = out(&pod, "intruderc", &["/bin/swtool", "clone-userns"]);
+    assert_eq!(code, Some(137), "SIGKILL while the daemon is down, not {text:?}");
+    let (text, code) = out(&pod, "intruderc", &["/bin/sh", "-c", "exec /bin/swtool clone-userns"]);
+    assert_eq!(code, Some(137), "a shell's child too, not {text:?}");
+    d.restart().await;
+    let (text, code) = out(&pod, "intruderc", &["/bin/swtool", "clone-userns"]);
+    assert_eq!(code, Some(137), "SIGKILL after the restart, not {text:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

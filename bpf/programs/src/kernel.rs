@@ -57,6 +57,13 @@ fn active_pid_ns_inum(task: *const u8) -> u32 {
     ns_inum(pid, upid + off!(upid_ns), off!(pid_inum))
 }
 
+/// The inode of `task`'s mount namespace (0 when unreadable).
+#[inline(always)]
+pub fn mnt_ns_inum(task: *const u8) -> u32 {
+    read_ptr(task, off!(task_nsproxy))
+        .map_or(0, |nsproxy| ns_inum(nsproxy, off!(nsproxy_mnt), off!(mnt_inum)))
+}
+
 /// All namespace inodes of `task`. Returns false when the task has no nsproxy (exiting).
 #[inline(always)]
 pub fn read_namespaces(task: *const u8, ns: &mut Namespaces) -> bool {

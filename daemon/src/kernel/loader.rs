@@ -133,11 +133,23 @@ pub struct LoadOptions<'a> {
     pub pin_dir: Option<&'a Path>,
 }
 
-/// Maps that hold the compiled policies: pinned, so a restarted daemon (and the programs a
-/// stopped one left attached) share them.
-const POLICY_MAPS: &[&str] = &["ENFORCE", "CONNECT_ALLOW", "BIND_ALLOW", "EGRESS_ALLOW", "ARMED"];
+/// Maps that hold the compiled policies and everything the kernel needs to decide alone that
+/// a process belongs to a governed container: pinned, so a restarted daemon (and the programs
+/// a stopped one left attached) share them.
+const POLICY_MAPS: &[&str] = &[
+    "ENFORCE",
+    "CONNECT_ALLOW",
+    "BIND_ALLOW",
+    "EGRESS_ALLOW",
+    "LOCAL_ADDRS",
+    "ARMED",
+    "HOME_MNT",
+    "RUNTIME_SOCKETS",
+];
 
-/// Programs whose attachment is pinned: those that enforce (deny, kill, arm).
+/// Programs whose attachment is pinned: those that enforce (deny, kill) and those that arm
+/// (exec into a container's home, fork of an armed process), so that a process started while
+/// the daemon is down, restarting or far behind is under its rule from its first instruction.
 const ENFORCING_PROGRAMS: &[&str] = &[
     "connect4",
     "connect6",
@@ -145,10 +157,15 @@ const ENFORCING_PROGRAMS: &[&str] = &[
     "sendmsg6",
     "post_bind4",
     "post_bind6",
+    "sched_process_exec",
     "sched_process_fork",
     "sched_process_exit",
     "sys_enter_setns",
     "sys_enter_unshare",
+    "sys_enter_connect",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_open",
     "sysctl_write",
 ];
 

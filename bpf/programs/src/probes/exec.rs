@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::btf_tracepoint,
@@ -12,13 +12,20 @@ use sidewall_common::{ARGS_MAX, ExecEvent, FILENAME_MAX, flags, kind};
 
 use crate::{
     cwd::read_cwd,
-    kernel::{fill_current, off, read, read_ptr},
+    kernel::{fill_current, mnt_ns_inum, off, read, read_ptr},
     maps::{EVENTS, count_drop, wakeup},
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: helper without pointer arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // Arming first: it must never depend on room in the ring buffer, which a flood (or a
+    // daemon that is down) can fill.
+    // SAFETY: helpers without pointer arguments.
+    let (cgroup, tgid) = unsafe { (bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
+    crate::policy::arm_at_home(cgroup, tgid, mnt_ns_inum(task));
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_drop(kind::EXEC);
         return 0;
@@ -26,10 +33,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: reservation of exactly size_of::<ExecEvent>() bytes; it is too large for the
     // 512-byte BPF stack, so every field is written in place.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    // SAFETY: helper without pointer arguments.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     fill_current(&mut ev.hdr, kind::EXEC, task);
-    crate::policy::arm_at_home(ev.hdr.cgroup_id, ev.hdr.pid, ev.hdr.ns.mnt);
     ev._pad = 0;
 
     ev.filename_len = 0;

@@ -1,14 +1,14 @@
 //! `tp_btf/sched_process_fork`: a new process (not a thread), for the process tree.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use sidewall_common::{ForkEvent, kind};
+use sidewall_common::{ForkEvent, Namespaces, flags, kind};
 
 use crate::{
-    kernel::{fill_current, off, read, read_namespaces},
+    kernel::{fill_process_lite, off, read, read_namespaces},
     maps::{EVENTS, count_drop, wakeup},
 };
 
@@ -24,29 +24,35 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if child_pid != child_tgid {
         return 0;
     }
+    // SAFETY: helpers without pointer arguments.
+    let (parent, parent_tgid) =
+        unsafe { (bpf_get_current_task() as *const u8, (bpf_get_current_pid_tgid() >> 32) as u32) };
+    // Enforcement first: it must never depend on room in the ring buffer, which a flood (or a
+    // daemon that is down) can fill. A child of an armed process is armed; clone(CLONE_NEW*)
+    // gives the child namespaces of its own, and the caller (current) is the one a policy kills.
+    crate::policy::inherit_armed(parent_tgid, child_tgid);
+    let (mut parent_ns, mut child_ns) = (Namespaces::default(), Namespaces::default());
+    let parent_known = read_namespaces(parent, &mut parent_ns);
+    read_namespaces(child, &mut child_ns);
+    if parent_ns != child_ns {
+        super::namespace::kill_if_denied();
+    }
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_drop(kind::FORK);
         return 0;
     };
     // SAFETY: reservation of exactly size_of::<ForkEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    // SAFETY: helper without pointer arguments.
-    let parent = unsafe { bpf_get_current_task() } as *const u8;
     // Start from the parent (current), then describe the child.
-    fill_current(&mut ev.hdr, kind::FORK, parent);
+    fill_process_lite(&mut ev.hdr, kind::FORK);
+    ev.hdr.flags = if parent_known { 0 } else { flags::NS_UNKNOWN };
     ev.hdr.ppid = ev.hdr.pid;
     ev.hdr.pid = child_tgid;
     ev.hdr.tid = child_pid;
     // SAFETY: helper without pointer arguments.
     ev.hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
-    // clone(CLONE_NEW*) gives the child namespaces of its own.
-    crate::policy::inherit_armed(ev.hdr.ppid, child_tgid);
-    ev.parent_ns = ev.hdr.ns;
-    read_namespaces(child, &mut ev.hdr.ns);
-    if ev.parent_ns != ev.hdr.ns {
-        // clone(CLONE_NEW*): the caller (current) is the one a policy may kill.
-        super::namespace::kill_if_denied();
-    }
+    ev.parent_ns = parent_ns;
+    ev.hdr.ns = child_ns;
     entry.submit(wakeup());
     0
 }
