@@ -298,6 +298,30 @@ async fn a_container_whose_first_action_is_a_forbidden_connect_is_blocked() {
     assert_eq!(logs.lines().next(), Some("error EPERM: connect"), "{logs}");
 }
 
+/// A sidecar whose entry point is itself the attack: the kernel must have armed it before its
+/// first instruction. Twenty containers start side by side, each a try; none may escape.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_point_that_attacks_is_killed_every_time() {
+    let names: Vec<String> = (0..20).map(|i| format!("entryk{i}")).collect();
+    let rules: String = names
+        .iter()
+        .map(|n| format!("    - name: {n}\n      namespaceChanges: deny\n      action: kill\n"))
+        .collect();
+    let (_d, _dir) = daemon_with_policy(&policy("guard", "enforce", &rules), "").await;
+    let attack: &[&str] = &["/bin/swtool", "clone-userns"];
+    let specs: Vec<Spec<'_>> =
+        names.iter().map(|n| Spec { name: n, command: attack, ..Default::default() }).collect();
+    let pod = Pod::play_with("entry", &specs, &Options { run_once: true, ..Default::default() });
+    let escaped: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            let code = pod.wait(n);
+            (code != 137).then(|| format!("{n}: exit {code}: {}", pod.logs(n).trim()))
+        })
+        .collect();
+    assert!(escaped.is_empty(), "escaped the kill: {escaped:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pods_own_address_is_no_way_around_a_loopback_rule() {
     let (_d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("j")), "").await;

@@ -113,6 +113,8 @@ pub struct Options<'a> {
     pub annotations: &'a [(&'a str, &'a str)],
     /// `shareProcessNamespace`: the containers see each other's processes.
     pub share_process_namespace: bool,
+    /// `restartPolicy: Never`: a container that ends stays ended (see `Pod::wait`).
+    pub run_once: bool,
 }
 
 pub struct Pod {
@@ -187,6 +189,13 @@ impl Pod {
         nspid.split_whitespace().last().and_then(|p| p.parse().ok()).expect("a pid")
     }
 
+    /// Waits for a container to end; its exit status (137: killed by SIGKILL).
+    pub fn wait(&self, container: &str) -> i32 {
+        let out = run(podman(self.conf).args(["wait", &self.container(container)]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().unwrap_or_else(|_| panic!("podman wait {container}: {text:?}"))
+    }
+
     pub fn pod_id(&self) -> String {
         let out = run(podman(self.conf).args(["pod", "inspect", "--format", "{{.Id}}", &self.name]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -224,6 +233,9 @@ fn manifest(name: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> String {
     y.push_str("spec:\n");
     if opts.share_process_namespace {
         y.push_str("  shareProcessNamespace: true\n");
+    }
+    if opts.run_once {
+        y.push_str("  restartPolicy: Never\n");
     }
     y.push_str("  containers:\n");
     for c in containers {

@@ -64,6 +64,12 @@ pub fn mnt_ns_inum(task: *const u8) -> u32 {
         .map_or(0, |nsproxy| ns_inum(nsproxy, off!(nsproxy_mnt), off!(mnt_inum)))
 }
 
+/// The inode of the mount namespace of `task`'s real parent (0 when unreadable).
+#[inline(always)]
+pub fn parent_mnt_ns_inum(task: *const u8) -> u32 {
+    read_ptr(task, off!(task_real_parent)).map_or(0, mnt_ns_inum)
+}
+
 /// All namespace inodes of `task`. Returns false when the task has no nsproxy (exiting).
 #[inline(always)]
 pub fn read_namespaces(task: *const u8, ns: &mut Namespaces) -> bool {

@@ -8,6 +8,9 @@ use aya_ebpf::{
 };
 use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, enforce};
 
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
 #[map]
 pub static ENFORCE: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 #[map]
@@ -105,18 +108,42 @@ pub fn kill_runtime_socket(cgroup_id: u64, tgid: u32, path: &[u8; UNIX_PATH_MAX]
         && unsafe { RUNTIME_SOCKETS.get(path) }.is_some()
 }
 
-/// The mount namespace each container's processes live in, as the daemon learned it (the
-/// container's baseline): an exec into it arms the process at once, before the daemon has
-/// seen the exec (`podman exec`/`kubectl exec` of an attack, say).
+/// The mount namespace each container's processes live in: learned by the kernel at the
+/// container's entry (see `arm_at_home`), or by the daemon from its first process. An exec
+/// into it arms the process at once (`podman exec`/`kubectl exec` of an attack, say).
 #[map]
 pub static HOME_MNT: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
+/// Arms a process at its exec into its container's own mount namespace. The container's home
+/// is learned here too, with no daemon in the loop: the first exec in a cgroup into a mount
+/// namespace its parent does not share is the runtime starting the entry point (the runtime's
+/// init process execs it once inside the container's namespaces; before that it ran with the
+/// runtime's mounts), so the entry point is armed before its first instruction.
 #[inline(always)]
-pub fn arm_at_home(cgroup_id: u64, tgid: u32, mnt: u32) {
+pub fn arm_at_home(cgroup_id: u64, tgid: u32, mnt: u32, parent_mnt: u32) {
+    if mnt == 0 {
+        return;
+    }
     // SAFETY: read-only lookup in our own map.
-    if mnt != 0 && unsafe { HOME_MNT.get(&cgroup_id) }.is_some_and(|m| *m == mnt) {
+    let home = match unsafe { HOME_MNT.get(&cgroup_id) } {
+        Some(home) => *home,
+        // The root cgroup is the host's, never a container.
+        None if cgroup_id > 1 && parent_mnt != 0 && parent_mnt != mnt => {
+            // BPF_NOEXIST: of two racing first execs of one container, the first one sets it.
+            let _ = HOME_MNT.insert(&cgroup_id, &mnt, BPF_NOEXIST);
+            mnt
+        }
+        None => return,
+    };
+    if home == mnt {
         let _ = ARMED.insert(&tgid, &1, 0);
     }
+}
+
+/// A cgroup is gone: so is its home (the daemon may be down to say so).
+#[inline(always)]
+pub fn forget_cgroup(cgroup_id: u64) {
+    let _ = HOME_MNT.remove(&cgroup_id);
 }
 
 /// Whether opening a process's secrets (`target_cgroup`: the cgroup it lives in) kills the

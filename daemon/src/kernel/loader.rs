@@ -159,6 +159,7 @@ const ENFORCING_PROGRAMS: &[&str] = &[
     "post_bind6",
     "sched_process_exec",
     "sched_process_fork",
+    "cgroup_rmdir",
     "sched_process_exit",
     "sys_enter_setns",
     "sys_enter_unshare",

@@ -38,6 +38,9 @@ fn emit(ctx: &BtfTracePointContext, record: u32) -> i32 {
     else {
         return 0;
     };
+    if record == kind::CGROUP_RMDIR {
+        crate::policy::forget_cgroup(id);
+    }
     let Some(mut entry) = EVENTS.reserve::<CgroupEvent>(0) else {
         count_drop(record);
         return 0;

@@ -12,7 +12,7 @@ use sidewall_common::{ARGS_MAX, ExecEvent, FILENAME_MAX, flags, kind};
 
 use crate::{
     cwd::read_cwd,
-    kernel::{fill_current, mnt_ns_inum, off, read, read_ptr},
+    kernel::{fill_current, mnt_ns_inum, off, parent_mnt_ns_inum, read, read_ptr},
     maps::{EVENTS, count_drop, wakeup},
 };
 
@@ -25,7 +25,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     // daemon that is down) can fill.
     // SAFETY: helpers without pointer arguments.
     let (cgroup, tgid) = unsafe { (bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
-    crate::policy::arm_at_home(cgroup, tgid, mnt_ns_inum(task));
+    crate::policy::arm_at_home(cgroup, tgid, mnt_ns_inum(task), parent_mnt_ns_inum(task));
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_drop(kind::EXEC);
         return 0;
