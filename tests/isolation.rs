@@ -54,7 +54,11 @@ fn shared_pod() -> Pod {
             Spec { name: "app", command: &sleep, ..Default::default() },
             Spec { name: "proxy", command: &sleep, privileged: true },
         ],
-        &Options { annotations: &[("sidewall.io/sidecars", "proxy")], share_process_namespace: true },
+        &Options {
+            annotations: &[("sidewall.io/sidecars", "proxy")],
+            share_process_namespace: true,
+            ..Default::default()
+        },
     )
 }
 
