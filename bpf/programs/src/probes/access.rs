@@ -11,7 +11,10 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{ACCESS_PATH_MAX, AccessEvent, access_op, kind};
+use sidewall_common::{
+    ACCESS_PATH_MAX, AccessEvent, access_op, kind,
+    wire::{PROC_SUPER_MAGIC, PTRACE_ATTACH, PTRACE_SEIZE, SIGKILL},
+};
 
 use crate::{
     kernel::{fill_current, off, read, read_ptr},
@@ -22,11 +25,6 @@ use crate::{
 /// looks at the opened file itself, then stays silent for that open.
 #[map]
 static OPEN_REPORTED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
-
-const PROC_SUPER_MAGIC: u64 = 0x9fa0;
-
-const PTRACE_ATTACH: u64 = 16;
-const PTRACE_SEIZE: u64 = 0x4206;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
 pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
@@ -104,7 +102,7 @@ fn opened(ctx: &TracePointContext) -> u32 {
     if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, target_cgroup) {
         // The file is open but never read: SIGKILL lands on the way back to user space.
         // SAFETY: signals the current task only.
-        unsafe { bpf_send_signal(9) };
+        unsafe { bpf_send_signal(SIGKILL) };
     }
     if !reported {
         emit(access_op::PROC_FILE, pid, Some((&name, len)));

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op};
+use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op, wire::SIGKILL};
 
 use crate::{
     kernel::{fill_current, off, read_namespaces},
@@ -68,7 +68,7 @@ pub fn kill_if_denied() {
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     if crate::policy::kill_namespace_change(cgroup, tgid) {
         // SAFETY: signals the current task only.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGKILL) };
     }
 }
 

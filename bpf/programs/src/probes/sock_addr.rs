@@ -10,7 +10,10 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use sidewall_common::{SockEvent, kind, sock_op, verdict};
+use sidewall_common::{
+    SockEvent, kind, sock_op, verdict,
+    wire::{AF_INET, AF_INET6, IPPROTO_UDP},
+};
 
 use crate::{
     kernel::fill_current,
@@ -19,9 +22,6 @@ use crate::{
 };
 
 const ALLOW: i32 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_UDP: u32 = 17;
 /// Repeated datagrams from one socket to one destination are reported at most this often.
 const DATAGRAM_REPORT_NS: u64 = 1_000_000_000;
 
@@ -132,7 +132,7 @@ fn datagram_report(cookie: u64, addr: [u8; 16], port: u16, now: u64) -> Option<u
 fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &*ctx.sock_addr };
-    if sa.protocol != IPPROTO_UDP {
+    if sa.protocol != u32::from(IPPROTO_UDP) {
         return ALLOW;
     }
     let v = verdict_for(ctx, family);

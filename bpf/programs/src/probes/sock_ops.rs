@@ -6,7 +6,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::{
         bpf_probe_read_kernel,
@@ -15,14 +15,15 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use sidewall_common::{SockEvent, fin, kind, sock_op, verdict};
+use sidewall_common::{
+    SockEvent, fin, kind, sock_op, verdict,
+    wire::{AF_INET, IPPROTO_TCP, TCP_CLOSE},
+};
 
 use crate::{
     kernel::{fill_no_process, off, read},
     maps::{EVENTS, count_drop, wakeup},
 };
-
-const IPPROTO_TCP: u8 = 6;
 
 #[sock_ops]
 pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
@@ -38,7 +39,7 @@ pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_STATE_CB => {
             let (old, new) = (ctx.arg(0), ctx.arg(1));
-            if new == BPF_TCP_CLOSE {
+            if new == u32::from(TCP_CLOSE) {
                 emit(&ctx, sock_op::CLOSE, old as u8, new as u8, fin_received(&ctx));
             }
         }
@@ -102,7 +103,7 @@ fn emit(ctx: &SockOpsContext, op: u32, old_state: u8, new_state: u8, fin: u8) {
     ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     ev.local_addr = [0; 16];
     ev.remote_addr = [0; 16];
-    if ops.family == 2 {
+    if ops.family == u32::from(AF_INET) {
         ev.local_addr[..4].copy_from_slice(&ops.local_ip4.to_ne_bytes());
         ev.remote_addr[..4].copy_from_slice(&ops.remote_ip4.to_ne_bytes());
     } else {

@@ -10,15 +10,16 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, kind};
+use sidewall_common::{
+    UNIX_PATH_MAX, UnixConnectEvent, kind,
+    wire::{AF_UNIX, SIGKILL},
+};
 
 use crate::{
     kernel::{fill_process_lite, off},
     maps::{EVENTS, count_drop, wakeup},
     policy::kill_runtime_socket,
 };
-
-const AF_UNIX: u16 = 1;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -53,7 +54,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if rc == 0 && kill_runtime_socket(cgroup, tgid, &path) {
         // SAFETY: signals the current task only.
-        unsafe { bpf_send_signal(9) };
+        unsafe { bpf_send_signal(SIGKILL) };
     }
     let Some(mut entry) = EVENTS.reserve::<UnixConnectEvent>(0) else {
         count_drop(kind::UNIX_CONNECT);
