@@ -5,8 +5,15 @@ mod exec;
 mod exit;
 mod fork;
 pub mod namespace;
+mod sock;
 mod sock_addr;
 mod sock_bind;
 mod sock_ops;
 mod sysctl;
 mod unix_connect;
+
+/// What a cgroup hook returns to let the operation proceed.
+const ALLOW: i32 = 1;
+/// What a cgroup hook returns to refuse it: the caller gets EPERM (from post_bind, the bind
+/// is undone).
+const DENY: i32 = 0;

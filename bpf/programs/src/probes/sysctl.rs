@@ -10,14 +10,12 @@ use aya_ebpf::{
 };
 use sidewall_common::{SYSCTL_NAME_MAX, SysctlEvent, enforce, kind, verdict};
 
+use super::{ALLOW, DENY};
 use crate::{
     kernel::fill_process_lite,
     maps::{EVENTS, count_drop, wakeup},
     policy,
 };
-
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
 
 #[cgroup_sysctl]
 pub fn sysctl_write(ctx: SysctlContext) -> i32 {
