@@ -12,11 +12,13 @@ use sidewall_common::{ACCESS_PATH_MAX, access_op};
 use super::access::{OPEN_REPORTED, emit};
 use crate::kernel::off;
 
+// syscalls/sys_enter_openat: long openat(int dfd, const char *filename, int flags, umode_t mode)
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     proc_open(&ctx, off!(tp_openat_filename))
 }
 
+// syscalls/sys_enter_open: long open(const char *filename, int flags, umode_t mode)
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     proc_open(&ctx, off!(tp_open_filename))

@@ -19,16 +19,19 @@ use sidewall_common::{
 use super::access::{OPEN_REPORTED, emit};
 use crate::kernel::{off, read, read_ptr};
 
+// syscalls/sys_exit_openat: long ret of openat(int dfd, const char *filename, int flags, umode_t mode): fd or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
     opened(&ctx)
 }
 
+// syscalls/sys_exit_openat2: long ret of openat2(int dfd, const char *filename, struct open_how *how, size_t usize): fd or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
     opened(&ctx)
 }
 
+// syscalls/sys_exit_open: long ret of open(const char *filename, int flags, umode_t mode): fd or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     opened(&ctx)

@@ -7,11 +7,13 @@ use sidewall_common::access_op;
 use super::access::emit;
 use crate::kernel::off;
 
+// syscalls/sys_enter_process_vm_readv: long process_vm_readv(pid_t pid, const struct iovec *lvec, unsigned long liovcnt, const struct iovec *rvec, unsigned long riovcnt, unsigned long flags)
 #[tracepoint(category = "syscalls", name = "sys_enter_process_vm_readv")]
 pub fn sys_enter_process_vm_readv(ctx: TracePointContext) -> u32 {
     vm(&ctx, access_op::VM_READV)
 }
 
+// syscalls/sys_enter_process_vm_writev: long process_vm_writev(pid_t pid, const struct iovec *lvec, unsigned long liovcnt, const struct iovec *rvec, unsigned long riovcnt, unsigned long flags)
 #[tracepoint(category = "syscalls", name = "sys_enter_process_vm_writev")]
 pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
     vm(&ctx, access_op::VM_WRITEV)

@@ -9,6 +9,7 @@ use sidewall_common::{
 use super::access::emit;
 use crate::kernel::off;
 
+// syscalls/sys_enter_ptrace: long ptrace(long request, long pid, unsigned long addr, unsigned long data)
 #[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
 pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
     let (req_off, pid_off) = (off!(tp_ptrace_request), off!(tp_ptrace_pid));

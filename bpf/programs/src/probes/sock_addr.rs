@@ -44,21 +44,25 @@ pub struct DatagramSeen {
 #[map]
 static DATAGRAMS: LruHashMap<DatagramKey, DatagramSeen> = LruHashMap::with_max_entries(16384, 0);
 
+// cgroup/connect4 (tcp_v4_pre_connect, udp_pre_connect): struct bpf_sock_addr { user_ip4, user_port (network order) }
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     connect(&ctx, AF_INET)
 }
 
+// cgroup/connect6 (tcp_v6_pre_connect, udpv6_pre_connect): struct bpf_sock_addr { user_ip6[4], user_port (network order) }
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     connect(&ctx, AF_INET6)
 }
 
+// cgroup/sendmsg4 (udp_sendmsg, unconnected): struct bpf_sock_addr { user_ip4, user_port (network order), protocol }
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     datagram(&ctx, AF_INET)
 }
 
+// cgroup/sendmsg6 (udpv6_sendmsg, unconnected): struct bpf_sock_addr { user_ip6[4], user_port (network order), protocol }
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     datagram(&ctx, AF_INET6)

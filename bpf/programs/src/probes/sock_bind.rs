@@ -30,16 +30,19 @@ enum Source {
     None,
 }
 
+// cgroup/post_bind4 (__inet_bind, port bound): struct bpf_sock { family, protocol, src_ip4, src_port (host order) }
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
     bind(&ctx, Source::V4)
 }
 
+// cgroup/post_bind6 (__inet6_bind, port bound): struct bpf_sock { family, protocol, src_ip6[4], src_port (host order) }
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
     bind(&ctx, Source::V6)
 }
 
+// cgroup/sock_release (inet_release): struct bpf_sock { family, protocol }; no address may be read
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: helper takes the program context.

@@ -19,6 +19,7 @@ use sidewall_common::{
 use super::sock::{self, Caller, put_v4, put_v6};
 use crate::kernel::{off, read};
 
+// sockops (tcp_connect, tcp_init_transfer, tcp_set_state): struct bpf_sock_ops { op, args[2], family, ips, ports, bytes_*, sk }
 #[sock_ops]
 pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
@@ -32,6 +33,7 @@ pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
             emit(&ctx, sock_op::ESTABLISHED_PASSIVE, 0, 0, fin::UNKNOWN);
         }
         BPF_SOCK_OPS_STATE_CB => {
+            // STATE_CB from tcp_set_state: args[0] is the old TCP state, args[1] the new one.
             let (old, new) = (ctx.arg(0), ctx.arg(1));
             if new == u32::from(TCP_CLOSE) {
                 emit(&ctx, sock_op::CLOSE, old as u8, new as u8, fin_received(&ctx));

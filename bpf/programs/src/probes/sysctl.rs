@@ -17,6 +17,7 @@ use crate::{
     policy,
 };
 
+// cgroup/sysctl (proc_sys_call_handler): struct bpf_sysctl { write }; name and new value through bpf_sysctl_get_*
 #[cgroup_sysctl]
 pub fn sysctl_write(ctx: SysctlContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.

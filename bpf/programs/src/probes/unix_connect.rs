@@ -21,6 +21,7 @@ use crate::{
     policy::kill_runtime_socket,
 };
 
+// syscalls/sys_enter_connect: long connect(int fd, struct sockaddr *uservaddr, int addrlen)
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let (addr_off, len_off) = (off!(tp_connect_addr), off!(tp_connect_addrlen));
