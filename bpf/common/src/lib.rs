@@ -5,6 +5,8 @@
 //! in one commit; the daemon checks record sizes and rejects records that do not fit.
 #![no_std]
 
+pub mod destination;
+
 /// Bytes of `argv` copied per exec; longer argument lists are cut and flagged.
 pub const ARGS_MAX: usize = 1024;
 /// Bytes of the path given to execve.
