@@ -1,4 +1,8 @@
-//! One file per kernel hook (or per family of hooks that share one record).
+//! One file per kernel hook (or per family of hooks that share one record); `sock.rs` fills
+//! the `SockEvent` records of the socket hooks, `access.rs` holds what the access probes share.
+//! Above each hook, one line names the tracepoint (with its prototype) or the kernel function
+//! that runs it, and the arguments or context fields it relies on. Numbers the kernel defines
+//! come from `sidewall_common::wire`.
 mod access;
 mod cgroup;
 mod exec;
