@@ -5,6 +5,8 @@
 //! in one commit; the daemon checks record sizes and rejects records that do not fit.
 #![no_std]
 
+pub mod destination;
+
 /// Bytes of `argv` copied per exec; longer argument lists are cut and flagged.
 pub const ARGS_MAX: usize = 1024;
 /// Bytes of the path given to execve.
@@ -17,6 +19,45 @@ pub const CWD_SLOT: usize = 128;
 /// names seen, so the walk verifies in linear time.
 pub const CWD_MAX_DEPTH: usize = 24;
 pub const CWD_BUF: usize = CWD_SLOT * CWD_MAX_DEPTH;
+
+/// Numbers the kernel defines and both sides compare records against: socket families,
+/// protocols and TCP states as `SockEvent` and sock_diag carry them, ptrace requests, the
+/// procfs magic, signals. Defined here once; the programs and the daemon both use these.
+pub mod wire {
+    /// Socket families (`sa_family_t`, include/linux/socket.h), as `SockEvent::family`.
+    pub const AF_UNIX: u16 = 1;
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+
+    /// IP protocols (include/uapi/linux/in.h), as `SockEvent::protocol`.
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+
+    /// TCP states (include/net/tcp_states.h), as sock_ops reports them in `SockEvent`'s
+    /// `old_state` and `new_state` (`BPF_TCP_*` has the same values) and sock_diag lists them.
+    pub const TCP_ESTABLISHED: u8 = 1;
+    pub const TCP_SYN_SENT: u8 = 2;
+    pub const TCP_SYN_RECV: u8 = 3;
+    pub const TCP_FIN_WAIT1: u8 = 4;
+    pub const TCP_FIN_WAIT2: u8 = 5;
+    pub const TCP_TIME_WAIT: u8 = 6;
+    pub const TCP_CLOSE: u8 = 7;
+    pub const TCP_CLOSE_WAIT: u8 = 8;
+    pub const TCP_LAST_ACK: u8 = 9;
+    pub const TCP_LISTEN: u8 = 10;
+    pub const TCP_CLOSING: u8 = 11;
+
+    /// ptrace(2) requests that attach to a process (include/uapi/linux/ptrace.h), as the
+    /// `request` argument of syscalls/sys_enter_ptrace (a `long`).
+    pub const PTRACE_ATTACH: u64 = 16;
+    pub const PTRACE_SEIZE: u64 = 0x4206;
+
+    /// `super_block.s_magic` of procfs (include/uapi/linux/magic.h).
+    pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+
+    /// The signal the programs send with `bpf_send_signal`.
+    pub const SIGKILL: u32 = 9;
+}
 
 /// Record kinds, the first `u32` of every ring-buffer record.
 pub mod kind {
@@ -270,9 +311,9 @@ pub mod verdict {
 pub struct SockEvent {
     pub hdr: Header,
     pub op: u32,
-    /// AF_INET (2) or AF_INET6 (10).
+    /// `wire::AF_INET` or `wire::AF_INET6`.
     pub family: u16,
-    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    /// `wire::IPPROTO_TCP` or `wire::IPPROTO_UDP`.
     pub protocol: u8,
     pub verdict: u8,
     pub cookie: u64,
@@ -281,6 +322,7 @@ pub struct SockEvent {
     pub remote_addr: [u8; 16],
     pub local_port: u16,
     pub remote_port: u16,
+    /// On CLOSE: TCP states (`wire::TCP_*`) before and after.
     pub old_state: u8,
     pub new_state: u8,
     /// On CLOSE: whether the peer's FIN was received (`fin::*`), which the state alone

@@ -1,6 +1,7 @@
 //! sidewall's eBPF programs. One probe per file under `probes/`; shared kernel reads in
-//! `kernel.rs`; maps in `maps.rs`. Kernel struct offsets come from the daemon (`OFFSETS`),
-//! resolved from the running kernel's BTF, never hard-coded here.
+//! `kernel.rs`; maps in `maps.rs`; enforcement maps and checks in `policy.rs`. Kernel struct
+//! offsets come from the daemon (`OFFSETS`), resolved from the running kernel's BTF, never
+//! hard-coded here.
 #![no_std]
 #![no_main]
 

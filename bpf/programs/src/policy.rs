@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
 };
-use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, enforce};
+use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, destination, enforce};
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -45,46 +45,27 @@ fn port_allowed(map: &HashMap<PortKey, u8>, cgroup_id: u64, port: u16) -> bool {
     unsafe { map.get(&key) }.is_some()
 }
 
-/// Whether `v6` (IPv4 as ::ffff:a.b.c.d, network byte order) reaches the caller's own network
-/// stack: 127.0.0.0/8, ::1, the unspecified addresses (a connect to 0.0.0.0 or :: goes to the
-/// local host), and the pod's own addresses, which the daemon lists per container.
-#[inline(always)]
-pub fn is_local(cgroup_id: u64, v6: &[u8; 16]) -> bool {
-    let zero10 = v6[..10].iter().all(|b| *b == 0);
-    let mapped = zero10 && v6[10] == 0xff && v6[11] == 0xff;
-    let zero15 = zero10 && v6[10..15].iter().all(|b| *b == 0);
-    let v4_local = mapped && (v6[12] == 127 || v6[12..].iter().all(|b| *b == 0));
-    if v4_local || (zero15 && (v6[15] == 1 || v6[15] == 0)) {
-        return true;
-    }
-    // SAFETY: read-only lookup in our own map.
-    unsafe { LOCAL_ADDRS.get(&CgroupAddr { cgroup_id, addr: *v6 }) }.is_some()
-}
-
 /// Whether a connect or send from `cgroup_id` to `addr:port` is denied (`addr` as the hook
-/// gives it: IPv4 in the first four bytes when `v4`).
+/// gives it: IPv4 in the first four bytes when `v4`). The decision is the one the daemon
+/// makes too (`sidewall_common::destination`); the lookups are in the maps above: the pod's
+/// own addresses in `LOCAL_ADDRS`, loopback ports in `CONNECT_ALLOW`, egress ranges in
+/// `EGRESS_ALLOW`.
 #[inline(always)]
 pub fn deny_destination(cgroup_id: u64, addr: &[u8; 16], v4: bool, port: u16) -> bool {
     let f = flags(cgroup_id);
     if f == 0 {
         return false;
     }
-    let mut v6 = [0u8; 16];
-    if v4 {
-        v6[10] = 0xff;
-        v6[11] = 0xff;
-        v6[12..].copy_from_slice(&addr[..4]);
-    } else {
-        v6 = *addr;
-    }
-    if is_local(cgroup_id, &v6) {
-        return f & enforce::LOOPBACK != 0 && !port_allowed(&CONNECT_ALLOW, cgroup_id, port);
-    }
-    if f & enforce::EGRESS == 0 {
-        return false;
-    }
-    let key = Key::new(64 + 128, CgroupAddr { cgroup_id, addr: v6 });
-    EGRESS_ALLOW.get(&key).is_none()
+    let v6 = destination::mapped(addr, v4);
+    destination::denies(
+        f,
+        &v6,
+        port,
+        // SAFETY: read-only lookup in our own map.
+        |a| unsafe { LOCAL_ADDRS.get(&CgroupAddr { cgroup_id, addr: *a }) }.is_some(),
+        |p| port_allowed(&CONNECT_ALLOW, cgroup_id, p),
+        |a| EGRESS_ALLOW.get(&Key::new(64 + 128, CgroupAddr { cgroup_id, addr: *a })).is_some(),
+    )
 }
 
 #[inline(always)]

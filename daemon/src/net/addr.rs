@@ -2,10 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+use sidewall_common::wire::{AF_INET, IPPROTO_TCP, IPPROTO_UDP};
 
 /// The address in a record (network byte order; IPv4 in the first four bytes). IPv4-mapped
 /// IPv6 addresses become IPv4, so `::ffff:127.0.0.1` and `127.0.0.1` are the same place.
@@ -43,6 +40,7 @@ pub fn protocol_name(proto: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sidewall_common::wire::AF_INET6;
 
     fn v6(s: &str) -> [u8; 16] {
         s.parse::<Ipv6Addr>().expect("v6").octets()
@@ -60,5 +58,19 @@ mod tests {
         b[..4].copy_from_slice(&[10, 0, 0, 1]);
         assert!(!is_loopback(&ip(AF_INET, &b)));
         assert_eq!(family_name(AF_INET6, &mapped), "ipv4");
+    }
+
+    /// The ABI crate's numbers are the C library's, where it has them.
+    #[test]
+    fn wire_numbers_agree_with_libc() {
+        use sidewall_common::wire::*;
+        assert_eq!(
+            [AF_UNIX, AF_INET, AF_INET6],
+            [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6].map(|f| f as u16)
+        );
+        assert_eq!([IPPROTO_TCP, IPPROTO_UDP], [libc::IPPROTO_TCP, libc::IPPROTO_UDP].map(|p| p as u8));
+        assert_eq!([PTRACE_ATTACH, PTRACE_SEIZE], [libc::PTRACE_ATTACH, libc::PTRACE_SEIZE].map(u64::from));
+        assert_eq!(PROC_SUPER_MAGIC, libc::PROC_SUPER_MAGIC as u64);
+        assert_eq!(SIGKILL, libc::SIGKILL as u32);
     }
 }

@@ -16,11 +16,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidewall_common::{Header, SockEvent, fin, flags, sock_op, verdict};
+use sidewall_common::{
+    Header, SockEvent, fin, flags, sock_op, verdict,
+    wire::{
+        IPPROTO_TCP, IPPROTO_UDP, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_SENT,
+        TCP_TIME_WAIT,
+    },
+};
 use sidewall_proto::v1 as pb;
 
 use self::{
-    addr::{IPPROTO_TCP, IPPROTO_UDP, family_name, ip, protocol_name},
+    addr::{family_name, ip, protocol_name},
     flows::{Endpoint, Flow, FlowGraph},
     netns::NetnsIndex,
     ports::{Binding, PortTable},
@@ -31,13 +37,6 @@ use crate::{
     process::{ProcEntry, ProcessCache},
 };
 
-/// TCP states (include/net/tcp_states.h) as sock_ops reports them.
-const TCP_SYN_SENT: u8 = 2;
-const TCP_FIN_WAIT2: u8 = 5;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_CLOSE_WAIT: u8 = 8;
-const TCP_LAST_ACK: u8 = 9;
-const TCP_CLOSING: u8 = 11;
 /// A connect with no answer yet is reported as in progress after this long.
 const CONNECT_PENDING: Duration = Duration::from_secs(2);
 /// Sockets tracked at most (connections in flight plus established ones).

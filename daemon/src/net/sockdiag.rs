@@ -10,6 +10,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+use sidewall_common::wire::{AF_INET, AF_INET6, IPPROTO_TCP};
+
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
@@ -26,14 +28,12 @@ const SOCKID_LEN: usize = 48;
 /// `struct inet_diag_msg`: family, state, timer, retrans, socket id, five u32 counters.
 const MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_CLOSE_WAIT: u8 = 8;
-pub const TCP_LISTEN: u8 = 10;
-
 /// One TCP socket as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagSocket {
+    /// `wire::AF_INET` or `wire::AF_INET6` (one byte in `struct inet_diag_msg`).
     pub family: u8,
+    /// A TCP state (`wire::TCP_*`).
     pub state: u8,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -66,10 +66,10 @@ impl SockDiag {
         Ok(Self { fd, seq: 0 })
     }
 
-    /// The TCP sockets (IPv4 and IPv6) in the states of `states` (a bit per TCP state).
+    /// The TCP sockets (IPv4 and IPv6) in the states of `states` (bit `wire::TCP_*` per state).
     pub fn tcp_sockets(&mut self, states: u32) -> io::Result<Vec<DiagSocket>> {
         let mut out = Vec::new();
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for family in [AF_INET as u8, AF_INET6 as u8] {
             let req = request(family, states, None);
             self.send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, &req)?;
             self.receive(|kind, payload| match kind {
@@ -145,7 +145,7 @@ fn open_socket() -> io::Result<OwnedFd> {
 fn request(family: u8, states: u32, id: Option<&DiagSocket>) -> [u8; REQ_LEN] {
     let mut r = [0u8; REQ_LEN];
     r[0] = family;
-    r[1] = libc::IPPROTO_TCP as u8;
+    r[1] = IPPROTO_TCP;
     r[4..8].copy_from_slice(&states.to_ne_bytes());
     if let Some(s) = id {
         let sid = &mut r[8..];
@@ -206,9 +206,9 @@ fn parse_socket(p: &[u8]) -> Option<DiagSocket> {
     let family = p[0];
     let sid = &p[4..4 + SOCKID_LEN];
     let ip = |b: &[u8]| -> Option<IpAddr> {
-        match i32::from(family) {
-            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-            libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
+        match u16::from(family) {
+            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
             _ => None,
         }
     };
@@ -245,6 +245,8 @@ fn attribute(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+    use sidewall_common::wire::{TCP_ESTABLISHED, TCP_LISTEN};
+
     use super::*;
 
     /// A listener and a connection to it on loopback: both listed with this thread's cgroup,

@@ -9,10 +9,12 @@ use std::{
     os::unix::fs::MetadataExt as _,
 };
 
+use sidewall_common::wire::{TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN};
+
 use super::enforce::Compiled;
 use crate::{
     identity::Identity,
-    net::sockdiag::{DiagSocket, SockDiag, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN},
+    net::sockdiag::{DiagSocket, SockDiag},
 };
 
 /// A connection that was cut, and the container (cgroup) that had opened it.
@@ -105,13 +107,13 @@ fn namespaces_of(identity: &Identity, cgroups: &HashSet<u64>) -> Vec<(File, Hash
 
 #[cfg(test)]
 mod tests {
-    use sidewall_common::enforce;
+    use sidewall_common::{enforce, wire::AF_INET};
 
     use super::*;
 
     fn sock(state: u8, cgroup_id: u64, local: &str, remote: &str) -> DiagSocket {
         DiagSocket {
-            family: libc::AF_INET as u8,
+            family: AF_INET as u8,
             state,
             local: local.parse().expect("local"),
             remote: remote.parse().expect("remote"),

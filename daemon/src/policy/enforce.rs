@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, enforce};
+use sidewall_common::{CgroupAddr, PortKey, UNIX_PATH_MAX, destination, enforce};
 
 use super::{
     detect,
@@ -32,19 +32,19 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Whether the kernel refuses a connect or send to `ip:port` under these maps: the same
-    /// decision as `deny_destination` in bpf/programs/src/policy.rs, for flows that already
-    /// exist when the maps change.
+    /// Whether the kernel refuses a connect or send to `ip:port` under these maps, for flows
+    /// that already exist when the maps change: the decision `deny_destination` in
+    /// bpf/programs/src/policy.rs makes (`sidewall_common::destination`), over this rule's
+    /// lists instead of the maps.
     pub fn denies(&self, ip: IpAddr, port: u16) -> bool {
-        let ip = ip.to_canonical();
-        let addr = v6_bytes(ip);
-        if ip.is_loopback() || ip.is_unspecified() || self.local.contains(&addr) {
-            return self.flags & enforce::LOOPBACK != 0 && !self.connect.contains(&port);
-        }
-        if self.flags & enforce::EGRESS == 0 {
-            return false;
-        }
-        !self.egress.iter().any(|(len, prefix)| prefix_matches(*len - 64, prefix, &addr))
+        destination::denies(
+            self.flags,
+            &v6_bytes(ip),
+            port,
+            |a| self.local.contains(a),
+            |p| self.connect.contains(&p),
+            |a| self.egress.iter().any(|(len, prefix)| prefix_matches(*len - 64, prefix, a)),
+        )
     }
 }
 

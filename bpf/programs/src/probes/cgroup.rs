@@ -13,11 +13,13 @@ use crate::{
     maps::{EVENTS, count_drop, wakeup},
 };
 
+// tp_btf/cgroup_mkdir: (struct cgroup *cgrp, const char *path)
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     emit(&ctx, kind::CGROUP_MKDIR)
 }
 
+// tp_btf/cgroup_rmdir: (struct cgroup *cgrp, const char *path)
 #[btf_tracepoint(function = "cgroup_rmdir")]
 pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
     emit(&ctx, kind::CGROUP_RMDIR)
@@ -25,8 +27,8 @@ pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn emit(ctx: &BtfTracePointContext, record: u32) -> i32 {
-    let cgrp: *const u8 = ctx.arg(0);
-    let path: *const u8 = ctx.arg(1);
+    let cgrp: *const u8 = ctx.arg(0); // struct cgroup *cgrp
+    let path: *const u8 = ctx.arg(1); // const char *path
     // Only the v2 (default) hierarchy, whose hierarchy id is 0; v1 controllers are not ours.
     let v2 = read_ptr(cgrp, off!(cgroup_root))
         .and_then(|root| read::<i32>(root, off!(cgroup_root_hierarchy_id)))

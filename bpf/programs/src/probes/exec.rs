@@ -16,9 +16,10 @@ use crate::{
     maps::{EVENTS, count_drop, wakeup},
 };
 
+// tp_btf/sched_process_exec: (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    let bprm: *const u8 = ctx.arg(2);
+    let bprm: *const u8 = ctx.arg(2); // struct linux_binprm *bprm
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // Arming first: it must never depend on room in the ring buffer, which a flood (or a

@@ -8,6 +8,7 @@ use crate::{
     maps::{EVENTS, count_drop, wakeup},
 };
 
+// tp_btf/sched_process_exit: (struct task_struct *p, bool group_dead); p is current, read as such
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the helper returns the current task_struct; we only read it through probe_read.

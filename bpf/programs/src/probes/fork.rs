@@ -12,9 +12,10 @@ use crate::{
     maps::{EVENTS, count_drop, wakeup},
 };
 
+// tp_btf/sched_process_fork: (struct task_struct *parent, struct task_struct *child); parent is current
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
-    let child: *const u8 = ctx.arg(1);
+    let child: *const u8 = ctx.arg(1); // struct task_struct *child
     let (Some(child_pid), Some(child_tgid)) =
         (read::<u32>(child, off!(task_pid)), read::<u32>(child, off!(task_tgid)))
     else {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op};
+use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op, wire::SIGKILL};
 
 use crate::{
     kernel::{fill_current, off, read_namespaces},
@@ -26,21 +26,25 @@ pub struct Pending {
 #[map]
 static PENDING_NS: HashMap<u32, Pending> = HashMap::with_max_entries(8192, 0);
 
+// syscalls/sys_enter_setns: long setns(int fd, int flags)
 #[tracepoint(category = "syscalls", name = "sys_enter_setns")]
 pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
     enter(&ctx, ns_op::SETNS, off!(tp_setns_flags))
 }
 
+// syscalls/sys_enter_unshare: long unshare(unsigned long unshare_flags)
 #[tracepoint(category = "syscalls", name = "sys_enter_unshare")]
 pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
     enter(&ctx, ns_op::UNSHARE, off!(tp_unshare_flags))
 }
 
+// syscalls/sys_exit_setns: long ret of setns(int fd, int flags): 0 or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_setns")]
 pub fn sys_exit_setns(ctx: TracePointContext) -> u32 {
     exit(&ctx)
 }
 
+// syscalls/sys_exit_unshare: long ret of unshare(unsigned long unshare_flags): 0 or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_unshare")]
 pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
     exit(&ctx)
@@ -68,7 +72,7 @@ pub fn kill_if_denied() {
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     if crate::policy::kill_namespace_change(cgroup, tgid) {
         // SAFETY: signals the current task only.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGKILL) };
     }
 }
 

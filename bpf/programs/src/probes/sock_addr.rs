@@ -5,23 +5,22 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock_addr, map},
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use sidewall_common::{SockEvent, kind, sock_op, verdict};
-
-use crate::{
-    kernel::fill_current,
-    maps::{EVENTS, count_drop, wakeup},
-    policy,
+use sidewall_common::{
+    sock_op, verdict,
+    wire::{AF_INET, AF_INET6, IPPROTO_UDP},
 };
 
-const ALLOW: i32 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_UDP: u32 = 17;
+use super::{
+    ALLOW, DENY,
+    sock::{self, Caller, put_v4, put_v6},
+};
+use crate::policy;
+
 /// Repeated datagrams from one socket to one destination are reported at most this often.
 const DATAGRAM_REPORT_NS: u64 = 1_000_000_000;
 
@@ -45,23 +44,25 @@ pub struct DatagramSeen {
 #[map]
 static DATAGRAMS: LruHashMap<DatagramKey, DatagramSeen> = LruHashMap::with_max_entries(16384, 0);
 
-const DENY: i32 = 0;
-
+// cgroup/connect4 (tcp_v4_pre_connect, udp_pre_connect): struct bpf_sock_addr { user_ip4, user_port (network order) }
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     connect(&ctx, AF_INET)
 }
 
+// cgroup/connect6 (tcp_v6_pre_connect, udpv6_pre_connect): struct bpf_sock_addr { user_ip6[4], user_port (network order) }
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     connect(&ctx, AF_INET6)
 }
 
+// cgroup/sendmsg4 (udp_sendmsg, unconnected): struct bpf_sock_addr { user_ip4, user_port (network order), protocol }
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     datagram(&ctx, AF_INET)
 }
 
+// cgroup/sendmsg6 (udpv6_sendmsg, unconnected): struct bpf_sock_addr { user_ip6[4], user_port (network order), protocol }
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     datagram(&ctx, AF_INET6)
@@ -94,11 +95,9 @@ fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
 fn destination(sa: &bpf_sock_addr, family: u16) -> ([u8; 16], u16) {
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        put_v4(&mut addr, sa.user_ip4);
     } else {
-        for (i, w) in sa.user_ip6.iter().enumerate() {
-            addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-        }
+        put_v6(&mut addr, &sa.user_ip6);
     }
     // user_port holds the port in network byte order in its low 16 bits.
     (addr, u16::from_be(sa.user_port as u16))
@@ -132,7 +131,7 @@ fn datagram_report(cookie: u64, addr: [u8; 16], port: u16, now: u64) -> Option<u
 fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &*ctx.sock_addr };
-    if sa.protocol != IPPROTO_UDP {
+    if sa.protocol != u32::from(IPPROTO_UDP) {
         return ALLOW;
     }
     let v = verdict_for(ctx, family);
@@ -154,36 +153,15 @@ fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
 
 #[inline(always)]
 fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32, v: u8) {
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count_drop(kind::SOCK);
-        return;
-    };
-    // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    // SAFETY: helper without pointer arguments.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-    fill_current(&mut ev.hdr, kind::SOCK, task);
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &*ctx.sock_addr };
-    let (addr, port) = destination(sa, family);
-    ev.op = op;
-    ev.family = family;
-    ev.protocol = sa.protocol as u8;
-    ev.verdict = v;
-    // SAFETY: helpers take the program context.
-    ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    ev.local_addr = [0; 16];
-    ev.remote_addr = addr;
-    ev.local_port = 0;
-    ev.remote_port = port;
-    ev.old_state = 0;
-    ev.new_state = 0;
-    ev.fin = 0;
-    ev._pad = 0;
-    ev.bytes_received = 0;
-    ev.bytes_acked = 0;
-    ev.count = count;
-    ev._pad2 = 0;
-    entry.submit(wakeup());
+    sock::emit(ctx, Caller::Task, op, |ev| {
+        let (addr, port) = destination(sa, family);
+        ev.family = family;
+        ev.protocol = sa.protocol as u8;
+        ev.verdict = v;
+        ev.remote_addr = addr;
+        ev.remote_port = port;
+        ev.count = count;
+    });
 }

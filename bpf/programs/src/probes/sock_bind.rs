@@ -3,20 +3,18 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, map},
     maps::LruHashMap,
     programs::SockContext,
 };
-use sidewall_common::{SockEvent, kind, sock_op, verdict};
+use sidewall_common::{sock_op, verdict};
 
-use crate::{
-    kernel::{fill_current, fill_process_lite},
-    maps::{EVENTS, count_drop, wakeup},
-    policy,
+use super::{
+    ALLOW, DENY,
+    sock::{self, Caller, put_v4, put_v6},
 };
-
-const ALLOW: i32 = 1;
+use crate::policy;
 
 /// Cookies of sockets we reported a bind for: only their release is of interest, so the
 /// (very frequent) release of every other socket stays in the kernel.
@@ -32,19 +30,19 @@ enum Source {
     None,
 }
 
-/// Returning this from post_bind undoes the bind: the caller gets EPERM.
-const DENY: i32 = 0;
-
+// cgroup/post_bind4 (__inet_bind, port bound): struct bpf_sock { family, protocol, src_ip4, src_port (host order) }
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
     bind(&ctx, Source::V4)
 }
 
+// cgroup/post_bind6 (__inet6_bind, port bound): struct bpf_sock { family, protocol, src_ip6[4], src_port (host order) }
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
     bind(&ctx, Source::V6)
 }
 
+// cgroup/sock_release (inet_release): struct bpf_sock { family, protocol }; no address may be read
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: helper takes the program context.
@@ -52,7 +50,7 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: read-only lookup in our own map.
     if unsafe { BOUND.get(&cookie) }.is_some() {
         let _ = BOUND.remove(&cookie);
-        emit(&ctx, sock_op::RELEASE, cookie, Source::None, verdict::ALLOWED);
+        emit(&ctx, sock_op::RELEASE, Source::None, verdict::ALLOWED);
     }
     ALLOW
 }
@@ -65,62 +63,32 @@ fn bind(ctx: &SockContext, source: Source) -> i32 {
     let (port, cgroup) =
         unsafe { ((*ctx.sock).src_port as u16, aya_ebpf::helpers::bpf_get_current_cgroup_id()) };
     if policy::deny_bind(cgroup, port) {
-        emit(ctx, sock_op::BIND, cookie, source, verdict::DENIED);
+        emit(ctx, sock_op::BIND, source, verdict::DENIED);
         return DENY;
     }
     let _ = BOUND.insert(&cookie, &1, 0);
-    emit(ctx, sock_op::BIND, cookie, source, verdict::ALLOWED);
+    emit(ctx, sock_op::BIND, source, verdict::ALLOWED);
     ALLOW
 }
 
+/// A record of `op` on the socket of `ctx`, with the address `source` says the hook may read.
 #[inline(always)]
-fn emit(ctx: &SockContext, op: u32, cookie: u64, source: Source, v: u8) {
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count_drop(kind::SOCK);
-        return;
-    };
-    // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    if source == Source::None {
-        fill_process_lite(&mut ev.hdr, kind::SOCK);
-    } else {
-        // SAFETY: helper without pointer arguments.
-        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-        fill_current(&mut ev.hdr, kind::SOCK, task);
-    }
+fn emit(ctx: &SockContext, op: u32, source: Source, v: u8) {
     // SAFETY: the context pointer is valid for the program's run.
     let sk = unsafe { &*ctx.sock };
-    ev.op = op;
-    ev.family = sk.family as u16;
-    ev.protocol = sk.protocol as u8;
-    ev.verdict = v;
-    ev.cookie = cookie;
-    // SAFETY: helper takes the program context.
-    ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    ev.local_addr = [0; 16];
-    ev.local_port = 0;
-    match source {
-        Source::V4 => ev.local_addr[..4].copy_from_slice(&sk.src_ip4.to_ne_bytes()),
-        Source::V6 => {
-            for i in 0..4 {
-                ev.local_addr[i * 4..i * 4 + 4].copy_from_slice(&sk.src_ip6[i].to_ne_bytes());
-            }
+    let caller = if source == Source::None { Caller::Lite } else { Caller::Task };
+    sock::emit(ctx, caller, op, |ev| {
+        ev.family = sk.family as u16;
+        ev.protocol = sk.protocol as u8;
+        ev.verdict = v;
+        match source {
+            Source::V4 => put_v4(&mut ev.local_addr, sk.src_ip4),
+            Source::V6 => put_v6(&mut ev.local_addr, &sk.src_ip6),
+            Source::None => {}
         }
-        Source::None => {}
-    }
-    if source != Source::None {
-        // src_port is in host byte order here.
-        ev.local_port = sk.src_port as u16;
-    }
-    ev.remote_addr = [0; 16];
-    ev.remote_port = 0;
-    ev.old_state = 0;
-    ev.new_state = 0;
-    ev.fin = 0;
-    ev._pad = 0;
-    ev.bytes_received = 0;
-    ev.bytes_acked = 0;
-    ev.count = 1;
-    ev._pad2 = 0;
-    entry.submit(wakeup());
+        if source != Source::None {
+            // src_port is in host byte order here.
+            ev.local_port = sk.src_port as u16;
+        }
+    });
 }

@@ -3,27 +3,23 @@
 //! the daemon joins these records to the connect or bind that came before, by socket cookie.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    },
+    helpers::bpf_probe_read_kernel,
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use sidewall_common::{SockEvent, fin, kind, sock_op, verdict};
-
-use crate::{
-    kernel::{fill_no_process, off, read},
-    maps::{EVENTS, count_drop, wakeup},
+use sidewall_common::{
+    fin, sock_op,
+    wire::{AF_INET, IPPROTO_TCP, TCP_CLOSE},
 };
 
-const IPPROTO_TCP: u8 = 6;
+use super::sock::{self, Caller, put_v4, put_v6};
+use crate::kernel::{off, read};
 
+// sockops (tcp_connect, tcp_init_transfer, tcp_set_state): struct bpf_sock_ops { op, args[2], family, ips, ports, bytes_*, sk }
 #[sock_ops]
 pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
@@ -37,8 +33,9 @@ pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
             emit(&ctx, sock_op::ESTABLISHED_PASSIVE, 0, 0, fin::UNKNOWN);
         }
         BPF_SOCK_OPS_STATE_CB => {
+            // STATE_CB from tcp_set_state: args[0] is the old TCP state, args[1] the new one.
             let (old, new) = (ctx.arg(0), ctx.arg(1));
-            if new == BPF_TCP_CLOSE {
+            if new == u32::from(TCP_CLOSE) {
                 emit(&ctx, sock_op::CLOSE, old as u8, new as u8, fin_received(&ctx));
             }
         }
@@ -84,43 +81,25 @@ fn fin_received(ctx: &SockOpsContext) -> u8 {
 
 #[inline(always)]
 fn emit(ctx: &SockOpsContext, op: u32, old_state: u8, new_state: u8, fin: u8) {
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count_drop(kind::SOCK);
-        return;
-    };
-    // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_no_process(&mut ev.hdr, kind::SOCK);
     // SAFETY: the context pointer is valid for the program's run.
     let ops = unsafe { &*ctx.ops };
-    ev.op = op;
-    ev.family = ops.family as u16;
-    ev.protocol = IPPROTO_TCP;
-    ev.verdict = verdict::ALLOWED;
-    // SAFETY: helpers take the program context.
-    ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    ev.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    ev.local_addr = [0; 16];
-    ev.remote_addr = [0; 16];
-    if ops.family == 2 {
-        ev.local_addr[..4].copy_from_slice(&ops.local_ip4.to_ne_bytes());
-        ev.remote_addr[..4].copy_from_slice(&ops.remote_ip4.to_ne_bytes());
-    } else {
-        for i in 0..4 {
-            ev.local_addr[i * 4..i * 4 + 4].copy_from_slice(&ops.local_ip6[i].to_ne_bytes());
-            ev.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&ops.remote_ip6[i].to_ne_bytes());
+    sock::emit(ctx, Caller::None, op, |ev| {
+        ev.family = ops.family as u16;
+        ev.protocol = IPPROTO_TCP;
+        if ops.family == u32::from(AF_INET) {
+            put_v4(&mut ev.local_addr, ops.local_ip4);
+            put_v4(&mut ev.remote_addr, ops.remote_ip4);
+        } else {
+            put_v6(&mut ev.local_addr, &ops.local_ip6);
+            put_v6(&mut ev.remote_addr, &ops.remote_ip6);
         }
-    }
-    // local_port is in host order; remote_port holds the network-order port in its upper half.
-    ev.local_port = ops.local_port as u16;
-    ev.remote_port = u16::from_be((ops.remote_port >> 16) as u16);
-    ev.old_state = old_state;
-    ev.new_state = new_state;
-    ev.fin = fin;
-    ev._pad = 0;
-    ev.bytes_received = ops.bytes_received;
-    ev.bytes_acked = ops.bytes_acked;
-    ev.count = 1;
-    ev._pad2 = 0;
-    entry.submit(wakeup());
+        // local_port is in host order; remote_port holds the network-order port in its upper half.
+        ev.local_port = ops.local_port as u16;
+        ev.remote_port = u16::from_be((ops.remote_port >> 16) as u16);
+        ev.old_state = old_state;
+        ev.new_state = new_state;
+        ev.fin = fin;
+        ev.bytes_received = ops.bytes_received;
+        ev.bytes_acked = ops.bytes_acked;
+    });
 }

@@ -10,15 +10,14 @@ use aya_ebpf::{
 };
 use sidewall_common::{SYSCTL_NAME_MAX, SysctlEvent, enforce, kind, verdict};
 
+use super::{ALLOW, DENY};
 use crate::{
     kernel::fill_process_lite,
     maps::{EVENTS, count_drop, wakeup},
     policy,
 };
 
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
-
+// cgroup/sysctl (proc_sys_call_handler): struct bpf_sysctl { write }; name and new value through bpf_sysctl_get_*
 #[cgroup_sysctl]
 pub fn sysctl_write(ctx: SysctlContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.

@@ -10,7 +10,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, kind};
+use sidewall_common::{
+    UNIX_PATH_MAX, UnixConnectEvent, kind,
+    wire::{AF_UNIX, SIGKILL},
+};
 
 use crate::{
     kernel::{fill_process_lite, off},
@@ -18,8 +21,7 @@ use crate::{
     policy::kill_runtime_socket,
 };
 
-const AF_UNIX: u16 = 1;
-
+// syscalls/sys_enter_connect: long connect(int fd, struct sockaddr *uservaddr, int addrlen)
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let (addr_off, len_off) = (off!(tp_connect_addr), off!(tp_connect_addrlen));
@@ -53,7 +55,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if rc == 0 && kill_runtime_socket(cgroup, tgid, &path) {
         // SAFETY: signals the current task only.
-        unsafe { bpf_send_signal(9) };
+        unsafe { bpf_send_signal(SIGKILL) };
     }
     let Some(mut entry) = EVENTS.reserve::<UnixConnectEvent>(0) else {
         count_drop(kind::UNIX_CONNECT);

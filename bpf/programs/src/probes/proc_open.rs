@@ -1,0 +1,81 @@
+//! Opens of /proc/<pid>/{mem,maps,environ,root,cwd,ns,task}... of another process, from the
+//! path given to open/openat (strict set). The path is filtered in the kernel: other opens
+//! never leave it.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sidewall_common::{ACCESS_PATH_MAX, access_op};
+
+use super::access::{OPEN_REPORTED, emit};
+use crate::kernel::off;
+
+// syscalls/sys_enter_openat: long openat(int dfd, const char *filename, int flags, umode_t mode)
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    proc_open(&ctx, off!(tp_openat_filename))
+}
+
+// syscalls/sys_enter_open: long open(const char *filename, int flags, umode_t mode)
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    proc_open(&ctx, off!(tp_open_filename))
+}
+
+/// The pid in "/proc/<pid>/<sensitive>...", if `p` is such a path of another process.
+#[inline(always)]
+fn proc_target(p: &[u8; ACCESS_PATH_MAX]) -> Option<u32> {
+    if p[0] != b'/' || p[1] != b'p' || p[2] != b'r' || p[3] != b'o' || p[4] != b'c' || p[5] != b'/' {
+        return None;
+    }
+    let mut pid: u32 = 0;
+    let mut i = 6;
+    while i < 17 {
+        let c = p[i];
+        if c.is_ascii_digit() {
+            pid = pid.wrapping_mul(10).wrapping_add((c - b'0') as u32);
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if i == 6 || i >= 17 || p[i] != b'/' {
+        return None;
+    }
+    // mem, maps, environ, root, cwd, ns/, task/ (threads' copies of the same files).
+    let (a, b) = (p[i + 1], p[i + 2]);
+    let sensitive = matches!(
+        (a, b),
+        (b'm', b'e')
+            | (b'm', b'a')
+            | (b'e', b'n')
+            | (b'r', b'o')
+            | (b'c', b'w')
+            | (b'n', b's')
+            | (b't', b'a')
+    );
+    sensitive.then_some(pid)
+}
+
+#[inline(always)]
+fn proc_open(ctx: &TracePointContext, name_off: usize) -> u32 {
+    // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
+    let Ok(name) = (unsafe { ctx.read_at::<u64>(name_off) }) else {
+        return 0;
+    };
+    let mut path = [0u8; ACCESS_PATH_MAX];
+    // SAFETY: destination is a stack array of ACCESS_PATH_MAX bytes.
+    let n = unsafe {
+        bpf_probe_read_user_str(path.as_mut_ptr() as *mut _, ACCESS_PATH_MAX as u32, name as *const _)
+    };
+    if n <= 0 {
+        return 0;
+    }
+    let Some(pid) = proc_target(&path) else { return 0 };
+    emit(access_op::PROC_OPEN, pid, Some((&path, n as u32 - 1)));
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = OPEN_REPORTED.insert(&tid, &1, 0);
+    0
+}
