@@ -478,6 +478,37 @@ async fn reading_another_containers_secrets_is_killed_in_the_kernel() {
     let own = pod.pod_pid("intruderm");
     let (_, code) = out(&pod, "intruderm", &["/bin/sh", "-c", &format!("sleep 1; cat /proc/{own}/environ")]);
     assert_eq!(code, Some(0), "same container");
+    assert_eq!(out(&pod, "intruderm", &["/bin/ps"]).1, Some(0), "ps reads what it needs, unharmed");
+
+    // The app's files, by every way through procfs to its mounts: judged on the file opened
+    // (whose mount namespace is the app's), not on the path typed.
+    let o = pod.exec("webm", &["/bin/sh", "-c", "echo s3cret > /etc/secret"]);
+    assert!(o.status.success());
+    let ways = [
+        format!("cat /proc/{web}/root/etc/secret"),
+        format!("cat /proc/{web}/cwd/etc/secret"),
+        format!("cd /proc/{web}/root/etc && cat secret"),
+        format!("ln -s /proc/{web}/root /etc/r && cat /etc/r/etc/secret"),
+        format!("cat /proc/{web}/task/{web}/root/etc/secret"),
+        format!("cat /proc/{web}/exe"),
+        format!("ls /proc/{web}/fd"),
+        format!("cat /proc/{web}/task/{web}/environ"),
+        format!("cat /proc/{web}/mountinfo"),
+    ];
+    let escaped: Vec<String> = ways
+        .iter()
+        .filter_map(|way| {
+            let (text, code) = out(&pod, "intruderm", &["/bin/sh", "-c", way]);
+            (code != Some(137) || !text.is_empty()).then(|| format!("{way}: {code:?} {text:?}"))
+        })
+        .collect();
+    assert!(escaped.is_empty(), "not killed before reading: {escaped:#?}");
+    // Its own files, by the same ways, stay its own.
+    let own_ways =
+        [format!("cat /proc/{own}/root/etc/hostname"), "cat /proc/self/root/etc/hostname".to_string()];
+    for way in own_ways {
+        assert_eq!(out(&pod, "intruderm", &["/bin/sh", "-c", &way]).1, Some(0), "{way}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

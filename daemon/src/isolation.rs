@@ -229,11 +229,14 @@ impl Isolation {
         self.namespace_event(entry, operation, before, after, errno_name(ret))
     }
 
+    /// `target_cgroup`: the target's container as the kernel resolved it (0: unknown), which
+    /// decides whether the access crosses containers even when no target process is known.
     pub fn access(
         &mut self,
         owner: Arc<ProcEntry>,
         op: u32,
         target: Option<Arc<ProcEntry>>,
+        target_cgroup: u64,
         path: String,
     ) -> IsoEvent {
         let access = match op {
@@ -241,9 +244,15 @@ impl Isolation {
             access_op::PTRACE_SEIZE => "ptrace_seize",
             access_op::VM_READV => "process_vm_readv",
             access_op::VM_WRITEV => "process_vm_writev",
+            access_op::FOREIGN_FILE => "proc_foreign_file",
             _ => "proc_open",
         };
-        let cross = target.as_ref().is_some_and(|t| t.process.cgroup_id != owner.process.cgroup_id);
+        let target_cgroup = if target_cgroup != 0 {
+            target_cgroup
+        } else {
+            target.as_ref().map_or(0, |t| t.process.cgroup_id)
+        };
+        let cross = target_cgroup != 0 && target_cgroup != owner.process.cgroup_id;
         IsoEvent::Access { owner, access, target, path, cross }
     }
 

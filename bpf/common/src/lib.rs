@@ -195,6 +195,10 @@ pub mod access_op {
     /// An open that resolved to another process's /proc file, seen on the opened file (any
     /// path: relative, through a directory descriptor, openat2); `target_pid` is the host's.
     pub const PROC_FILE: u32 = 6;
+    /// An open that returned a file of another mount namespace's tree, reached through
+    /// /proc/<pid>/{root,cwd,fd/N,map_files/..,exe} of a process there; `target_cgroup` is the
+    /// container whose home that mount namespace is.
+    pub const FOREIGN_FILE: u32 = 7;
 }
 
 /// Bytes of a /proc path kept in an `AccessEvent`.
@@ -209,6 +213,8 @@ pub struct AccessEvent {
     pub target_pid: u32,
     pub path_len: u32,
     pub _pad: u32,
+    /// The target's cgroup when the kernel resolved it (0: unknown).
+    pub target_cgroup: u64,
     pub path: [u8; ACCESS_PATH_MAX],
 }
 
@@ -425,6 +431,8 @@ pub struct Offsets {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
+    /// `mount.mnt_ns`: the mount namespace a mount belongs to.
+    pub mount_ns: u32,
     pub vfsmount_root: u32,
 
     pub cgroup_kn: u32,
@@ -494,7 +502,7 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), 96);
         assert_eq!(size_of::<ForkEvent>(), 128);
         assert_eq!(size_of::<NamespaceEvent>(), 88 + 40 + 16);
-        assert_eq!(size_of::<AccessEvent>(), 88 + 16 + ACCESS_PATH_MAX);
+        assert_eq!(size_of::<AccessEvent>(), 88 + 24 + ACCESS_PATH_MAX);
         assert_eq!(size_of::<SysctlEvent>(), 88 + 8 + SYSCTL_NAME_MAX + SYSCTL_VALUE_MAX);
         assert_eq!(size_of::<CgroupEvent>(), 88 + 16 + CGROUP_PATH_MAX);
         assert_eq!(size_of::<SockEvent>(), 88 + 8 + 16 + 32 + 8 + 16 + 8);

@@ -95,6 +95,18 @@ pub fn kill_runtime_socket(cgroup_id: u64, tgid: u32, path: &[u8; UNIX_PATH_MAX]
 #[map]
 pub static HOME_MNT: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
+/// The other way round: the container (cgroup) whose home each mount namespace is, so that a
+/// file opened through another container's mounts names that container.
+#[map]
+pub static MNT_OWNER: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// The container whose home mount namespace `mnt` is (0: none known).
+#[inline(always)]
+pub fn mnt_owner(mnt: u32) -> u64 {
+    // SAFETY: a copy out of our own map.
+    unsafe { MNT_OWNER.get(&mnt) }.copied().unwrap_or(0)
+}
+
 /// Arms a process at its exec into its container's own mount namespace. The container's home
 /// is learned here too, with no daemon in the loop: the first exec in a cgroup into a mount
 /// namespace its parent does not share is the runtime starting the entry point (the runtime's
@@ -111,7 +123,9 @@ pub fn arm_at_home(cgroup_id: u64, tgid: u32, mnt: u32, parent_mnt: u32) {
         // The root cgroup is the host's, never a container.
         None if cgroup_id > 1 && parent_mnt != 0 && parent_mnt != mnt => {
             // BPF_NOEXIST: of two racing first execs of one container, the first one sets it.
-            let _ = HOME_MNT.insert(&cgroup_id, &mnt, BPF_NOEXIST);
+            if HOME_MNT.insert(&cgroup_id, &mnt, BPF_NOEXIST).is_ok() {
+                let _ = MNT_OWNER.insert(&mnt, &cgroup_id, 0);
+            }
             mnt
         }
         None => return,
@@ -124,6 +138,10 @@ pub fn arm_at_home(cgroup_id: u64, tgid: u32, mnt: u32, parent_mnt: u32) {
 /// A cgroup is gone: so is its home (the daemon may be down to say so).
 #[inline(always)]
 pub fn forget_cgroup(cgroup_id: u64) {
+    // SAFETY: a copy out of our own map.
+    if let Some(mnt) = unsafe { HOME_MNT.get(&cgroup_id) }.copied() {
+        let _ = MNT_OWNER.remove(&mnt);
+    }
     let _ = HOME_MNT.remove(&cgroup_id);
 }
 

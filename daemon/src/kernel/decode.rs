@@ -55,6 +55,8 @@ pub enum Record {
         hdr: Header,
         op: u32,
         target_pid: u32,
+        /// The target's cgroup as the kernel resolved it (0: unknown).
+        target_cgroup: u64,
         path: String,
     },
     /// A cgroup v2 directory was created: its id and path relative to the mount.
@@ -133,7 +135,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::ACCESS => {
             let e: AccessEvent = read(bytes, "access record")?;
             let path = lossy(&e.path[..(e.path_len as usize).min(ACCESS_PATH_MAX)]);
-            Ok(Record::Access { hdr: e.hdr, op: e.op, target_pid: e.target_pid, path })
+            Ok(Record::Access {
+                hdr: e.hdr,
+                op: e.op,
+                target_pid: e.target_pid,
+                target_cgroup: e.target_cgroup,
+                path,
+            })
         }
         kind::CGROUP_MKDIR => {
             let e: CgroupEvent = read(bytes, "cgroup record")?;

@@ -144,6 +144,7 @@ const POLICY_MAPS: &[&str] = &[
     "LOCAL_ADDRS",
     "ARMED",
     "HOME_MNT",
+    "MNT_OWNER",
     "RUNTIME_SOCKETS",
 ];
 

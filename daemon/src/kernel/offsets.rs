@@ -123,6 +123,7 @@ impl Resolver<'_> {
             mount_mnt: f("mount", "mnt")?,
             mount_parent: f("mount", "mnt_parent")?,
             mount_mountpoint: f("mount", "mnt_mountpoint")?,
+            mount_ns: self.optional("mount", "mnt_ns"),
             vfsmount_root: f("vfsmount", "mnt_root")?,
             cgroup_kn: f("cgroup", "kn")?,
             cgroup_root: f("cgroup", "root")?,

@@ -143,6 +143,12 @@ impl Enricher {
             .find(|e| procfs::innermost_pid(e.process.pid) == Some(vpid))
     }
 
+    /// A process of `cgroup` (its oldest one the cache knows).
+    fn process_of(&self, cgroup: u64) -> Option<Arc<ProcEntry>> {
+        let pids = self.identity.procs_of(cgroup);
+        pids.iter().filter_map(|p| self.cache.get(*p)).min_by_key(|e| e.process.pid).cloned()
+    }
+
     /// Host processes, and container processes seen inside their container (or children of
     /// one): not the runtime's setup (runc init), whose setns, unshare and /proc reads while it
     /// builds or enters a container are not the container's doing.
@@ -203,18 +209,20 @@ impl Enricher {
                     result: if denied { "denied" } else { "success" }.into(),
                 })
             }
-            Record::Access { hdr, op, target_pid, path } => {
+            Record::Access { hdr, op, target_pid, target_cgroup, path } => {
                 let owner = self.cache.lookup(&hdr);
                 if !self.acts_as_container(&owner) {
                     return None;
                 }
-                // Paths name the target in the caller's pid namespace; a resolved file, in the host's.
-                let target = if op == access_op::PROC_FILE {
-                    self.cache.get(target_pid).cloned()
-                } else {
-                    self.process_in_pidns(hdr.ns.pid, target_pid)
+                let target = match op {
+                    // A resolved file names the target in the host's pid namespace.
+                    access_op::PROC_FILE => self.cache.get(target_pid).cloned(),
+                    // A file of another container's mounts: one of that container's processes.
+                    access_op::FOREIGN_FILE => self.process_of(target_cgroup),
+                    // Paths and syscall arguments name it in the caller's pid namespace.
+                    _ => self.process_in_pidns(hdr.ns.pid, target_pid),
                 };
-                let ie = self.iso.access(owner, op, target, path);
+                let ie = self.iso.access(owner, op, target, target_cgroup, path);
                 self.iso_event(ie)
             }
             Record::CgroupMkdir { id, path, .. } => {

@@ -183,7 +183,7 @@ pub fn check_rule(pol: &Policy, rule: &ContainerRule, ev: &pb::GetEventsResponse
                 "process-access",
                 format!("{} used {} on container {target}", p.binary, a.access),
             );
-            if a.access == "proc_open" {
+            if a.access.starts_with("proc_") {
                 v.mitre = "T1003.007";
             }
             vec![v]

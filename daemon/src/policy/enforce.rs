@@ -119,6 +119,7 @@ pub struct Enforcer {
     egress: LpmTrie<MapData, CgroupAddr, u8>,
     local: BpfHashMap<MapData, CgroupAddr, u8>,
     home_mnt: BpfHashMap<MapData, u64, u32>,
+    mnt_owner: BpfHashMap<MapData, u32, u64>,
     armed: BpfHashMap<MapData, u32, u8>,
     applied: HashMap<u64, Compiled>,
     pub known: HashSet<u64>,
@@ -142,6 +143,7 @@ impl Enforcer {
             egress: LpmTrie::try_from(map("EGRESS_ALLOW")?)?,
             local: BpfHashMap::try_from(map("LOCAL_ADDRS")?)?,
             home_mnt: BpfHashMap::try_from(map("HOME_MNT")?)?,
+            mnt_owner: BpfHashMap::try_from(map("MNT_OWNER")?)?,
             armed: BpfHashMap::try_from(map("ARMED")?)?,
             applied: HashMap::new(),
             known: HashSet::new(),
@@ -185,12 +187,22 @@ impl Enforcer {
     pub fn forget(&mut self, cgroup: u64) {
         self.withdraw(cgroup);
         self.known.remove(&cgroup);
+        if let Ok(mnt) = self.home_mnt.get(&cgroup, 0) {
+            let _ = self.mnt_owner.remove(&mnt);
+        }
         let _ = self.home_mnt.remove(&cgroup);
     }
 
-    /// The container's own mount namespace: the kernel arms a process that execs in it.
+    /// The container's own mount namespace: the kernel arms a process that execs in it, and
+    /// names the container when a file of that namespace is opened from another.
     pub fn set_home(&mut self, cgroup: u64, mnt: u32) {
+        if let Ok(old) = self.home_mnt.get(&cgroup, 0)
+            && old != mnt
+        {
+            let _ = self.mnt_owner.remove(&old);
+        }
         let _ = self.home_mnt.insert(cgroup, mnt, 0);
+        let _ = self.mnt_owner.insert(mnt, cgroup, 0);
     }
 
     /// A process seen inside its container: it may be killed for namespace changes.

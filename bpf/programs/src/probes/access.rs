@@ -19,12 +19,12 @@ use crate::{
 #[map]
 pub static OPEN_REPORTED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 
-/// Reports the current process reaching into process `target` (a host pid), with the /proc
-/// path and its length if there is one.
+/// Reports the current process reaching into process `target` (a pid; 0 when only its
+/// container `target_cgroup` is known), with the /proc path and its length if there is one.
 #[inline(always)]
-pub fn emit(op: u32, target: u32, path: Option<(&[u8; ACCESS_PATH_MAX], u32)>) {
+pub fn emit(op: u32, target: u32, target_cgroup: u64, path: Option<(&[u8; ACCESS_PATH_MAX], u32)>) {
     // A process reading its own /proc entries is not an access to another.
-    if target == 0 || target == (bpf_get_current_pid_tgid() >> 32) as u32 {
+    if (target == 0 && target_cgroup == 0) || target == (bpf_get_current_pid_tgid() >> 32) as u32 {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<AccessEvent>(0) else {
@@ -38,6 +38,7 @@ pub fn emit(op: u32, target: u32, path: Option<(&[u8; ACCESS_PATH_MAX], u32)>) {
     fill_current(&mut ev.hdr, kind::ACCESS, task);
     ev.op = op;
     ev.target_pid = target;
+    ev.target_cgroup = target_cgroup;
     ev._pad = 0;
     match path {
         Some((p, len)) => {

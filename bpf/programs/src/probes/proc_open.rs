@@ -74,7 +74,7 @@ fn proc_open(ctx: &TracePointContext, name_off: usize) -> u32 {
         return 0;
     }
     let Some(pid) = proc_target(&path) else { return 0 };
-    emit(access_op::PROC_OPEN, pid, Some((&path, n as u32 - 1)));
+    emit(access_op::PROC_OPEN, pid, 0, Some((&path, n as u32 - 1)));
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = OPEN_REPORTED.insert(&tid, &1, 0);
     0

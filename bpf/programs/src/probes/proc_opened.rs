@@ -17,7 +17,7 @@ use sidewall_common::{
 };
 
 use super::access::{OPEN_REPORTED, emit};
-use crate::kernel::{off, read, read_ptr};
+use crate::kernel::{mnt_ns_inum, off, read, read_ptr};
 
 // syscalls/sys_exit_openat: long ret of openat(int dfd, const char *filename, int flags, umode_t mode): fd or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
@@ -54,8 +54,15 @@ fn opened(ctx: &TracePointContext) -> u32 {
     }
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Some(file) = fd_file(task, fd as u32) else { return 0 };
     let mut name = [0u8; ACCESS_PATH_MAX];
-    let Some((pid, len, target_cgroup)) = proc_file(task, fd as u32, &mut name) else { return 0 };
+    let (op, pid, target_cgroup, len) = if let Some((pid, len, cgroup)) = proc_file(file, &mut name) {
+        (access_op::PROC_FILE, pid, cgroup, len)
+    } else if let Some((cgroup, len)) = foreign_file(task, file, &mut name) {
+        (access_op::FOREIGN_FILE, 0, cgroup, len)
+    } else {
+        return 0;
+    };
     // SAFETY: helper without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, target_cgroup) {
@@ -64,21 +71,57 @@ fn opened(ctx: &TracePointContext) -> u32 {
         unsafe { bpf_send_signal(SIGKILL) };
     }
     if !reported {
-        emit(access_op::PROC_FILE, pid, Some((&name, len)));
+        emit(op, pid, target_cgroup, Some((&name, len)));
     }
     0
 }
 
-/// For fd `fd` of `task` open on a per-process procfs file named environ, mem or maps: the
-/// host pid it belongs to and that process's cgroup (0 if unknown), with the file name copied
-/// into `name`.
+/// The file behind fd `fd` of `task` (`task->files->fdt->fd[fd]`).
 #[inline(always)]
-fn proc_file(task: *const u8, fd: u32, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<(u32, u32, u64)> {
+fn fd_file(task: *const u8, fd: u32) -> Option<*const u8> {
     let fdt = read_ptr(read_ptr(task, off!(task_files))?, off!(files_fdt))?;
     if fd >= read::<u32>(fdt, off!(fdtable_max_fds))? {
         return None;
     }
-    let file = read_ptr(read_ptr(fdt, off!(fdtable_fd))?, fd as usize * 8)?;
+    read_ptr(read_ptr(fdt, off!(fdtable_fd))?, fd as usize * 8)
+}
+
+/// For a file of another mount namespace's tree than the caller's (reached through
+/// /proc/<pid>/root, cwd, fd/N, map_files/.., exe of a process there, whatever the path
+/// spelled): the container whose home that namespace is, with the file's name in `name`.
+#[inline(always)]
+fn foreign_file(task: *const u8, file: *const u8, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<(u64, u32)> {
+    let vfsmount = read_ptr(file, off!(file_path) + off!(path_mnt))?;
+    // container_of(vfsmount, struct mount, mnt)->mnt_ns->ns.inum
+    let ns = read_ptr(vfsmount.wrapping_sub(off!(mount_mnt)), off!(mount_ns))?;
+    let mnt = read::<u32>(ns, off!(mnt_inum))?;
+    if mnt == 0 || mnt == mnt_ns_inum(task) {
+        return None;
+    }
+    let owner = crate::policy::mnt_owner(mnt);
+    if owner == 0 {
+        return None;
+    }
+    let len = dentry_name(file, name)?;
+    Some((owner, len))
+}
+
+/// The name of the file's dentry, copied into `name` (at most 32 bytes); its length.
+#[inline(always)]
+fn dentry_name(file: *const u8, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<u32> {
+    let dentry = read_ptr(file, off!(file_path) + off!(path_dentry))?;
+    let text = read_ptr(dentry, off!(dentry_name_ptr))?;
+    // SAFETY: destination is the ACCESS_PATH_MAX-byte array; at most 32 bytes are read.
+    let n = unsafe { bpf_probe_read_kernel_str(name.as_mut_ptr() as *mut _, 32, text as *const _) };
+    (n > 0).then(|| n as u32 - 1)
+}
+
+/// For a per-process procfs file that reaches into the process (its memory, environment,
+/// mappings, descriptors, mounts, namespaces): the host pid it belongs to and that process's
+/// cgroup (0 if unknown), with the file name copied into `name`. The harmless ones (stat,
+/// status, cmdline: what ps and top read) are left out.
+#[inline(always)]
+fn proc_file(file: *const u8, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<(u32, u32, u64)> {
     let inode = read_ptr(file, off!(file_inode))?;
     if read::<u64>(read_ptr(inode, off!(inode_sb))?, off!(sb_magic))? != PROC_SUPER_MAGIC {
         return None;
@@ -87,16 +130,29 @@ fn proc_file(task: *const u8, fd: u32, name: &mut [u8; ACCESS_PATH_MAX]) -> Opti
     let pid = read_ptr(inode.wrapping_sub(off!(proc_inode_vfs_inode)), off!(proc_inode_pid))?;
     // numbers[0] is the pid in the initial namespace (`struct upid` starts with `nr`).
     let nr = read::<u32>(pid, off!(pid_numbers))?;
-    let dentry = read_ptr(file, off!(file_path) + off!(path_dentry))?;
-    let text = read_ptr(dentry, off!(dentry_name_ptr))?;
-    // SAFETY: destination is the ACCESS_PATH_MAX-byte array; at most 16 bytes are read.
-    let n = unsafe { bpf_probe_read_kernel_str(name.as_mut_ptr() as *mut _, 16, text as *const _) };
-    if n <= 0 {
-        return None;
+    let len = dentry_name(file, name)?;
+    reaches_into(name, len).then(|| (nr, len, cgroup_of_pid(pid)))
+}
+
+/// Whether the /proc/<pid>/ entry `name` reaches into the process: environ, mem, maps,
+/// map_files, smaps, smaps_rollup, numa_maps, pagemap, auxv, stack, syscall, fd, fdinfo,
+/// root, cwd, exe, ns, mountinfo, mounts.
+#[inline(always)]
+fn reaches_into(name: &[u8; ACCESS_PATH_MAX], len: u32) -> bool {
+    let is = |word: &[u8]| len as usize == word.len() && name[..word.len()] == *word;
+    // By first letter, so that each name costs the verifier a few comparisons.
+    match name[0] {
+        b'e' => is(b"environ") || is(b"exe"),
+        b'm' => is(b"mem") || is(b"maps") || is(b"map_files") || is(b"mountinfo") || is(b"mounts"),
+        b's' => is(b"smaps") || is(b"smaps_rollup") || is(b"stack") || is(b"syscall"),
+        b'n' => is(b"numa_maps") || is(b"ns"),
+        b'p' => is(b"pagemap"),
+        b'a' => is(b"auxv"),
+        b'f' => is(b"fd") || is(b"fdinfo"),
+        b'r' => is(b"root"),
+        b'c' => is(b"cwd"),
+        _ => false,
     }
-    let secret =
-        matches!((name[0], name[1], name[2]), (b'e', b'n', b'v') | (b'm', b'e', b'm') | (b'm', b'a', b'p'));
-    secret.then(|| (nr, n as u32 - 1, cgroup_of_pid(pid)))
 }
 
 /// The cgroup v2 id of the first task of `pid`, 0 if it cannot be read.

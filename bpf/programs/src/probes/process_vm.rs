@@ -24,6 +24,6 @@ fn vm(ctx: &TracePointContext, op: u32) -> u32 {
     let pid_off = off!(tp_vm_pid);
     // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
     let pid = unsafe { ctx.read_at::<u64>(pid_off) }.unwrap_or(0) as u32;
-    emit(op, pid, None);
+    emit(op, pid, 0, None);
     0
 }

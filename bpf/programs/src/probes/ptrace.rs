@@ -22,6 +22,6 @@ pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: as above.
     let pid = unsafe { ctx.read_at::<u64>(pid_off) }.unwrap_or(0) as u32;
-    emit(op, pid, None);
+    emit(op, pid, 0, None);
     0
 }
