@@ -527,9 +527,54 @@ async fn a_runtime_socket_connect_is_killed_in_the_kernel() {
     let (text, code) =
         out(&pod, "intruderk", &["/bin/sh", "-c", "sleep 1; exec /bin/swtool connect-unix /run/other.sock"]);
     assert_eq!((text.as_str(), code), ("error ENOENT: connect", Some(1)));
-    // A neighbour without the rule reaches the same path unharmed (nothing listens there).
-    let (text, code) = out(&pod, "webk", &["/bin/swtool", "connect-unix", "/run/containerd/containerd.sock"]);
-    assert_eq!((text.as_str(), code), ("error ENOENT: connect", Some(1)));
+
+    // A runtime listening in the neighbour's mounts, reached by every other way: the kernel
+    // judges the socket reached (the address its owner bound), not the path typed.
+    let serve = "mkdir -p /run/containerd; /bin/swtool serve-unix /run/app.sock & \
+                 exec /bin/swtool serve-unix /run/containerd/containerd.sock";
+    let mut runtime = pod.spawn("webk", &["/bin/sh", "-c", serve]);
+    let reach = |container: &str, path: &str| out(&pod, container, &["/bin/swtool", "connect-unix", path]);
+    let listening = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        reach("webk", "/run/containerd/containerd.sock").0 == "ok pong"
+            && reach("webk", "/run/app.sock").0 == "ok pong"
+    });
+    assert!(listening, "the neighbour's sockets never answered");
+    let web = pod.pod_pid("webk");
+    let sock = format!("/proc/{web}/root/run/containerd/containerd.sock");
+    let ways = [
+        format!("exec /bin/swtool connect-unix {sock}"),
+        format!("cd /proc/{web}/root/run/containerd && exec /bin/swtool connect-unix containerd.sock"),
+        format!("ln -s {sock} /etc/rt.sock && exec /bin/swtool connect-unix /etc/rt.sock"),
+        format!(
+            "cd /proc/{web}/cwd/run && exec /bin/swtool connect-unix ./containerd/../containerd/containerd.sock"
+        ),
+    ];
+    let escaped: Vec<String> = ways
+        .iter()
+        .filter_map(|way| {
+            let (text, code) = out(&pod, "intruderk", &["/bin/sh", "-c", way]);
+            (code != Some(137) || text.contains("pong")).then(|| format!("{way}: {code:?} {text:?}"))
+        })
+        .collect();
+    let _ = runtime.kill();
+    let _ = runtime.wait();
+    assert!(escaped.is_empty(), "reached the runtime: {escaped:#?}");
+    let ev = events
+        .find("the connect by another path", WAIT, |e| match &e.event {
+            Some(Event::ProcessConnect(c)) => c.socket.as_ref().is_some_and(|s| {
+                s.requested_path == sock
+                    && s.remote.as_ref().is_some_and(|r| r.path == "/run/containerd/containerd.sock")
+            }),
+            _ => false,
+        })
+        .await;
+    let Some(Event::ProcessConnect(c)) = &ev.event else { unreachable!() };
+    let peer = c.peer.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.name.as_str());
+    assert_eq!(peer, Some("webk"), "the listening process is named");
+    // Another socket of the neighbour's, by the same way: none of the rule's business.
+    let (text, code) = reach("intruderk", &format!("/proc/{web}/root/run/app.sock"));
+    assert_eq!((text.as_str(), code), ("ok pong", Some(0)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,7 +13,8 @@
  *   swtool bind-tcp ADDR PORT [SECONDS]  bind and listen, then sleep (squat a port)
  *   swtool serve-udp ADDR PORT           receive datagrams forever
  *   swtool send-udp ADDR PORT DATA       sendto, unconnected
- *   swtool connect-unix PATH|@NAME       connect a unix stream socket
+ *   swtool connect-unix PATH|@NAME       connect a unix stream socket, read the reply
+ *   swtool serve-unix PATH|@NAME         accept forever on a unix stream socket; reply "pong"
  *   swtool setns-pidfd PID TYPES CMD...  join PID's namespaces through a pidfd (TYPES: any of
  *                                        "net,mnt,uts,ipc,pid,cgroup,user"), then exec CMD
  *   swtool clone-userns                  clone3 a child into a new user namespace
@@ -173,19 +174,47 @@ static int send_udp(const char *ip, const char *port, const char *data) {
     return 0;
 }
 
-static int connect_unix(const char *path) {
-    struct sockaddr_un un = {.sun_family = AF_UNIX};
+/* A unix address for PATH, or for the abstract name NAME of "@NAME"; its length. */
+static socklen_t unix_addr(const char *path, struct sockaddr_un *un) {
     size_t n = strlen(path);
-    if (n >= sizeof(un.sun_path)) return fail("path too long");
-    memcpy(un.sun_path, path, n);
+    if (n >= sizeof(un->sun_path)) return 0;
+    memset(un, 0, sizeof(*un));
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, path, n);
     socklen_t len = offsetof(struct sockaddr_un, sun_path) + n;
-    if (path[0] == '@') un.sun_path[0] = 0; /* abstract name */
+    if (path[0] == '@') un->sun_path[0] = 0; /* abstract name */
     else len += 1;
+    return len;
+}
+
+static int connect_unix(const char *path) {
+    struct sockaddr_un un;
+    socklen_t len = unix_addr(path, &un);
+    if (!len) return fail("path too long");
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
     if (s < 0) return fail("socket");
     if (connect(s, (struct sockaddr *)&un, len) < 0) return fail("connect");
-    printf("ok connected\n");
-    return 0;
+    return print_reply(s);
+}
+
+static int serve_unix(const char *path) {
+    struct sockaddr_un un;
+    socklen_t len = unix_addr(path, &un);
+    if (!len) return fail("path too long");
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (s < 0) return fail("socket");
+    if (path[0] != '@') unlink(path);
+    if (bind(s, (struct sockaddr *)&un, len) < 0) return fail("bind");
+    if (listen(s, 64) < 0) return fail("listen");
+    printf("ok listening\n");
+    fflush(stdout);
+    signal(SIGPIPE, SIG_IGN); /* a client killed before it read must not take us along */
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) continue;
+        if (write(c, "pong", 4) < 0) { /* the client went away */ }
+        close(c);
+    }
 }
 
 static int ns_flags(const char *types) {
@@ -246,11 +275,12 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "serve-udp")) return serve_udp(a, b);
     if (!strcmp(cmd, "send-udp")) return send_udp(a, b, c ? c : "x");
     if (!strcmp(cmd, "connect-unix")) return connect_unix(a);
+    if (!strcmp(cmd, "serve-unix")) return serve_unix(a);
     if (!strcmp(cmd, "setns-pidfd")) return setns_pidfd(a, b, argv + 4);
     if (!strcmp(cmd, "clone-userns")) return clone_userns();
     if (!strcmp(cmd, "ptrace-attach")) return ptrace_attach(a);
     if (!strcmp(cmd, "vm-read")) return vm_read(a, b);
-    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix|"
+    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix|serve-unix|"
                     "setns-pidfd|clone-userns|ptrace-attach|vm-read ...\n");
     return 2;
 }

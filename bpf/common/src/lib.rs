@@ -345,16 +345,26 @@ pub struct SockEvent {
 /// Bytes of `sun_path` (`struct sockaddr_un`).
 pub const UNIX_PATH_MAX: usize = 108;
 
-/// connect() on a unix socket (strict sensor set: a syscall tracepoint).
+/// connect() on a unix socket (strict sensor set: syscall tracepoints), seen at its exit: the
+/// path as the caller spelled it, and what it reached, as the kernel resolved it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct UnixConnectEvent {
     pub hdr: Header,
     /// Bytes of `path` given by the caller (abstract names start with a NUL byte).
     pub path_len: u32,
-    pub _pad: u32,
+    /// connect's return value: 0, or -errno.
+    pub ret: i32,
+    /// Bytes of `peer`.
+    pub peer_len: u32,
+    /// The host pid of the process that listens on the socket reached (0: unknown).
+    pub peer_pid: u32,
+    /// That process's cgroup (its container; 0: unknown).
+    pub peer_cgroup: u64,
     pub path: [u8; UNIX_PATH_MAX],
-    pub _pad2: [u8; 4],
+    /// The address the socket reached was bound to, as its owner bound it (the runtime's own
+    /// path for its socket), whatever path, link or mount the caller went through.
+    pub peer: [u8; UNIX_PATH_MAX],
 }
 
 /// Bytes of a sysctl path ("net/ipv4/conf/all/route_localnet") and of a written value.
@@ -459,12 +469,24 @@ pub struct Offsets {
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
 
+    /// A socket file's `struct socket` (`file.private_data`), its `sock`, the process that
+    /// listens at the other end (`sock.sk_peer_pid`), and a unix socket's peer and the
+    /// address that peer was bound to (`unix_sock.peer`, `unix_sock.addr`, `unix_address.len`
+    /// and `.name`).
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sock_peer_pid: u32,
+    pub unix_peer: u32,
+    pub unix_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
     /// `sock.sk_flags` and the bit of `SOCK_DONE` in it (set when the peer's FIN arrives).
     pub sock_flags: u32,
     pub sock_done_bit: u32,
 
     /// Offset of the `uservaddr` and `addrlen` arguments in the syscalls/sys_enter_connect
     /// tracepoint record, from its format file.
+    pub tp_connect_fd: u32,
     pub tp_connect_addr: u32,
     pub tp_connect_addrlen: u32,
     /// Syscall tracepoint argument offsets (strict set), from their format files.
@@ -506,7 +528,7 @@ mod tests {
         assert_eq!(size_of::<SysctlEvent>(), 88 + 8 + SYSCTL_NAME_MAX + SYSCTL_VALUE_MAX);
         assert_eq!(size_of::<CgroupEvent>(), 88 + 16 + CGROUP_PATH_MAX);
         assert_eq!(size_of::<SockEvent>(), 88 + 8 + 16 + 32 + 8 + 16 + 8);
-        assert_eq!(size_of::<UnixConnectEvent>(), 88 + 8 + UNIX_PATH_MAX + 4);
+        assert_eq!(size_of::<UnixConnectEvent>(), 88 + 24 + 2 * UNIX_PATH_MAX);
         assert_eq!(size_of::<ExecEvent>(), 88 + 16 + FILENAME_MAX + ARGS_MAX + CWD_BUF);
     }
 }

@@ -138,3 +138,25 @@ pub fn fill_current(hdr: &mut Header, kind: u32, task: *const u8) {
         hdr.flags |= flags::NS_UNKNOWN;
     }
 }
+
+/// The file behind fd `fd` of `task` (`task->files->fdt->fd[fd]`).
+#[inline(always)]
+pub fn fd_file(task: *const u8, fd: u32) -> Option<*const u8> {
+    let fdt = read_ptr(read_ptr(task, off!(task_files))?, off!(files_fdt))?;
+    if fd >= read::<u32>(fdt, off!(fdtable_max_fds))? {
+        return None;
+    }
+    read_ptr(read_ptr(fdt, off!(fdtable_fd))?, fd as usize * 8)
+}
+
+/// The cgroup v2 id of the first task of `pid`, 0 if it cannot be read.
+#[inline(always)]
+pub fn cgroup_of_pid(pid: *const u8) -> u64 {
+    let Some(link) = read_ptr(pid, off!(pid_tasks)) else { return 0 };
+    let target = link.wrapping_sub(off!(task_pid_links));
+    read_ptr(target, off!(task_cgroups))
+        .and_then(|cset| read_ptr(cset, off!(css_set_dfl_cgrp)))
+        .and_then(|cgrp| read_ptr(cgrp, off!(cgroup_kn)))
+        .and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))
+        .unwrap_or(0)
+}

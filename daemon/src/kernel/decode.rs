@@ -71,9 +71,17 @@ pub enum Record {
     },
     Sock(SockEvent),
     /// connect() on a unix socket: the path, or "@name" for an abstract name.
+    /// A unix connect, at its exit: the path as typed, and what it reached.
     UnixConnect {
         hdr: Header,
         path: String,
+        /// connect's return value (0 or -errno).
+        ret: i32,
+        /// The address the reached socket was bound to; empty when not resolved.
+        peer: String,
+        /// The listening process (host pid) and its cgroup; 0 when unknown.
+        peer_pid: u32,
+        peer_cgroup: u64,
     },
 }
 
@@ -156,7 +164,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::UNIX_CONNECT => {
             let e: UnixConnectEvent = read(bytes, "unix connect record")?;
             let path = unix_path(&e.path[..(e.path_len as usize).min(UNIX_PATH_MAX)]);
-            Ok(Record::UnixConnect { hdr: e.hdr, path })
+            let peer = unix_path(&e.peer[..(e.peer_len as usize).min(UNIX_PATH_MAX)]);
+            Ok(Record::UnixConnect {
+                hdr: e.hdr,
+                path,
+                ret: e.ret,
+                peer,
+                peer_pid: e.peer_pid,
+                peer_cgroup: e.peer_cgroup,
+            })
         }
         k => Err(DecodeError::UnknownKind(k)),
     }

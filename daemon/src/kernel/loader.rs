@@ -99,8 +99,8 @@ pub const SENSORS: &[SensorSpec] = &[
     },
     SensorSpec {
         name: "unix_connect",
-        programs: &["sys_enter_connect"],
-        hook: "tracepoint/syscalls/sys_enter_connect",
+        programs: &["sys_enter_connect", "sys_exit_connect"],
+        hook: "tracepoint/syscalls/sys_{enter,exit}_connect",
         attach: Attach::SyscallTracepoint,
         strict: true,
     },
@@ -165,6 +165,7 @@ const ENFORCING_PROGRAMS: &[&str] = &[
     "sys_enter_setns",
     "sys_enter_unshare",
     "sys_enter_connect",
+    "sys_exit_connect",
     "sys_exit_openat",
     "sys_exit_openat2",
     "sys_exit_open",

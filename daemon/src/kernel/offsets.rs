@@ -35,6 +35,7 @@ pub fn resolve(path: &Path) -> Result<Offsets, OffsetError> {
         .map_err(|source| OffsetError::Read { path: path.display().to_string(), source })?;
     let mut o = Resolver { btf: &btf }.offsets()?;
     let tp = |event: &str, field: &str| syscall_tracepoint_field(event, field).unwrap_or(UNRESOLVED);
+    o.tp_connect_fd = tp("sys_enter_connect", "fd");
     o.tp_connect_addr = tp("sys_enter_connect", "uservaddr");
     o.tp_connect_addrlen = tp("sys_enter_connect", "addrlen");
     o.tp_setns_flags = tp("sys_enter_setns", "flags");
@@ -144,6 +145,14 @@ impl Resolver<'_> {
             task_pid_links: self.optional("task_struct", "pid_links"),
             task_cgroups: self.optional("task_struct", "cgroups"),
             css_set_dfl_cgrp: self.optional("css_set", "dfl_cgrp"),
+            // Unix connects resolved at their exit (strict set): without them, the path typed.
+            file_private_data: self.optional("file", "private_data"),
+            socket_sk: self.optional("socket", "sk"),
+            sock_peer_pid: self.optional("sock", "sk_peer_pid"),
+            unix_peer: self.optional("unix_sock", "peer"),
+            unix_addr: self.optional("unix_sock", "addr"),
+            unix_address_len: self.optional("unix_address", "len"),
+            unix_address_name: self.optional("unix_address", "name"),
             // Only refines TCP byte counts: a kernel without them gets the state-based guess.
             // `sk_flags` is a macro for `__sk_common.skc_flags`.
             sock_flags: f("sock", "__sk_common")
@@ -151,6 +160,7 @@ impl Resolver<'_> {
                 .unwrap_or(UNRESOLVED),
             sock_done_bit: self.enum_value("sock_flags", "SOCK_DONE").unwrap_or(UNRESOLVED),
             // Filled from the tracepoint format files by resolve().
+            tp_connect_fd: UNRESOLVED,
             tp_connect_addr: UNRESOLVED,
             tp_connect_addrlen: UNRESOLVED,
             tp_setns_flags: UNRESOLVED,

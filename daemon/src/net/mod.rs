@@ -101,6 +101,16 @@ struct SockState {
     reported: bool,
 }
 
+/// A unix connect's outcome from its return value.
+fn unix_result(ret: i32) -> &'static str {
+    match -ret {
+        0 => "success",
+        libc::ECONNREFUSED | libc::ENOENT => "refused",
+        libc::EINPROGRESS | libc::EAGAIN => "in_progress",
+        _ => "failed",
+    }
+}
+
 /// Payload bytes (sent, received) of a closed connection. The kernel counts sequence space,
 /// so the active opener's acked bytes include its SYN, and both counts include a FIN once it
 /// was acked or received. The state the socket closed from says whether our FIN was acked;
@@ -170,17 +180,30 @@ impl Net {
         }
     }
 
-    /// A unix-socket connect (strict sensor set).
-    pub fn unix_connect(&mut self, hdr: &Header, path: &str, cache: &mut ProcessCache) -> NetEvent {
+    /// A unix-socket connect (strict sensor set), at its exit: `typed` is the path the caller
+    /// passed, `reached` the address the socket it reached was bound to (empty if unresolved),
+    /// `peer_pid` the process listening there.
+    pub fn unix_connect(
+        &mut self,
+        hdr: &Header,
+        typed: &str,
+        ret: i32,
+        reached: &str,
+        peer_pid: u32,
+        cache: &mut ProcessCache,
+    ) -> NetEvent {
         let owner = cache.lookup(hdr);
+        let remote = if reached.is_empty() { typed } else { reached };
         let socket = pb::Socket {
             protocol: "unix".into(),
             family: "unix".into(),
-            remote: Some(pb::SocketAddress { path: path.into(), ..Default::default() }),
+            remote: Some(pb::SocketAddress { path: remote.into(), ..Default::default() }),
+            requested_path: if remote == typed { String::new() } else { typed.into() },
             netns: owner.process.namespaces.as_ref().map_or(0, |n| n.net),
             ..Default::default()
         };
-        NetEvent::Connect { owner, socket, result: "unknown", peer: None }
+        let peer = (peer_pid != 0).then(|| cache.get(peer_pid).cloned()).flatten();
+        NetEvent::Connect { owner, socket, result: unix_result(ret), peer }
     }
 
     /// Connects still unanswered after a while are reported as in progress.
@@ -233,6 +256,7 @@ impl Net {
             loopback,
             netns: inode,
             cookie: e.cookie,
+            ..Default::default()
         }
     }
 
@@ -322,6 +346,7 @@ impl Net {
             loopback: peer.is_some() || addr::is_loopback(&remote.ip()),
             netns: inode,
             cookie: e.cookie,
+            ..Default::default()
         };
         if self.sockets.len() < MAX_SOCKETS {
             let st = SockState {

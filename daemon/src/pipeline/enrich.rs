@@ -244,8 +244,8 @@ impl Enricher {
                 let ne = self.net.handle(&e, &mut self.cache, &mut self.identity)?;
                 self.net_event(ne)
             }
-            Record::UnixConnect { hdr, path } => {
-                let ne = self.net.unix_connect(&hdr, &path, &mut self.cache);
+            Record::UnixConnect { hdr, path, ret, peer, peer_pid, .. } => {
+                let ne = self.net.unix_connect(&hdr, &path, ret, &peer, peer_pid, &mut self.cache);
                 self.net_event(ne)
             }
         };
@@ -381,5 +381,6 @@ fn diag_socket(s: &DiagSocket) -> pb::Socket {
         loopback: s.remote.ip().to_canonical().is_loopback(),
         netns: 0,
         cookie: s.cookie,
+        ..Default::default()
     }
 }

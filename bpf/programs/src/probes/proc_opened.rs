@@ -17,7 +17,7 @@ use sidewall_common::{
 };
 
 use super::access::{OPEN_REPORTED, emit};
-use crate::kernel::{mnt_ns_inum, off, read, read_ptr};
+use crate::kernel::{cgroup_of_pid, fd_file, mnt_ns_inum, off, read, read_ptr};
 
 // syscalls/sys_exit_openat: long ret of openat(int dfd, const char *filename, int flags, umode_t mode): fd or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
@@ -74,16 +74,6 @@ fn opened(ctx: &TracePointContext) -> u32 {
         emit(op, pid, target_cgroup, Some((&name, len)));
     }
     0
-}
-
-/// The file behind fd `fd` of `task` (`task->files->fdt->fd[fd]`).
-#[inline(always)]
-fn fd_file(task: *const u8, fd: u32) -> Option<*const u8> {
-    let fdt = read_ptr(read_ptr(task, off!(task_files))?, off!(files_fdt))?;
-    if fd >= read::<u32>(fdt, off!(fdtable_max_fds))? {
-        return None;
-    }
-    read_ptr(read_ptr(fdt, off!(fdtable_fd))?, fd as usize * 8)
 }
 
 /// For a file of another mount namespace's tree than the caller's (reached through
@@ -153,16 +143,4 @@ fn reaches_into(name: &[u8; ACCESS_PATH_MAX], len: u32) -> bool {
         b'c' => is(b"cwd"),
         _ => false,
     }
-}
-
-/// The cgroup v2 id of the first task of `pid`, 0 if it cannot be read.
-#[inline(always)]
-fn cgroup_of_pid(pid: *const u8) -> u64 {
-    let Some(link) = read_ptr(pid, off!(pid_tasks)) else { return 0 };
-    let target = link.wrapping_sub(off!(task_pid_links));
-    read_ptr(target, off!(task_cgroups))
-        .and_then(|cset| read_ptr(cset, off!(css_set_dfl_cgrp)))
-        .and_then(|cgrp| read_ptr(cgrp, off!(cgroup_kn)))
-        .and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))
-        .unwrap_or(0)
 }
