@@ -15,3 +15,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod process;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod testing;
