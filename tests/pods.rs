@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use harness::{
     Daemon,
-    pod::{Pod, Spec},
+    pod::{Options, Pod, Podman, Spec},
 };
 use sidewall_proto::v1::{GetEventsRequest, get_events_response::Event};
 
@@ -56,4 +56,36 @@ async fn events_of_both_containers_carry_pod_and_container_names() {
         _ => false,
     });
     assert!(sleep_seen, "the app container's first process is attributed from its first instruction");
+}
+
+/// podman creates its storage on first use, which can come after sidewalld started (the first
+/// pod on a fresh node): that pod's containers are named all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_named_when_podman_storage_appears_after_the_daemon_started() {
+    let podman = Podman::private();
+    let storage = podman.storage_root().expect("a private storage");
+    assert!(!storage.exists(), "podman has not run with this storage yet");
+    let d = Daemon::with_config(&format!("podman_storage = \"{}\"", storage.display())).await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = Pod::play_in(
+        &podman,
+        "cold",
+        &[Spec { name: "app", command: &["/bin/sleep", "3600"], ..Default::default() }],
+        &Options::default(),
+    );
+    let out = pod.exec("app", &["/bin/echo", "named-after-a-cold-start"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ev = events
+        .find("exec of echo in the app container", Duration::from_secs(30), |e| match &e.event {
+            Some(Event::ProcessExec(x)) => {
+                x.process.as_ref().is_some_and(|p| p.arguments == ["named-after-a-cold-start"])
+            }
+            _ => false,
+        })
+        .await;
+    let Some(Event::ProcessExec(x)) = ev.event else { unreachable!() };
+    let p = x.process.expect("process");
+    let c = p.container.expect("container identity");
+    assert_eq!((c.name.as_str(), c.id.as_str()), ("app", pod.container_id("app").as_str()), "{c:?}");
+    assert_eq!(p.pod.map(|p| p.name), Some(pod.name.clone()));
 }

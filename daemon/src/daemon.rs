@@ -173,8 +173,9 @@ fn identity_sources(
     kube: Option<kube::Client>,
 ) -> (Sources, String) {
     let mut names = vec!["cgroup"];
-    let podman = (!cfg.podman_storage.is_empty() && Path::new(&cfg.podman_storage).is_dir())
-        .then(|| PodmanStore::new(&cfg.podman_storage));
+    // Not checked for existence: podman creates its storage on first use, which can come after
+    // this daemon started (the first pod on a fresh node); lookups read it when they need it.
+    let podman = (!cfg.podman_storage.is_empty()).then(|| PodmanStore::new(&cfg.podman_storage));
     if podman.is_some() {
         names.push("podman");
     }

@@ -17,3 +17,5 @@ pub mod policy;
 pub mod process;
 pub mod stats;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -7,50 +7,138 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{
-        OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-static ENV: OnceLock<(PathBuf, String)> = OnceLock::new();
+static SHARED: OnceLock<Arc<Podman>> = OnceLock::new();
 
 /// The source of `swtool`, the static multi-tool the test image carries beside busybox.
 const SWTOOL_SRC: &str = include_str!("../tools/swtool.c");
 
+/// The podman every test pod is played with, unless a test brings its own: the machine's
+/// storage, and a containers.conf of the tests' own.
+pub fn shared() -> &'static Arc<Podman> {
+    SHARED.get_or_init(|| Arc::new(Podman::new(None)))
+}
+
 /// The image every test pod runs: busybox plus swtool, imported from a local rootfs (no
 /// registry here). Its tag follows swtool's source, so a changed tool means a new image.
 pub fn image() -> &'static str {
-    &env().1
+    shared().image()
 }
 
-/// The private containers.conf every test pod is played with (runc, cgroupfs, ulimits this
-/// shell may set).
-pub fn containers_conf() -> &'static Path {
-    &env().0
+/// podman as the tests run it: runc, cgroupfs, ulimits this shell may set, and either the
+/// machine's container storage or a private one.
+pub struct Podman {
+    conf: PathBuf,
+    private: Option<Private>,
+    image: OnceLock<String>,
 }
 
-/// A containers.conf of the tests' own (runc, cgroupfs, ulimits this shell may set), shared by
-/// every test process (same content, written atomically), and the image.
-fn env() -> &'static (PathBuf, String) {
-    ENV.get_or_init(|| {
-        let dir = std::env::temp_dir().join("sidewall-podman");
-        fs::create_dir_all(&dir).expect("podman config dir");
+/// A podman of one test's own: storage, run and lock directories in a temporary directory.
+struct Private {
+    dir: tempfile::TempDir,
+    storage_conf: PathBuf,
+}
+
+impl Podman {
+    /// A podman with a storage of its own that does not exist yet: podman creates it on first
+    /// use, as on a machine where podman never ran. Everything it holds is removed on drop.
+    pub fn private() -> Arc<Self> {
+        let dir = tempfile::Builder::new().prefix("sidewall-podman-").tempdir().expect("tempdir");
+        let storage_conf = dir.path().join("storage.conf");
+        fs::write(
+            &storage_conf,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                dir.path().join("storage").display(),
+                dir.path().join("run").display()
+            ),
+        )
+        .expect("write storage.conf");
+        Arc::new(Self::new(Some(Private { dir, storage_conf })))
+    }
+
+    fn new(private: Option<Private>) -> Self {
         let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
-        let text = format!(
+        let mut text = format!(
             "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
              [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
         );
-        let conf = dir.join(format!("containers-{nofile}-{nproc}.conf"));
-        if fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
-            let fresh = dir.join(format!("containers.conf.{}", std::process::id()));
-            fs::write(&fresh, &text).expect("write containers.conf");
-            fs::rename(&fresh, &conf).expect("install containers.conf");
+        let conf = match &private {
+            // Per-boot state and locks of its own too: the machine's podman keeps its own.
+            Some(p) => {
+                text.push_str(&format!(
+                    "tmp_dir = \"{}\"\nlock_type = \"file\"\n",
+                    p.dir.path().join("tmp").display()
+                ));
+                let conf = p.dir.path().join("containers.conf");
+                fs::write(&conf, &text).expect("write containers.conf");
+                conf
+            }
+            // Shared by every test process (same content, written atomically).
+            None => {
+                let dir = std::env::temp_dir().join("sidewall-podman");
+                fs::create_dir_all(&dir).expect("podman config dir");
+                let conf = dir.join(format!("containers-{nofile}-{nproc}.conf"));
+                if fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
+                    let fresh = dir.join(format!("containers.conf.{}", std::process::id()));
+                    fs::write(&fresh, &text).expect("write containers.conf");
+                    fs::rename(&fresh, &conf).expect("install containers.conf");
+                }
+                conf
+            }
+        };
+        Self { conf, private, image: OnceLock::new() }
+    }
+
+    /// A podman command with this configuration.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", &self.conf);
+        if let Some(p) = &self.private {
+            c.env("CONTAINERS_STORAGE_CONF", &p.storage_conf);
         }
-        let build = tempfile::tempdir().expect("image build dir");
-        let image = ensure_image(&conf, build.path());
-        (conf, image)
-    })
+        c
+    }
+
+    /// The storage root of a private podman (sidewalld's `podman_storage`); None for the
+    /// machine's.
+    pub fn storage_root(&self) -> Option<PathBuf> {
+        self.private.as_ref().map(|p| p.dir.path().join("storage"))
+    }
+
+    /// The test image, imported into this podman's storage on first use.
+    pub fn image(&self) -> &str {
+        self.image.get_or_init(|| {
+            let build = tempfile::tempdir().expect("image build dir");
+            ensure_image(self, build.path())
+        })
+    }
+}
+
+impl Drop for Podman {
+    /// A private podman's pods are gone by now (each holds it); anything its storage left
+    /// mounted is unmounted, so that its directory can be removed.
+    fn drop(&mut self) {
+        let Some(p) = &self.private else { return };
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+            .filter(|m| m.starts_with(p.dir.path()))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+                // SAFETY: umount2 of a mount under this test's own temporary directory.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
 }
 
 fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
@@ -60,12 +148,6 @@ fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
     if r.rlim_max == libc::RLIM_INFINITY { 1 << 20 } else { r.rlim_max }
 }
 
-pub fn podman(conf: &Path) -> Command {
-    let mut c = Command::new("podman");
-    c.env("CONTAINERS_CONF", conf);
-    c
-}
-
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -73,12 +155,12 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// Imports the image once: /bin/busybox with relative applet links, and swtool.
-fn ensure_image(conf: &Path, dir: &Path) -> String {
+fn ensure_image(podman: &Podman, dir: &Path) -> String {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     SWTOOL_SRC.hash(&mut h);
     let image = format!("localhost/sidewall-test:{:012x}", h.finish() & 0xffff_ffff_ffff);
-    if podman(conf).args(["image", "exists", &image]).status().is_ok_and(|s| s.success()) {
+    if podman.command().args(["image", "exists", &image]).status().is_ok_and(|s| s.success()) {
         return image;
     }
     let root = dir.join("rootfs");
@@ -94,7 +176,7 @@ fn ensure_image(conf: &Path, dir: &Path) -> String {
     run(Command::new("cc").args(["-static", "-O2", "-o"]).arg(bin.join("swtool")).arg(&src));
     let tar = dir.join("rootfs.tar");
     run(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg("."));
-    run(podman(conf).args(["import", "--change", "ENV PATH=/bin"]).arg(&tar).arg(&image));
+    run(podman.command().args(["import", "--change", "ENV PATH=/bin"]).arg(&tar).arg(&image));
     image
 }
 
@@ -119,7 +201,7 @@ pub struct Options<'a> {
 
 pub struct Pod {
     pub name: String,
-    conf: &'static Path,
+    podman: Arc<Podman>,
     dir: tempfile::TempDir,
 }
 
@@ -130,13 +212,17 @@ impl Pod {
     }
 
     pub fn play_with(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
-        let conf = containers_conf();
+        Self::play_in(shared(), prefix, containers, opts)
+    }
+
+    /// Plays the pod with `podman` (a private one, for instance).
+    pub fn play_in(podman: &Arc<Podman>, prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::tempdir().expect("tmp");
         let yaml = dir.path().join("pod.yaml");
-        fs::write(&yaml, manifest(&name, containers, opts)).expect("write manifest");
-        let pod = Self { name, conf, dir };
-        run(podman(conf).args(["kube", "play", "--network", "none"]).arg(&yaml));
+        fs::write(&yaml, manifest(&name, podman.image(), containers, opts)).expect("write manifest");
+        let pod = Self { name, podman: podman.clone(), dir };
+        run(pod.podman.command().args(["kube", "play", "--network", "none"]).arg(&yaml));
         pod
     }
 
@@ -146,33 +232,33 @@ impl Pod {
     }
 
     pub fn container_id(&self, name: &str) -> String {
-        let out = run(podman(self.conf).args(["inspect", "--format", "{{.Id}}", &self.container(name)]));
+        let out = run(self.podman.command().args(["inspect", "--format", "{{.Id}}", &self.container(name)]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// `podman exec` in a container; returns its output whatever the exit status.
     pub fn exec(&self, container: &str, args: &[&str]) -> Output {
-        let mut c = podman(self.conf);
+        let mut c = self.podman.command();
         c.arg("exec").arg(self.container(container)).args(args);
         c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"))
     }
 
     /// `podman exec` in a container without waiting, its stdout piped (stop it by its PID).
     pub fn spawn(&self, container: &str, args: &[&str]) -> std::process::Child {
-        let mut c = podman(self.conf);
+        let mut c = self.podman.command();
         c.arg("exec").arg(self.container(container)).args(args).stdout(std::process::Stdio::piped());
         c.spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"))
     }
 
     /// What a container printed so far (all its runs, restarts included).
     pub fn logs(&self, container: &str) -> String {
-        let out = run(podman(self.conf).args(["logs", &self.container(container)]));
+        let out = run(self.podman.command().args(["logs", &self.container(container)]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The host pid of a container's first process.
     pub fn host_pid(&self, container: &str) -> u32 {
-        let out = run(podman(self.conf).args([
+        let out = run(self.podman.command().args([
             "inspect",
             "--format",
             "{{.State.Pid}}",
@@ -197,7 +283,7 @@ impl Pod {
     }
 
     pub fn pod_id(&self) -> String {
-        let out = run(podman(self.conf).args(["pod", "inspect", "--format", "{{.Id}}", &self.name]));
+        let out = run(self.podman.command().args(["pod", "inspect", "--format", "{{.Id}}", &self.name]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -209,7 +295,7 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         let pod_id = self.pod_id();
-        let _ = podman(self.conf).args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
+        let _ = self.podman.command().args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
         // podman leaves the pod's empty cgroup directories behind; remove ours, deepest first.
         let parent = crate::cgroup::cgroup2_root().join("libpod_parent").join(&pod_id);
         if let Ok(entries) = fs::read_dir(&parent) {
@@ -221,7 +307,7 @@ impl Drop for Pod {
     }
 }
 
-fn manifest(name: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> String {
+fn manifest(name: &str, image: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> String {
     let annotations = opts.annotations;
     let mut y = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {name}\n");
     if !annotations.is_empty() {
@@ -243,7 +329,7 @@ fn manifest(name: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> String {
         y.push_str(&format!(
             "  - name: {}\n    image: {}\n    imagePullPolicy: Never\n    command: [{}]\n",
             c.name,
-            image(),
+            image,
             cmd.join(", ")
         ));
         if c.privileged {

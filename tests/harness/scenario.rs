@@ -228,7 +228,7 @@ pub fn catalog() -> Vec<Scenario> {
 /// directories podman leaves behind.
 pub struct ManifestPod {
     pub name: String,
-    conf: PathBuf,
+    podman: &'static pod::Podman,
     _dir: tempfile::TempDir,
 }
 
@@ -270,14 +270,15 @@ impl ManifestPod {
     fn try_play(prefix: &str, manifest: &Path) -> Result<Self, String> {
         let image = pod::image();
         let dir = tempfile::Builder::new().prefix("sidewall-scenario-").tempdir().expect("tmp");
-        let conf = crate::pod::containers_conf().to_path_buf();
+        let podman = pod::shared();
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let text = fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
         let yaml = dir.path().join("pod.yaml");
         fs::write(&yaml, rewrite_manifest(&text, &name, image)).expect("write manifest");
         // Dropped (and removed) on failure.
-        let p = Self { name, conf, _dir: dir };
-        let out = pod::podman(&p.conf)
+        let p = Self { name, podman, _dir: dir };
+        let out = podman
+            .command()
             .args(["kube", "play", "--network", "none"])
             .arg(&yaml)
             .output()
@@ -296,7 +297,7 @@ impl ManifestPod {
 
     /// The `podman exec` command for `args` in `container` (not started).
     pub fn exec_command(&self, container: &str, args: &[String]) -> Command {
-        let mut c = pod::podman(&self.conf);
+        let mut c = self.podman.command();
         c.arg("exec").arg(self.container(container)).args(args);
         c
     }
@@ -309,7 +310,9 @@ impl ManifestPod {
     }
 
     pub fn pod_id(&self) -> String {
-        let out = pod::podman(&self.conf)
+        let out = self
+            .podman
+            .command()
             .args(["pod", "inspect", "--format", "{{.Id}}", &self.name])
             .output()
             .expect("podman pod inspect");
@@ -320,7 +323,7 @@ impl ManifestPod {
 impl Drop for ManifestPod {
     fn drop(&mut self) {
         let pod_id = self.pod_id();
-        let _ = pod::podman(&self.conf).args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
+        let _ = self.podman.command().args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
         if pod_id.is_empty() {
             return;
         }

@@ -158,8 +158,9 @@ impl Identity {
             }
             return true;
         }
-        // Names from the API may come a little after the container starts.
-        self.sources.kube.is_none()
+        // Names from the API, or podman's record of a container it is still creating, may
+        // come a little after the container starts: ask again.
+        self.sources.kube.is_none() && !(id.runtime == "podman" && self.sources.podman.is_some())
     }
 
     fn name_pod(&self, id: &CgroupIdentity, pod: &mut Option<pb::Pod>) -> bool {

@@ -258,8 +258,7 @@ mod tests {
     /// Checks resolved offsets against facts that hold on every kernel this runs on.
     #[test]
     fn resolves_running_kernel() {
-        if !Path::new(VMLINUX).exists() {
-            eprintln!("skipped: no {VMLINUX}");
+        if !crate::testing::can_run(crate::testing::file(VMLINUX)) {
             return;
         }
         let o = resolve(Path::new(VMLINUX)).expect("all offsets resolve");
@@ -296,7 +295,7 @@ mod tests {
 
     #[test]
     fn missing_member_is_named() {
-        if !Path::new(VMLINUX).exists() {
+        if !crate::testing::can_run(crate::testing::file(VMLINUX)) {
             return;
         }
         let btf = Btf::from_file(VMLINUX).expect("btf");

@@ -253,9 +253,8 @@ mod tests {
     /// and destroying the client's socket aborts it.
     #[test]
     fn lists_and_destroys_sockets_of_a_namespace() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root for SOCK_DESTROY");
+        // SOCK_DESTROY needs CAP_NET_ADMIN.
+        if !crate::testing::can_run(crate::testing::root()) {
             return;
         }
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -270,14 +269,14 @@ mod tests {
         let ours = all.iter().find(|s| s.local == local).expect("our client socket is listed");
         assert_eq!((ours.state, ours.remote.port()), (TCP_ESTABLISHED, port));
         assert_ne!(ours.cookie, 0);
-        let own_cgroup = std::fs::metadata(format!(
-            "/sys/fs/cgroup{}",
-            std::fs::read_to_string("/proc/self/cgroup").expect("cgroup").trim().trim_start_matches("0::")
-        ))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-        if let Ok(ino) = own_cgroup {
-            assert_eq!(ours.cgroup_id, ino, "the creating process's cgroup");
-        }
+        // The cgroup2 mount: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = crate::identity::cgroups::cgroup2_mount(&mountinfo).expect("a cgroup2 mount");
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+        let own = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup2 line");
+        let dir = root.join(own.trim_start_matches('/'));
+        let ino = std::fs::metadata(&dir).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        assert_eq!(Some(ours.cgroup_id), ino.ok(), "the creating process's cgroup, {}", dir.display());
         assert!(all.iter().any(|s| s.state == TCP_LISTEN && s.local.port() == port));
 
         diag.destroy(ours).expect("destroy");
