@@ -277,7 +277,7 @@ impl Pod {
 
     /// Waits for a container to end; its exit status (137: killed by SIGKILL).
     pub fn wait(&self, container: &str) -> i32 {
-        let out = run(podman(self.conf).args(["wait", &self.container(container)]));
+        let out = run(self.podman.command().args(["wait", &self.container(container)]));
         let text = String::from_utf8_lossy(&out.stdout);
         text.trim().parse().unwrap_or_else(|_| panic!("podman wait {container}: {text:?}"))
     }
