@@ -503,6 +503,16 @@ async fn reading_another_containers_secrets_is_killed_in_the_kernel() {
         })
         .collect();
     assert!(escaped.is_empty(), "not killed before reading: {escaped:#?}");
+    // Taking control of the app's process: the tracer dies as the attach returns, and the
+    // app, detached, keeps serving.
+    let (text, code) = out(&pod, "intruderm", &["/bin/swtool", "ptrace-attach", &web.to_string()]);
+    assert_eq!((code, text.as_str()), (Some(137), ""), "killed at the attach");
+    let serving = (0..20).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let probe = ["/bin/timeout", "1", "/bin/swtool", "connect-tcp", "127.0.0.1", "9090"];
+        out(&pod, "intruderm", &probe).0.starts_with("ok pong")
+    });
+    assert!(serving, "the traced server (the container's first process) serves again after the tracer died");
     // Its own files, by the same ways, stay its own.
     let own_ways =
         [format!("cat /proc/{own}/root/etc/hostname"), "cat /proc/self/root/etc/hostname".to_string()];

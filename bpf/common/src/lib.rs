@@ -468,6 +468,9 @@ pub struct Offsets {
     pub task_pid_links: u32,
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
+    /// The tasks a tracer traces (`task.ptraced`, newest first, linked by `task.ptrace_entry`).
+    pub task_ptraced: u32,
+    pub task_ptrace_entry: u32,
 
     /// A socket file's `struct socket` (`file.private_data`), its `sock`, the process that
     /// listens at the other end (`sock.sk_peer_pid`), and a unix socket's peer and the

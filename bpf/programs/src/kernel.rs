@@ -153,8 +153,13 @@ pub fn fd_file(task: *const u8, fd: u32) -> Option<*const u8> {
 #[inline(always)]
 pub fn cgroup_of_pid(pid: *const u8) -> u64 {
     let Some(link) = read_ptr(pid, off!(pid_tasks)) else { return 0 };
-    let target = link.wrapping_sub(off!(task_pid_links));
-    read_ptr(target, off!(task_cgroups))
+    cgroup_of_task(link.wrapping_sub(off!(task_pid_links)))
+}
+
+/// The cgroup v2 id of `task` (`task->cgroups->dfl_cgrp->kn->id`), 0 if it cannot be read.
+#[inline(always)]
+pub fn cgroup_of_task(task: *const u8) -> u64 {
+    read_ptr(task, off!(task_cgroups))
         .and_then(|cset| read_ptr(cset, off!(css_set_dfl_cgrp)))
         .and_then(|cgrp| read_ptr(cgrp, off!(cgroup_kn)))
         .and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))

@@ -145,6 +145,8 @@ impl Resolver<'_> {
             task_pid_links: self.optional("task_struct", "pid_links"),
             task_cgroups: self.optional("task_struct", "cgroups"),
             css_set_dfl_cgrp: self.optional("css_set", "dfl_cgrp"),
+            task_ptraced: self.optional("task_struct", "ptraced"),
+            task_ptrace_entry: self.optional("task_struct", "ptrace_entry"),
             // Unix connects resolved at their exit (strict set): without them, the path typed.
             file_private_data: self.optional("file", "private_data"),
             socket_sk: self.optional("socket", "sk"),

@@ -52,13 +52,23 @@ pub fn established(ev: &pb::GetEventsResponse, v: &Violation, f: &Forbidden) -> 
     alert
 }
 
-/// Carries out what the alert says the daemon does: a kill the kernel did not make.
-pub fn execute(alert: &pb::PolicyAlert) {
+/// Carries out what the alert says the daemon does: a kill the kernel did not make. A
+/// tracer killed as its PTRACE_ATTACH returned leaves its tracee with the attach's SIGSTOP:
+/// the tracee is resumed, so the attack costs the app nothing.
+pub fn execute(ev: &pb::GetEventsResponse, alert: &pb::PolicyAlert) {
     tracing::info!(rule = %alert.rule_id, action = %alert.action, policy = %alert.policy, "{}", alert.message);
-    if alert.action == "killed"
-        && let Some(p) = alert.process.as_ref()
-    {
+    if alert.action != "killed" {
+        return;
+    }
+    if let Some(p) = alert.process.as_ref() {
         // SAFETY: kill(2) of the offending process, by the pid the kernel reported.
         unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+    }
+    if let Some(Event::ProcessAccess(a)) = &ev.event
+        && a.access == "ptrace_attach"
+        && let Some(t) = a.target.as_ref()
+    {
+        // SAFETY: kill(2) of the traced process, by the pid the kernel resolved.
+        unsafe { libc::kill(t.pid as i32, libc::SIGCONT) };
     }
 }

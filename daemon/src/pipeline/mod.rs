@@ -112,7 +112,7 @@ impl Pipeline {
         self.publish.publish(&ev);
         for v in violations {
             let alert = act::alert(&ev, &v);
-            act::execute(&alert);
+            act::execute(&ev, &alert);
             let alert = self.publish.dress(Event::PolicyAlert(alert), ktime);
             self.publish.publish(&alert);
         }

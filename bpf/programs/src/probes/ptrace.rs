@@ -1,13 +1,27 @@
-//! ptrace attach and seize at the syscall (strict set): a process taking control of another.
+//! ptrace attach and seize (strict set): a process taking control of another. The entry
+//! reports the request; the exit, once the kernel attached, looks at the tracee it attached
+//! (the newest on the tracer's `ptraced` list): another container's, under a rule that kills
+//! for process access, and the tracer dies before it runs another instruction.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_send_signal,
+    },
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
 use sidewall_common::{
     access_op,
-    wire::{PTRACE_ATTACH, PTRACE_SEIZE},
+    wire::{PTRACE_ATTACH, PTRACE_SEIZE, SIGKILL},
 };
 
 use super::access::emit;
-use crate::kernel::off;
+use crate::kernel::{cgroup_of_task, off, read_ptr};
+
+/// Threads between the entry and the exit of a ptrace attach or seize.
+#[map]
+static ATTACHING: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 
 // syscalls/sys_enter_ptrace: long ptrace(long request, long pid, unsigned long addr, unsigned long data)
 #[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
@@ -20,8 +34,41 @@ pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
         PTRACE_SEIZE => access_op::PTRACE_SEIZE,
         _ => return 0,
     };
+    let _ = ATTACHING.insert(&(bpf_get_current_pid_tgid() as u32), &1, 0);
     // SAFETY: as above.
     let pid = unsafe { ctx.read_at::<u64>(pid_off) }.unwrap_or(0) as u32;
     emit(op, pid, 0, None);
+    0
+}
+
+// syscalls/sys_exit_ptrace: long ret of ptrace(long request, long pid, unsigned long addr, unsigned long data): 0 or -errno
+#[tracepoint(category = "syscalls", name = "sys_exit_ptrace")]
+pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: a lookup in our own map.
+    if unsafe { ATTACHING.get(&tid) }.is_none() {
+        return 0;
+    }
+    let _ = ATTACHING.remove(&tid);
+    // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
+    if unsafe { ctx.read_at::<i64>(off!(tp_exit_ret)) }.unwrap_or(-1) != 0 {
+        return 0;
+    }
+    // SAFETY: helper without pointer arguments.
+    let tracer = unsafe { bpf_get_current_task() } as *const u8;
+    // list_add() puts the new tracee first: ptraced.next is its ptrace_entry.
+    let Some(entry) = read_ptr(tracer, off!(task_ptraced)) else { return 0 };
+    // An empty list points at itself (the tracee left already).
+    if entry == tracer.wrapping_add(off!(task_ptraced)) {
+        return 0;
+    }
+    let tracee_cgroup = cgroup_of_task(entry.wrapping_sub(off!(task_ptrace_entry)));
+    // SAFETY: helper without pointer arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, tracee_cgroup) {
+        // SAFETY: signals the current task only.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
     0
 }
