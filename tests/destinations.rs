@@ -116,6 +116,7 @@ fn guarded() -> ContainerRule {
         loopback: Some(LoopbackRules {
             connect: Some(vec![PortRule { container: Some("app".into()), ports: vec![ALLOWED_PORT] }]),
             bind: None,
+            ..Default::default()
         }),
         egress: Some(egress()),
         action: Action::Block,

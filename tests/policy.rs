@@ -9,7 +9,8 @@ use harness::{
     pod::{Options, Pod, Spec},
 };
 use sidewall_proto::v1::{
-    AddPolicyRequest, GetEventsRequest, PolicyAlert, SetPolicyModeRequest, get_events_response::Event,
+    AddPolicyRequest, GetEventsRequest, GetFlowsRequest, PolicyAlert, SetPolicyModeRequest,
+    get_events_response::Event,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -643,4 +644,66 @@ async fn enforcement_outlives_a_crash_and_cleanup_removes_every_trace() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!d.pins.exists(), "the pinned programs and maps are gone");
     assert!(!blocked(), "nothing of sidewall is left enforcing");
+}
+
+/// A unix socket is as much a channel between the containers of a pod as loopback TCP: the
+/// connect names both ends, is an edge of the flow graph, and `loopback.unix` rules it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unix_channel_between_containers_is_an_edge_and_a_rule() {
+    let rules = "    - name: intruderu\n      loopback:\n        unix:\n          - container: webu\n            names: [\"@allowed\"]\n      action: alert\n";
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", rules), "sensor_set = \"strict\"").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("u");
+    let serve = "/bin/swtool serve-unix @allowed & exec /bin/swtool serve-unix @secret";
+    let mut server = pod.spawn("webu", &["/bin/sh", "-c", serve]);
+    let reach = |name: &str| out(&pod, "intruderu", &["/bin/swtool", "connect-unix", name]);
+    let listening = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        reach("@allowed").0 == "ok pong"
+    });
+    assert!(listening, "the app's abstract socket never answered");
+    assert_eq!(reach("@secret").0, "ok pong", "an alert rule does not stop it");
+    let _ = server.kill();
+    let _ = server.wait();
+    let a = alert(&mut events, "the unix channel alert", "loopback-unix").await;
+    assert!(a.message.contains("webu:@secret"), "{}", a.message);
+    let peer = a.peer.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.name.as_str());
+    assert_eq!(peer, Some("webu"), "the alert names the listening container");
+    // Both channels are edges of the pod's flow graph; only the forbidden one alerted.
+    let mut c = d.client().await;
+    let flows = c
+        .get_flows(GetFlowsRequest { pod_regex: pod.name.clone(), ..Default::default() })
+        .await
+        .expect("flows")
+        .into_inner();
+    let edges: Vec<(String, String, String)> = flows
+        .pods
+        .iter()
+        .flat_map(|p| &p.edges)
+        .filter(|e| e.protocol == "unix")
+        .map(|e| {
+            let name =
+                |c: Option<&sidewall_proto::v1::Container>| c.map_or(String::new(), |c| c.name.clone());
+            (name(e.source.as_ref()), name(e.destination.as_ref()), e.name.clone())
+        })
+        .collect();
+    for want in ["@allowed", "@secret"] {
+        assert!(
+            edges.iter().any(|(s, d, n)| s == "intruderu" && d == "webu" && n == want),
+            "no edge intruderu -> webu:{want}/unix in {edges:?}"
+        );
+    }
+    // The export file has every alert the stream had: one, for the forbidden channel only.
+    // (The file's writer is a subscriber of its own: wait until it has written the alert.)
+    let count = || {
+        let export = fs::read_to_string(&d.export).unwrap_or_default();
+        export.lines().filter(|l| l.contains("\"rule_id\":\"loopback-unix\"")).count()
+    };
+    for _ in 0..50 {
+        if count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(), 1, "alerts in the export file");
 }

@@ -32,7 +32,7 @@ fn pod_text(p: &PodFlows) -> String {
             "  {} -> {}:{}/{}  connections={} sent={} received={}",
             side(e.source.as_ref()),
             side(e.destination.as_ref()),
-            e.port,
+            if e.name.is_empty() { e.port.to_string() } else { e.name.clone() },
             e.protocol,
             e.connections,
             e.bytes_sent,

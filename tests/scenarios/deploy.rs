@@ -66,6 +66,14 @@ fn the_chart_renders_with_other_values() {
 #[test]
 fn the_charts_crd_is_the_generated_one() {
     let generated = root().join("deploy/crds/sidecarpolicies.sidewall.io.yaml");
+    let out =
+        std::process::Command::new(harness::bin("sidewalld")).arg("--print-crd").output().expect("sidewalld");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        std::fs::read(&generated).expect("generated CRD") == out.stdout,
+        "{} is not what `sidewalld --print-crd` prints: generate it again",
+        generated.display()
+    );
     let copy = root().join("deploy/helm/sidewall/crds/sidecarpolicies.sidewall.io.yaml");
     let (a, b) =
         (std::fs::read(&generated).expect("generated CRD"), std::fs::read(&copy).expect("chart CRD"));

@@ -248,7 +248,7 @@ impl Metrics {
                     pod: pod.clone(),
                     source: side(e.source.as_ref()),
                     destination: side(e.destination.as_ref()),
-                    port: e.port.to_string(),
+                    port: if e.name.is_empty() { e.port.to_string() } else { e.name.clone() },
                     protocol: e.protocol.clone(),
                 };
                 set_total(&self.flow_connections.get_or_create(&base), e.connections);
@@ -372,6 +372,7 @@ mod tests {
                 source: Endpoint { pod: Some(&pod), container: Some(&proxy) },
                 destination: Endpoint { pod: Some(&pod), container: Some(&app) },
                 port,
+                name: "",
             };
             g.record(&f, 2, (10, 20), sidewall_proto::Timestamp { seconds: 1, nanos: 0 });
         }

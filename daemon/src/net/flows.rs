@@ -1,4 +1,5 @@
 //! The loopback flow graph: per pod (network namespace), container -> container:port edges
+//! (and container -> container:name over unix sockets)
 //! with connection counts and bytes. Updated per connection (not per packet); read by the
 //! GetFlows RPC, so it sits behind a mutex that the pipeline takes briefly.
 
@@ -16,6 +17,7 @@ struct EdgeKey {
     source: String,
     destination: String,
     port: u16,
+    name: String,
 }
 
 #[derive(Default)]
@@ -43,6 +45,8 @@ pub struct Flow<'a> {
     pub source: Endpoint<'a>,
     pub destination: Endpoint<'a>,
     pub port: u16,
+    /// Unix sockets: the address reached (empty for TCP and UDP).
+    pub name: &'a str,
 }
 
 #[derive(Default)]
@@ -82,6 +86,7 @@ impl FlowGraph {
             source: side_key(f.source.container),
             destination: side_key(f.destination.container),
             port: f.port,
+            name: f.name.to_string(),
         };
         if !graph.edges.contains_key(&key) && graph.edges.len() >= MAX_EDGES_PER_POD {
             return;
@@ -91,6 +96,7 @@ impl FlowGraph {
             source: f.source.container.cloned(),
             destination: f.destination.container.cloned(),
             port: f.port.into(),
+            name: f.name.to_string(),
             ..Default::default()
         });
         edge.connections += connections;
@@ -107,7 +113,7 @@ impl FlowGraph {
             .filter(|(_, g)| keep(g.pod.as_ref()))
             .map(|(_, g)| {
                 let mut edges: Vec<pb::FlowEdge> = g.edges.values().cloned().collect();
-                edges.sort_by(|a, b| (a.port, &a.protocol).cmp(&(b.port, &b.protocol)));
+                edges.sort_by(|a, b| (a.port, &a.name, &a.protocol).cmp(&(b.port, &b.name, &b.protocol)));
                 pb::PodFlows { pod: g.pod.clone(), netns: g.inode, edges }
             })
             .collect();
@@ -136,6 +142,7 @@ mod tests {
             source: side(&proxy),
             destination: side(&app),
             port,
+            name: "",
         };
         let mut g = FlowGraph::default();
         let t = Timestamp { seconds: 1, nanos: 0 };

@@ -101,6 +101,18 @@ struct SockState {
     reported: bool,
 }
 
+/// A unix connect as the kernel saw it at its exit.
+pub struct UnixConnect<'a> {
+    pub hdr: &'a Header,
+    /// The path the caller passed.
+    pub typed: &'a str,
+    pub ret: i32,
+    /// The address the reached socket was bound to (empty: not resolved).
+    pub reached: &'a str,
+    /// The listening process (host pid; 0: unknown).
+    pub peer_pid: u32,
+}
+
 /// A unix connect's outcome from its return value.
 fn unix_result(ret: i32) -> &'static str {
     match -ret {
@@ -182,28 +194,35 @@ impl Net {
 
     /// A unix-socket connect (strict sensor set), at its exit: `typed` is the path the caller
     /// passed, `reached` the address the socket it reached was bound to (empty if unresolved),
-    /// `peer_pid` the process listening there.
+    /// `peer_pid` the process listening there. A connection between two processes is an edge
+    /// of the pod's flow graph.
     pub fn unix_connect(
         &mut self,
-        hdr: &Header,
-        typed: &str,
-        ret: i32,
-        reached: &str,
-        peer_pid: u32,
+        c: &UnixConnect<'_>,
         cache: &mut ProcessCache,
+        identity: &mut Identity,
     ) -> NetEvent {
-        let owner = cache.lookup(hdr);
-        let remote = if reached.is_empty() { typed } else { reached };
+        let owner = cache.lookup(c.hdr);
+        let remote = if c.reached.is_empty() { c.typed } else { c.reached };
+        let netns = owner.process.namespaces.as_ref().map_or(0, |n| n.net);
         let socket = pb::Socket {
             protocol: "unix".into(),
             family: "unix".into(),
             remote: Some(pb::SocketAddress { path: remote.into(), ..Default::default() }),
-            requested_path: if remote == typed { String::new() } else { typed.into() },
-            netns: owner.process.namespaces.as_ref().map_or(0, |n| n.net),
+            requested_path: if remote == c.typed { String::new() } else { c.typed.into() },
+            netns,
             ..Default::default()
         };
-        let peer = (peer_pid != 0).then(|| cache.get(peer_pid).cloned()).flatten();
-        NetEvent::Connect { owner, socket, result: unix_result(ret), peer }
+        let peer = (c.peer_pid != 0).then(|| cache.get(c.peer_pid).cloned()).flatten();
+        if c.ret == 0
+            && let Some(peer) = peer.as_ref()
+        {
+            // The pod's graph is keyed by its namespace cookie, known once one of its inet
+            // sockets was seen; until then by its inode, marked apart from any cookie.
+            let key = self.netns.cookie(netns).unwrap_or(1 << 63 | u64::from(netns));
+            self.record_unix_flow(key, netns, &owner, peer, remote, identity);
+        }
+        NetEvent::Connect { owner, socket, result: unix_result(c.ret), peer }
     }
 
     /// Connects still unanswered after a while are reported as in progress.
@@ -469,9 +488,34 @@ impl Net {
             source: Endpoint { pod: src.pod.as_ref(), container: src.container.as_ref() },
             destination: Endpoint { pod: dst.pod.as_ref(), container: dst.container.as_ref() },
             port,
+            name: "",
         };
         let now = self.clock.timestamp(Clock::boot_ns());
         self.flows.lock().unwrap_or_else(|e| e.into_inner()).record(&flow, connections, bytes, now);
+    }
+
+    fn record_unix_flow(
+        &self,
+        netns_cookie: u64,
+        netns: u32,
+        owner: &ProcEntry,
+        peer: &ProcEntry,
+        name: &str,
+        identity: &mut Identity,
+    ) {
+        let src = identity.resolve(owner.process.cgroup_id);
+        let dst = identity.resolve(peer.process.cgroup_id);
+        let flow = Flow {
+            netns_cookie,
+            netns,
+            protocol: "unix",
+            source: Endpoint { pod: src.pod.as_ref(), container: src.container.as_ref() },
+            destination: Endpoint { pod: dst.pod.as_ref(), container: dst.container.as_ref() },
+            port: 0,
+            name,
+        };
+        let now = self.clock.timestamp(Clock::boot_ns());
+        self.flows.lock().unwrap_or_else(|e| e.into_inner()).record(&flow, 1, (0, 0), now);
     }
 }
 

@@ -15,6 +15,7 @@ const MAX_NETNS: usize = 16_384;
 #[derive(Default)]
 pub struct NetnsIndex {
     inode_of: HashMap<u64, u32>,
+    cookie_of: HashMap<u32, u64>,
     addrs: HashMap<u32, (Instant, Vec<IpAddr>)>,
 }
 
@@ -25,12 +26,19 @@ impl NetnsIndex {
         }
         if self.inode_of.len() >= MAX_NETNS {
             self.inode_of.clear();
+            self.cookie_of.clear();
         }
         self.inode_of.insert(cookie, inode);
+        self.cookie_of.insert(inode, cookie);
     }
 
     pub fn inode(&self, cookie: u64) -> Option<u32> {
         self.inode_of.get(&cookie).copied()
+    }
+
+    /// The cookie of the namespace with this inode, as its sockets were last seen.
+    pub fn cookie(&self, inode: u32) -> Option<u64> {
+        self.cookie_of.get(&inode).copied()
     }
 
     /// Whether `ip` reaches the local stack of the namespace `pid` lives in.

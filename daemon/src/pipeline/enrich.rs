@@ -12,7 +12,7 @@ use crate::{
     identity::Identity,
     isolation::{self, IsoEvent, Isolation},
     kernel::decode::{Record, wait_status},
-    net::{Net, NetEvent, sockdiag::DiagSocket},
+    net::{Net, NetEvent, UnixConnect, sockdiag::DiagSocket},
     policy::cut::Cut,
     process::{
         ProcEntry, ProcessCache,
@@ -245,7 +245,8 @@ impl Enricher {
                 self.net_event(ne)
             }
             Record::UnixConnect { hdr, path, ret, peer, peer_pid, .. } => {
-                let ne = self.net.unix_connect(&hdr, &path, ret, &peer, peer_pid, &mut self.cache);
+                let c = UnixConnect { hdr: &hdr, typed: &path, ret, reached: &peer, peer_pid };
+                let ne = self.net.unix_connect(&c, &mut self.cache, &mut self.identity);
                 self.net_event(ne)
             }
         };

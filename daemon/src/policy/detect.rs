@@ -83,7 +83,7 @@ fn selects(pol: &Policy, pod: &pb::Pod) -> bool {
 
 fn violation(pol: &Policy, rule: &ContainerRule, id: &'static str, message: String) -> Violation {
     let (severity, mitre) = match id {
-        "loopback-egress" => ("medium", "T1021"),
+        "loopback-egress" | "loopback-unix" => ("medium", "T1021"),
         "port-squatting" => ("high", "T1557"),
         "egress" => ("medium", "T1041"),
         "namespace-transition" => ("critical", "T1611"),
@@ -164,7 +164,11 @@ pub fn rule_index(policies: &[Policy], p: &pb::Process) -> Option<(usize, usize)
 pub fn check_rule(pol: &Policy, rule: &ContainerRule, ev: &pb::GetEventsResponse) -> Vec<Violation> {
     let Some(p) = crate::event::subject(ev) else { return Vec::new() };
     match &ev.event {
-        Some(Event::ProcessConnect(c)) => destination(pol, rule, c.socket.as_ref(), c.peer.as_ref()),
+        Some(Event::ProcessConnect(c)) => {
+            let mut out = destination(pol, rule, c.socket.as_ref(), c.peer.as_ref());
+            out.extend(unix_channel(pol, rule, p, c));
+            out
+        }
         Some(Event::ProcessDatagram(d)) => destination(pol, rule, d.socket.as_ref(), d.peer.as_ref()),
         Some(Event::ProcessBind(b)) => bind(pol, rule, p, b),
         Some(Event::ProcessNamespace(n)) if rule.namespace_changes == Permission::Deny => {
@@ -190,6 +194,25 @@ pub fn check_rule(pol: &Policy, rule: &ContainerRule, ev: &pb::GetEventsResponse
         }
         _ => Vec::new(),
     }
+}
+
+/// A unix connection to a sibling container that `loopback.unix` does not allow.
+fn unix_channel(
+    pol: &Policy,
+    rule: &ContainerRule,
+    p: &pb::Process,
+    c: &pb::ProcessConnect,
+) -> Option<Violation> {
+    let allowed = rule.loopback.as_ref()?.unix.as_ref()?;
+    let name = c.socket.as_ref().filter(|s| s.protocol == "unix")?.remote.as_ref()?.path.as_str();
+    let own = p.container.as_ref().map(|c| c.id.as_str());
+    let peer =
+        c.peer.as_ref()?.container.as_ref().filter(|pc| !pc.id.is_empty() && Some(pc.id.as_str()) != own)?;
+    if allowed.iter().any(|r| r.allows(&peer.name, name)) {
+        return None;
+    }
+    let message = format!("connected to {}:{name} over a unix socket", peer.name);
+    Some(violation(pol, rule, "loopback-unix", message))
 }
 
 fn destination(

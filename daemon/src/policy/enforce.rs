@@ -242,6 +242,7 @@ mod tests {
             loopback: Some(LoopbackRules {
                 connect: Some(vec![PortRule { container: Some("app".into()), ports: vec![8080, 8081] }]),
                 bind: Some(vec![15001]),
+                ..Default::default()
             }),
             egress: Some(vec![EgressRule { cidr: "10.0.0.0/8".parse().expect("net"), ports: vec![] }]),
             namespace_changes: Permission::Deny,
@@ -276,6 +277,7 @@ mod tests {
             loopback: Some(LoopbackRules {
                 connect: Some(vec![PortRule { container: None, ports: vec![8080] }]),
                 bind: None,
+                ..Default::default()
             }),
             egress: Some(vec![
                 EgressRule { cidr: "10.1.0.0/16".parse().expect("net"), ports: vec![] },

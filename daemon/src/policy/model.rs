@@ -127,6 +127,34 @@ pub struct LoopbackRules {
     /// Ports this container may bind. Absent: any port not declared by another container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<Vec<u16>>,
+    /// Sibling unix sockets this container may connect to (abstract names, which the pod's
+    /// containers share with its network namespace, and paths in shared volumes). Absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<Vec<UnixRule>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnixRule {
+    /// The sibling that listens; absent: whichever container listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Socket addresses as the listener bound them: "/path", "@abstract", or a prefix ending in
+    /// "*". Empty: any of that sibling's sockets.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+impl UnixRule {
+    /// Whether this rule allows reaching `name` on `peer` (the listening container's name).
+    pub fn allows(&self, peer: &str, name: &str) -> bool {
+        self.container.as_deref().is_none_or(|c| c == peer)
+            && (self.names.is_empty()
+                || self.names.iter().any(|n| match n.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => n == name,
+                }))
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -143,6 +143,13 @@ fn validate_rule(rule: &ContainerRule) -> Result<(), (String, String)> {
         }
         no_zero_port(lo.bind.as_deref().unwrap_or_default())
             .map_err(|k| (format!(".loopback.bind[{k}]"), "0 is not a port".into()))?;
+        for (j, u) in lo.unix.iter().flatten().enumerate() {
+            if let Some(k) = u.names.iter().position(|n| !(n.starts_with('/') || n.starts_with('@'))) {
+                let message =
+                    format!("{:?} is neither a path (/...) nor an abstract name (@...)", u.names[k]);
+                return Err((format!(".loopback.unix[{j}].names[{k}]"), message));
+            }
+        }
     }
     for (j, e) in rule.egress.iter().flatten().enumerate() {
         no_zero_port(&e.ports).map_err(|k| (format!(".egress[{j}].ports[{k}]"), "0 is not a port".into()))?;
