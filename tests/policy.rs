@@ -707,3 +707,46 @@ async fn a_unix_channel_between_containers_is_an_edge_and_a_rule() {
     }
     assert_eq!(count(), 1, "alerts in the export file");
 }
+
+/// Every refusal the kernel makes is heard: the kernel's own count of what it refused equals
+/// the alerts that reported it, kind by kind.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_of_the_kernel_is_an_alert() {
+    let (d, _dir) = daemon_with_policy(&policy("guard", "enforce", &guard("r")), "").await;
+    let mut events = d.events(GetEventsRequest::default()).await;
+    let pod = pod("r");
+    wait_serving(&pod, "webr");
+    let tries: [(&str, &[&str], &str); 3] = [
+        ("connect", &["/bin/swtool", "connect-tcp", "127.0.0.1", "9090"], "loopback-egress"),
+        ("send", &["/bin/swtool", "send-udp", "127.0.0.1", "9091", "x"], "loopback-egress"),
+        ("bind", &["/bin/swtool", "bind-tcp", "127.0.0.1", "7001"], "port-squatting"),
+    ];
+    let (attempts, mut alerts) = (4, std::collections::HashMap::<&str, u64>::new());
+    for (kind, args, rule) in tries {
+        for _ in 0..attempts {
+            let (text, _) = out(&pod, "intruderr", args);
+            assert!(text.starts_with("error EPERM"), "{kind}: {text}");
+            alert(&mut events, kind, rule).await;
+            *alerts.entry(kind).or_default() += 1;
+        }
+    }
+    // The kernel's counters reach the status within a tick.
+    let mut c = d.client().await;
+    let mut refused = std::collections::HashMap::new();
+    for _ in 0..30 {
+        let status =
+            c.get_status(sidewall_proto::v1::GetStatusRequest {}).await.expect("status").into_inner();
+        refused = status.kernel_refusals;
+        if ["connect", "send", "bind"].iter().all(|k| refused.get(*k).copied().unwrap_or(0) >= attempts) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for kind in ["connect", "send", "bind"] {
+        assert_eq!(
+            refused.get(kind).copied(),
+            alerts.get(kind).copied(),
+            "{kind}: refusals {refused:?}, alerts {alerts:?}"
+        );
+    }
+}

@@ -57,6 +57,7 @@ pub fn text(s: &GetStatusResponse) -> String {
         section("sensors", &with_header(["NAME", "STATE", "HOOK", "REASON"], sensors)),
         section("events by kind", &counters(&s.events_by_kind)),
         section("lost by stage", &counters(&s.lost_by_stage)),
+        section("refused or killed by the kernel", &counters(&s.kernel_refusals)),
         section("exporters", &with_header(["NAME", "STATE", "EVENTS", "LOST", "DETAIL"], exporters)),
     ]
     .join("\n")
@@ -163,6 +164,7 @@ mod tests {
                 events: 12,
                 lost: 0,
             }],
+            kernel_refusals: HashMap::from([("connect".into(), 2)]),
         };
         let want = "\
 version:        0.1.0
@@ -182,6 +184,9 @@ events by kind:
   process_exit  5
 
 lost by stage: none
+
+refused or killed by the kernel:
+  connect  2
 
 exporters:
   NAME  STATE  EVENTS     LOST    DETAIL

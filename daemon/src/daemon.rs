@@ -22,8 +22,9 @@ use crate::{
         podman::PodmanStore,
     },
     kernel::{
+        counters::KernelCounters,
         loader::{self, LoadOptions},
-        ringbuf::{KernelDrops, RingReader},
+        ringbuf::RingReader,
     },
     net::Net,
     pipeline::{self, Pipeline, enrich::Enricher, publish::Publisher},
@@ -56,7 +57,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pin_dir: (!cfg.bpf_pin_dir.is_empty()).then(|| Path::new(&cfg.bpf_pin_dir)),
     })?;
     let reader = RingReader::take(&mut loaded.ebpf)?;
-    let drops = KernelDrops::take(&mut loaded.ebpf)?;
+    let counters = KernelCounters::take(&mut loaded.ebpf)?;
     // Seed after attaching, so a process started in between is seen by one or the other.
     let mut cache = ProcessCache::new(node.clone(), clock, Duration::from_secs(cfg.process_grace_seconds));
     cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
@@ -126,7 +127,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let address = cfg.address();
     tracing::info!(%address, "serving the gRPC API");
     let api = tokio::spawn(listen::serve(address, svc, stop_rx.clone()));
-    let reading = tokio::spawn(pipeline::run(pipeline, reader, drops, stop_rx));
+    let reading = tokio::spawn(pipeline::run(pipeline, reader, counters, stop_rx));
 
     tokio::select! {
         r = api => { r.context("API task")?.context("API server")?; }

@@ -7,7 +7,10 @@ use std::{
 
 use sidewall_proto::v1::EventType;
 
-use crate::event::kind_name;
+use crate::{
+    event::kind_name,
+    kernel::{counters::REFUSALS, decode::refusal_name},
+};
 
 /// Where in the pipeline an event can be lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct Stats {
     events: [AtomicU64; KINDS],
     lost: [AtomicU64; Stage::ALL.len()],
     pub process_cache_size: AtomicU64,
+    /// What the kernel refused or killed, by `refusal` kind, as of the last tick.
+    kernel_refusals: [AtomicU64; REFUSALS],
 }
 
 impl Default for Stats {
@@ -55,6 +60,7 @@ impl Default for Stats {
             events: std::array::from_fn(|_| AtomicU64::new(0)),
             lost: std::array::from_fn(|_| AtomicU64::new(0)),
             process_cache_size: AtomicU64::new(0),
+            kernel_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -64,6 +70,21 @@ impl Stats {
         if let Some(c) = self.events.get(k as usize) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn set_kernel_refusals(&self, totals: &[u64; REFUSALS]) {
+        for (slot, n) in self.kernel_refusals.iter().zip(totals) {
+            slot.store(*n, Relaxed);
+        }
+    }
+
+    /// What the kernel refused or killed since the programs were loaded, by kind.
+    pub fn kernel_refusals(&self) -> Vec<(&'static str, u64)> {
+        self.kernel_refusals
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (refusal_name(k as u32), n.load(Relaxed)))
+            .collect()
     }
 
     pub fn count_lost(&self, stage: Stage, n: u64) {

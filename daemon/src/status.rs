@@ -45,6 +45,7 @@ impl NodeStatus {
             subscribers: self.hub.subscriber_count() as u32,
             identity_source: self.identity_source.clone(),
             exporters: self.exporters(),
+            kernel_refusals: stats.kernel_refusals().into_iter().map(|(k, n)| (k.into(), n)).collect(),
         }
     }
 

@@ -201,6 +201,26 @@ pub mod access_op {
     pub const FOREIGN_FILE: u32 = 7;
 }
 
+/// What the kernel refused or killed, counted per kind (`REFUSALS`), so that every refusal
+/// can be checked against the alerts that reported it.
+pub mod refusal {
+    /// A connect to a destination the rule denies (EPERM).
+    pub const CONNECT: u32 = 0;
+    /// A datagram to a destination the rule denies (EPERM).
+    pub const SEND: u32 = 1;
+    /// A bind of a port the rule denies (EPERM).
+    pub const BIND: u32 = 2;
+    /// A write to a loopback-routing sysctl (EPERM).
+    pub const SYSCTL: u32 = 3;
+    /// SIGKILL for a namespace change.
+    pub const KILL_NAMESPACE: u32 = 4;
+    /// SIGKILL for reaching into another container's processes or files.
+    pub const KILL_ACCESS: u32 = 5;
+    /// SIGKILL for reaching a container runtime's socket.
+    pub const KILL_RUNTIME_SOCKET: u32 = 6;
+    pub const MAX: u32 = 7;
+}
+
 /// Bytes of a /proc path kept in an `AccessEvent`.
 pub const ACCESS_PATH_MAX: usize = 64;
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
-use sidewall_common::{kind, ring_mode};
+use sidewall_common::{kind, refusal, ring_mode};
 
 /// All events to userspace. The daemon may resize it at load time (`--ring-buffer-size`).
 #[map]
@@ -15,6 +15,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// drop never contends; userspace sums the CPUs.
 #[map]
 pub static RINGBUF_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);
+
+/// What the kernel refused or killed, per `refusal::*` kind; per-CPU, summed by the daemon.
+#[map]
+pub static REFUSALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(refusal::MAX, 0);
 
 /// How the daemon reads `EVENTS` (`ring_mode::*`), set by the daemon as it switches.
 #[map]
@@ -39,4 +43,21 @@ pub fn count_drop(kind: u32) {
         // SAFETY: per-CPU slot, programs do not preempt each other on one CPU for these hooks.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+pub fn count_refusal(kind: u32) {
+    if let Some(slot) = REFUSALS.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, as for `count_drop`.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// SIGKILL for the current task, counted as a refusal of `kind`; delivered on its way back to
+/// user space, before it runs another instruction.
+#[inline(always)]
+pub fn kill_current(kind: u32) {
+    count_refusal(kind);
+    // SAFETY: signals the current task only.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sidewall_common::wire::SIGKILL) };
 }

@@ -62,6 +62,11 @@ struct ExporterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlowLabels {
     namespace: String,
     pod: String,
@@ -83,6 +88,7 @@ pub struct Metrics {
     events: Family<WorkloadLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
     lost: Family<StageLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
     sensors: Family<SensorLabels, Gauge>,
     policies: Family<ModeLabels, Gauge>,
     exporters: Family<ExporterLabels, Gauge>,
@@ -105,6 +111,7 @@ impl Metrics {
             events: Family::default(),
             alerts: Family::default(),
             lost: Family::default(),
+            refusals: Family::default(),
             sensors: Family::default(),
             policies: Family::default(),
             exporters: Family::default(),
@@ -119,6 +126,11 @@ impl Metrics {
         registry.register("events", "Events by kind and workload", m.events.clone());
         registry.register("alerts", "Policy alerts by rule, action and workload", m.alerts.clone());
         registry.register("events_lost", "Events lost since start, by pipeline stage", m.lost.clone());
+        registry.register(
+            "kernel_refusals",
+            "What the kernel refused or killed since the programs were loaded, by kind; each is an alert",
+            m.refusals.clone(),
+        );
         registry.register("sensor_up", "1 when a sensor is in the given state", m.sensors.clone());
         registry.register("policies", "Policies in force, by mode", m.policies.clone());
         registry.register("exporter_up", "1 when an exporter works", m.exporters.clone());
@@ -185,6 +197,9 @@ impl Metrics {
         let snap = status.snapshot();
         for (stage, n) in &snap.lost_by_stage {
             set_total(&self.lost.get_or_create(&StageLabels { stage: stage.clone() }), *n);
+        }
+        for (kind, n) in &snap.kernel_refusals {
+            set_total(&self.refusals.get_or_create(&RefusalLabels { kind: kind.clone() }), *n);
         }
         for s in &snap.sensors {
             for state in ["attached", "skipped", "failed"] {

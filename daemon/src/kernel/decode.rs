@@ -6,7 +6,7 @@ use std::{mem::size_of, ptr};
 use sidewall_common::{
     ACCESS_PATH_MAX, ARGS_MAX, AccessEvent, CGROUP_PATH_MAX, CWD_BUF, CWD_MAX_DEPTH, CWD_SLOT, CgroupEvent,
     ExecEvent, ExitEvent, FILENAME_MAX, ForkEvent, Header, NamespaceEvent, Namespaces, SockEvent,
-    SysctlEvent, UNIX_PATH_MAX, UnixConnectEvent, flags, kind,
+    SysctlEvent, UNIX_PATH_MAX, UnixConnectEvent, flags, kind, refusal,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -247,6 +247,20 @@ pub fn absolute_binary(filename: &str, cwd: &str) -> String {
         out.push_str(part);
     }
     out
+}
+
+/// The name of a refusal kind (`sidewall_common::refusal`), as status and metrics show it.
+pub fn refusal_name(k: u32) -> &'static str {
+    match k {
+        refusal::CONNECT => "connect",
+        refusal::SEND => "send",
+        refusal::BIND => "bind",
+        refusal::SYSCTL => "sysctl",
+        refusal::KILL_NAMESPACE => "kill_namespace",
+        refusal::KILL_ACCESS => "kill_access",
+        refusal::KILL_RUNTIME_SOCKET => "kill_runtime_socket",
+        _ => "other",
+    }
 }
 
 /// The name of a record kind, as lost_events reports kernel drops by kind.

@@ -1,5 +1,6 @@
 //! The kernel side as the daemon sees it: BTF offsets, loading and attaching, the ring
-//! buffer reader, and decoding of its records.
+//! buffer reader and the programs' counters, and decoding of its records.
+pub mod counters;
 pub mod decode;
 pub mod loader;
 pub mod offsets;

@@ -5,9 +5,9 @@ use std::{io, time::Duration};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, RingBuf},
 };
-use sidewall_common::{kind, ring_mode};
+use sidewall_common::ring_mode;
 use tokio::{io::unix::AsyncFd, time::Interval};
 
 /// How often the ring is read while events flow (the added latency, at most).
@@ -99,28 +99,5 @@ impl RingReader {
                 Self::drain(self.fd.get_mut(), f);
             }
         }
-    }
-}
-
-/// The per-kind, per-CPU counters of records the kernel could not reserve space for.
-pub struct KernelDrops {
-    map: PerCpuArray<MapData, u64>,
-}
-
-impl KernelDrops {
-    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf.take_map("RINGBUF_DROPS").context("map RINGBUF_DROPS missing")?;
-        Ok(Self { map: PerCpuArray::try_from(map).context("RINGBUF_DROPS is not a per-CPU array")? })
-    }
-
-    /// Totals since load, indexed by record kind.
-    pub fn totals(&self) -> [u64; kind::MAX as usize] {
-        let mut out = [0u64; kind::MAX as usize];
-        for (k, slot) in out.iter_mut().enumerate() {
-            if let Ok(values) = self.map.get(&(k as u32), 0) {
-                *slot = values.iter().sum();
-            }
-        }
-        out
     }
 }

@@ -15,7 +15,6 @@ pub mod publish;
 
 use std::time::{Duration, Instant};
 
-use sidewall_common::kind;
 use sidewall_proto::v1::get_events_response::Event;
 use tokio::sync::watch;
 
@@ -25,10 +24,7 @@ use self::{
 };
 use crate::{
     clock::Clock,
-    kernel::{
-        decode,
-        ringbuf::{KernelDrops, RingReader},
-    },
+    kernel::{counters::KernelCounters, decode, ringbuf::RingReader},
     policy::engine::{Forbidden, PolicyEngine},
 };
 
@@ -66,15 +62,15 @@ impl Pipeline {
 
     /// Once a second: kernel drops, connections that never closed, the cache's exited
     /// processes, policy names learned late, and subscribers' losses.
-    pub fn tick(&mut self, now: Instant, kernel_drops: [u64; kind::MAX as usize]) {
-        if let Some(lost) = self.publish.kernel_drops(kernel_drops) {
+    pub fn tick(&mut self, now: Instant, counters: &KernelCounters) {
+        if let Some(lost) = self.publish.kernel_drops(counters.drops.totals()) {
             self.emit(lost, Clock::boot_ns());
         }
         self.enrich.tick(now, Clock::boot_ns(), &mut self.scratch);
         self.drain();
         let found = self.engine.tick(&mut self.enrich.identity);
         self.report_established(found);
-        self.publish.tick(self.enrich.cache.len());
+        self.publish.tick(self.enrich.cache.len(), &counters.refusals.totals());
     }
 
     /// Applies what the enrich stage learned, then judges and publishes its events in order.
@@ -134,7 +130,7 @@ impl Pipeline {
 pub async fn run(
     mut pipeline: Pipeline,
     mut reader: RingReader,
-    drops: KernelDrops,
+    counters: KernelCounters,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -145,7 +141,7 @@ pub async fn run(
             _ = tick.tick() => {
                 // A record that raced the switch back to sleeping waits no longer than this.
                 reader.read_now(|bytes| pipeline.handle(bytes));
-                pipeline.tick(Instant::now(), drops.totals());
+                pipeline.tick(Instant::now(), &counters);
             }
             _ = shutdown.changed() => return Ok(()),
         }

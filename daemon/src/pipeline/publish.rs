@@ -10,7 +10,7 @@ use crate::{
     clock::Clock,
     event::{self, Shared},
     export::{hub::Hub, metrics::Metrics},
-    kernel::decode::record_kind_name,
+    kernel::{counters::REFUSALS, decode::record_kind_name},
     stats::{Stage, Stats},
 };
 
@@ -76,9 +76,11 @@ impl Publisher {
         Some(Event::LostEvents(pb::LostEvents { stage: Stage::KernelRingbuf.name().into(), count, by_kind }))
     }
 
-    /// Once a second: subscribers that lost events hear of it; the cache size is reported.
-    pub fn tick(&self, process_cache_size: usize) {
+    /// Once a second: subscribers that lost events hear of it; the cache size and the kernel's
+    /// refusals are reported.
+    pub fn tick(&self, process_cache_size: usize, refusals: &[u64; REFUSALS]) {
         self.hub.report_losses();
+        self.stats.set_kernel_refusals(refusals);
         self.stats.process_cache_size.store(process_cache_size as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }

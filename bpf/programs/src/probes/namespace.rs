@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op, wire::SIGKILL};
+use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op};
 
 use crate::{
     kernel::{fill_current, off, read_namespaces},
@@ -71,8 +71,7 @@ pub fn kill_if_denied() {
     let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     if crate::policy::kill_namespace_change(cgroup, tgid) {
-        // SAFETY: signals the current task only.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGKILL) };
+        crate::maps::kill_current(sidewall_common::refusal::KILL_NAMESPACE);
     }
 }
 

@@ -6,15 +6,12 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        generated::{bpf_probe_read_kernel_str, bpf_send_signal},
+        generated::bpf_probe_read_kernel_str,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sidewall_common::{
-    ACCESS_PATH_MAX, access_op,
-    wire::{PROC_SUPER_MAGIC, SIGKILL},
-};
+use sidewall_common::{ACCESS_PATH_MAX, access_op, wire::PROC_SUPER_MAGIC};
 
 use super::access::{OPEN_REPORTED, emit};
 use crate::kernel::{cgroup_of_pid, fd_file, mnt_ns_inum, off, read, read_ptr};
@@ -67,8 +64,7 @@ fn opened(ctx: &TracePointContext) -> u32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, target_cgroup) {
         // The file is open but never read: SIGKILL lands on the way back to user space.
-        // SAFETY: signals the current task only.
-        unsafe { bpf_send_signal(SIGKILL) };
+        crate::maps::kill_current(sidewall_common::refusal::KILL_ACCESS);
     }
     if !reported {
         emit(op, pid, target_cgroup, Some((&name, len)));

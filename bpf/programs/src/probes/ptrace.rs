@@ -4,16 +4,14 @@
 //! for process access, and the tracer dies before it runs another instruction.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_send_signal,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
 };
 use sidewall_common::{
     access_op,
-    wire::{PTRACE_ATTACH, PTRACE_SEIZE, SIGKILL},
+    wire::{PTRACE_ATTACH, PTRACE_SEIZE},
 };
 
 use super::access::emit;
@@ -51,8 +49,9 @@ pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = ATTACHING.remove(&tid);
+    let ret_off = off!(tp_exit_ret);
     // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
-    if unsafe { ctx.read_at::<i64>(off!(tp_exit_ret)) }.unwrap_or(-1) != 0 {
+    if unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(-1) != 0 {
         return 0;
     }
     // SAFETY: helper without pointer arguments.
@@ -67,8 +66,7 @@ pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
     // SAFETY: helper without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, tracee_cgroup) {
-        // SAFETY: signals the current task only.
-        unsafe { bpf_send_signal(SIGKILL) };
+        crate::maps::kill_current(sidewall_common::refusal::KILL_ACCESS);
     }
     0
 }

@@ -87,7 +87,11 @@ fn verdict_for(ctx: &SockAddrContext, family: u16) -> u8 {
 fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
     let v = verdict_for(ctx, family);
     emit(ctx, sock_op::CONNECT, family, 1, v);
-    if v == verdict::DENIED { DENY } else { ALLOW }
+    if v == verdict::DENIED {
+        crate::maps::count_refusal(sidewall_common::refusal::CONNECT);
+        return DENY;
+    }
+    ALLOW
 }
 
 /// The destination of `ctx` as (address bytes, host-order port).
@@ -138,6 +142,7 @@ fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
     if v == verdict::DENIED {
         // Denied sends are always reported: they are what a policy is for.
         emit(ctx, sock_op::SENDMSG, family, 1, v);
+        crate::maps::count_refusal(sidewall_common::refusal::SEND);
         return DENY;
     }
     // SAFETY: helpers take the program context.

@@ -64,6 +64,7 @@ fn bind(ctx: &SockContext, source: Source) -> i32 {
         unsafe { ((*ctx.sock).src_port as u16, aya_ebpf::helpers::bpf_get_current_cgroup_id()) };
     if policy::deny_bind(cgroup, port) {
         emit(ctx, sock_op::BIND, source, verdict::DENIED);
+        crate::maps::count_refusal(sidewall_common::refusal::BIND);
         return DENY;
     }
     let _ = BOUND.insert(&cookie, &1, 0);

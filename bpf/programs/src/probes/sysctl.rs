@@ -52,5 +52,9 @@ pub fn sysctl_write(ctx: SysctlContext) -> i32 {
     } else {
         count_drop(kind::SYSCTL);
     }
-    if deny { DENY } else { ALLOW }
+    if deny {
+        crate::maps::count_refusal(sidewall_common::refusal::SYSCTL);
+        return DENY;
+    }
+    ALLOW
 }

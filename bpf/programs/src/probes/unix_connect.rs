@@ -8,16 +8,13 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user,
-        generated::{bpf_probe_read_kernel, bpf_probe_read_user as read_user_raw, bpf_send_signal},
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user as read_user_raw},
     },
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{
-    UNIX_PATH_MAX, UnixConnectEvent, kind,
-    wire::{AF_UNIX, SIGKILL},
-};
+use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, kind, wire::AF_UNIX};
 
 use crate::{
     kernel::{cgroup_of_pid, fd_file, fill_process_lite, off, read, read_ptr},
@@ -67,7 +64,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     }
     // The path as typed is the runtime's own: no need to wait for the exit to kill.
     if rc == 0 && kill_runtime_socket(current_cgroup(), current_tgid(), &p.path) {
-        kill_current();
+        crate::maps::kill_current(sidewall_common::refusal::KILL_RUNTIME_SOCKET);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = PENDING.insert(&tid, &p, 0);
@@ -83,8 +80,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = PENDING.remove(&tid);
+    let ret_off = off!(tp_exit_ret);
     // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
-    let ret = unsafe { ctx.read_at::<i64>(off!(tp_exit_ret)) }.unwrap_or(-1);
+    let ret = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(-1);
     let mut peer = [0u8; UNIX_PATH_MAX];
     let mut reached = Reached::default();
     if ret == 0 {
@@ -92,7 +90,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         // What the caller reached, not what it typed: SIGKILL is delivered on the way back to
         // user space, before the connection can carry a byte.
         if reached.peer_len > 0 && kill_runtime_socket(current_cgroup(), current_tgid(), &peer) {
-            kill_current();
+            crate::maps::kill_current(sidewall_common::refusal::KILL_RUNTIME_SOCKET);
         }
     }
     let Some(mut entry) = EVENTS.reserve::<UnixConnectEvent>(0) else {
@@ -167,10 +165,4 @@ fn current_cgroup() -> u64 {
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
-fn kill_current() {
-    // SAFETY: signals the current task only.
-    unsafe { bpf_send_signal(SIGKILL) };
 }
