@@ -64,6 +64,17 @@ fn out(pod: &Pod, container: &str, args: &[&str]) -> (String, Option<i32>) {
     (String::from_utf8_lossy(&o.stdout).trim().to_string(), o.status.code())
 }
 
+/// The shell commands among `ways` that were not killed before printing anything (a kill in
+/// the kernel leaves exit status 137 and no output).
+fn not_killed(pod: &Pod, container: &str, ways: &[String]) -> Vec<String> {
+    ways.iter()
+        .filter_map(|way| {
+            let (text, code) = out(pod, container, &["/bin/sh", "-c", way]);
+            (code != Some(137) || !text.is_empty()).then(|| format!("{way}: {code:?} {text:?}"))
+        })
+        .collect()
+}
+
 /// Waits until both servers in `web` answer (they start with the pod).
 fn wait_serving(pod: &Pod, web: &str) {
     for _ in 0..50 {
@@ -496,13 +507,7 @@ async fn reading_another_containers_secrets_is_killed_in_the_kernel() {
         format!("cat /proc/{web}/task/{web}/environ"),
         format!("cat /proc/{web}/mountinfo"),
     ];
-    let escaped: Vec<String> = ways
-        .iter()
-        .filter_map(|way| {
-            let (text, code) = out(&pod, "intruderm", &["/bin/sh", "-c", way]);
-            (code != Some(137) || !text.is_empty()).then(|| format!("{way}: {code:?} {text:?}"))
-        })
-        .collect();
+    let escaped = not_killed(&pod, "intruderm", &ways);
     assert!(escaped.is_empty(), "not killed before reading: {escaped:#?}");
     // Taking control of the app's process: the tracer dies as the attach returns, and the
     // app, detached, keeps serving.
@@ -561,13 +566,7 @@ async fn a_runtime_socket_connect_is_killed_in_the_kernel() {
             "cd /proc/{web}/cwd/run && exec /bin/swtool connect-unix ./containerd/../containerd/containerd.sock"
         ),
     ];
-    let escaped: Vec<String> = ways
-        .iter()
-        .filter_map(|way| {
-            let (text, code) = out(&pod, "intruderk", &["/bin/sh", "-c", way]);
-            (code != Some(137) || text.contains("pong")).then(|| format!("{way}: {code:?} {text:?}"))
-        })
-        .collect();
+    let escaped = not_killed(&pod, "intruderk", &ways);
     let _ = runtime.kill();
     let _ = runtime.wait();
     assert!(escaped.is_empty(), "reached the runtime: {escaped:#?}");
