@@ -37,10 +37,7 @@ fn env() -> &'static (PathBuf, String) {
         let dir = std::env::temp_dir().join("sidewall-podman");
         fs::create_dir_all(&dir).expect("podman config dir");
         let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
-        let text = format!(
-            "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
-        );
+        let text = conf_text();
         let conf = dir.join(format!("containers-{nofile}-{nproc}.conf"));
         if fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
             let fresh = dir.join(format!("containers.conf.{}", std::process::id()));
@@ -51,6 +48,26 @@ fn env() -> &'static (PathBuf, String) {
         let image = ensure_image(&conf, build.path());
         (conf, image)
     })
+}
+
+/// The tests' containers.conf: runc, cgroupfs, ulimits this shell may set. Its `[engine]`
+/// table comes last, so keys appended to it belong there.
+fn conf_text() -> String {
+    let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
+    format!(
+        "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
+    )
+}
+
+/// A containers.conf of a test's own in `dir`: the shared one, with OCI hooks from
+/// `hooks_dir` (the shared one, used by every other test, stays as it is).
+pub fn conf_with_hooks(dir: &Path, hooks_dir: &Path) -> PathBuf {
+    env();
+    let conf = dir.join("containers.conf");
+    let text = format!("{}hooks_dir = [{:?}]\n", conf_text(), hooks_dir.display().to_string());
+    fs::write(&conf, text).expect("write containers.conf with hooks");
+    conf
 }
 
 fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
@@ -115,11 +132,13 @@ pub struct Options<'a> {
     pub share_process_namespace: bool,
     /// `restartPolicy: Never`: a container that ends stays ended (see `Pod::wait`).
     pub run_once: bool,
+    /// A containers.conf of the test's own (`conf_with_hooks`); None: the shared one.
+    pub containers_conf: Option<&'a Path>,
 }
 
 pub struct Pod {
     pub name: String,
-    conf: &'static Path,
+    conf: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -130,14 +149,29 @@ impl Pod {
     }
 
     pub fn play_with(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
-        let conf = containers_conf();
+        let (pod, out) = Self::try_play(prefix, containers, opts);
+        assert!(
+            out.status.success(),
+            "podman kube play {} failed: {}",
+            pod.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pod
+    }
+
+    /// Plays the pod and returns podman's output whether it succeeded or not (a runtime hook
+    /// may refuse the containers); the pod is removed on drop either way.
+    pub fn try_play(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> (Self, Output) {
+        let conf = opts.containers_conf.map_or_else(|| containers_conf().to_path_buf(), Path::to_path_buf);
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::tempdir().expect("tmp");
         let yaml = dir.path().join("pod.yaml");
         fs::write(&yaml, manifest(&name, containers, opts)).expect("write manifest");
+        let mut cmd = podman(&conf);
+        cmd.args(["kube", "play", "--network", "none"]).arg(&yaml);
         let pod = Self { name, conf, dir };
-        run(podman(conf).args(["kube", "play", "--network", "none"]).arg(&yaml));
-        pod
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        (pod, out)
     }
 
     /// The podman name of a container of this pod.
@@ -146,33 +180,42 @@ impl Pod {
     }
 
     pub fn container_id(&self, name: &str) -> String {
-        let out = run(podman(self.conf).args(["inspect", "--format", "{{.Id}}", &self.container(name)]));
+        let out = run(podman(&self.conf).args(["inspect", "--format", "{{.Id}}", &self.container(name)]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// `podman exec` in a container; returns its output whatever the exit status.
     pub fn exec(&self, container: &str, args: &[&str]) -> Output {
-        let mut c = podman(self.conf);
+        let mut c = podman(&self.conf);
         c.arg("exec").arg(self.container(container)).args(args);
         c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"))
     }
 
     /// `podman exec` in a container without waiting, its stdout piped (stop it by its PID).
     pub fn spawn(&self, container: &str, args: &[&str]) -> std::process::Child {
-        let mut c = podman(self.conf);
+        let mut c = podman(&self.conf);
         c.arg("exec").arg(self.container(container)).args(args).stdout(std::process::Stdio::piped());
         c.spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"))
     }
 
     /// What a container printed so far (all its runs, restarts included).
     pub fn logs(&self, container: &str) -> String {
-        let out = run(podman(self.conf).args(["logs", &self.container(container)]));
+        let out = run(podman(&self.conf).args(["logs", &self.container(container)]));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What a container printed, or nothing when it does not exist (never created).
+    pub fn try_logs(&self, container: &str) -> String {
+        let out = podman(&self.conf).args(["logs", &self.container(container)]).output();
+        out.ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// The host pid of a container's first process.
     pub fn host_pid(&self, container: &str) -> u32 {
-        let out = run(podman(self.conf).args([
+        let out = run(podman(&self.conf).args([
             "inspect",
             "--format",
             "{{.State.Pid}}",
@@ -191,13 +234,13 @@ impl Pod {
 
     /// Waits for a container to end; its exit status (137: killed by SIGKILL).
     pub fn wait(&self, container: &str) -> i32 {
-        let out = run(podman(self.conf).args(["wait", &self.container(container)]));
+        let out = run(podman(&self.conf).args(["wait", &self.container(container)]));
         let text = String::from_utf8_lossy(&out.stdout);
         text.trim().parse().unwrap_or_else(|_| panic!("podman wait {container}: {text:?}"))
     }
 
     pub fn pod_id(&self) -> String {
-        let out = run(podman(self.conf).args(["pod", "inspect", "--format", "{{.Id}}", &self.name]));
+        let out = run(podman(&self.conf).args(["pod", "inspect", "--format", "{{.Id}}", &self.name]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -208,8 +251,16 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let pod_id = self.pod_id();
-        let _ = podman(self.conf).args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
+        // A pod the runtime refused may not exist: nothing of it to remove then.
+        let inspect = podman(&self.conf).args(["pod", "inspect", "--format", "{{.Id}}", &self.name]).output();
+        let Some(pod_id) = inspect
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        else {
+            return;
+        };
+        let _ = podman(&self.conf).args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
         // podman leaves the pod's empty cgroup directories behind; remove ours, deepest first.
         let parent = crate::cgroup::cgroup2_root().join("libpod_parent").join(&pod_id);
         if let Ok(entries) = fs::read_dir(&parent) {
