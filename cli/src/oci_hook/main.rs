@@ -67,26 +67,28 @@ enum FailMode {
 enum Command {
     /// Copy this binary to BIN_DIR and register it in HOOKS_DIR (hooks.d JSON for podman and
     /// CRI-O) with the options given
-    Install {
-        #[arg(long, value_name = "HOOKS_DIR", default_value = "/usr/share/containers/oci/hooks.d")]
-        hooks_dir: PathBuf,
-        #[arg(long, value_name = "BIN_DIR", default_value = "/usr/local/bin")]
-        bin_dir: PathBuf,
-    },
+    Install(Places),
     /// Remove what install wrote
-    Uninstall {
-        #[arg(long, value_name = "HOOKS_DIR", default_value = "/usr/share/containers/oci/hooks.d")]
-        hooks_dir: PathBuf,
-        #[arg(long, value_name = "BIN_DIR", default_value = "/usr/local/bin")]
-        bin_dir: PathBuf,
-    },
+    Uninstall(Places),
+}
+
+#[derive(Args)]
+struct Places {
+    #[arg(long, value_name = "HOOKS_DIR", default_value = "/usr/share/containers/oci/hooks.d")]
+    hooks_dir: PathBuf,
+    #[arg(long, value_name = "BIN_DIR", default_value = "/usr/local/bin")]
+    bin_dir: PathBuf,
+    /// BIN_DIR as the runtime sees it, when installing from a container with the host's
+    /// directory mounted elsewhere (default: BIN_DIR)
+    #[arg(long, value_name = "DIR")]
+    host_bin_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Install { hooks_dir, bin_dir }) => install(&cli.hook, &hooks_dir, &bin_dir),
-        Some(Command::Uninstall { hooks_dir, bin_dir }) => uninstall(&hooks_dir, &bin_dir),
+        Some(Command::Install(p)) => install(&cli.hook, &p.hooks_dir, &p.bin_dir, p.host_bin_dir.as_deref()),
+        Some(Command::Uninstall(p)) => uninstall(&p.hooks_dir, &p.bin_dir),
         None => return run_hook(&cli.hook),
     };
     match result {
@@ -242,7 +244,12 @@ fn hook_json(bin: &Path, args: &HookArgs) -> serde_json::Value {
     })
 }
 
-fn install(args: &HookArgs, hooks_dir: &Path, bin_dir: &Path) -> Result<(), String> {
+fn install(
+    args: &HookArgs,
+    hooks_dir: &Path,
+    bin_dir: &Path,
+    host_bin_dir: Option<&Path>,
+) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
     let bin = bin_dir.join(NAME);
     fs::create_dir_all(bin_dir).map_err(|e| format!("{}: {e}", bin_dir.display()))?;
@@ -256,7 +263,8 @@ fn install(args: &HookArgs, hooks_dir: &Path, bin_dir: &Path) -> Result<(), Stri
     fs::create_dir_all(hooks_dir).map_err(|e| format!("{}: {e}", hooks_dir.display()))?;
     let json = hooks_dir.join("sidewall.json");
     let tmp = hooks_dir.join(".sidewall.json.tmp");
-    let text = serde_json::to_string_pretty(&hook_json(&bin, args)).map_err(|e| e.to_string())?;
+    let registered = host_bin_dir.unwrap_or(bin_dir).join(NAME);
+    let text = serde_json::to_string_pretty(&hook_json(&registered, args)).map_err(|e| e.to_string())?;
     fs::write(&tmp, text + "\n").map_err(|e| format!("{}: {e}", tmp.display()))?;
     fs::rename(&tmp, &json).map_err(|e| format!("{}: {e}", json.display()))?;
     println!("installed {} and {}", bin.display(), json.display());
@@ -331,6 +339,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_hooks_d_entry_is_what_install_writes_by_default() {
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/hooks.d/sidewall.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(shipped).expect("deploy/hooks.d/sidewall.json"))
+                .expect("json");
+        let defaults = Cli::try_parse_from([NAME]).expect("defaults").hook;
+        assert_eq!(v, hook_json(Path::new("/usr/local/bin/sidewall-oci-hook"), &defaults));
+    }
+
+    #[test]
     fn install_writes_a_hooks_d_entry_with_the_options_given() {
         let dir = tempfile::tempdir().expect("tmp");
         let args = HookArgs {
@@ -340,7 +358,7 @@ mod tests {
             spool_dir: "/run/spool".into(),
         };
         let (hooks, bin) = (dir.path().join("hooks.d"), dir.path().join("bin"));
-        install(&args, &hooks, &bin).expect("installed");
+        install(&args, &hooks, &bin, None).expect("installed");
         assert!(bin.join(NAME).exists());
         let v: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(hooks.join("sidewall.json")).expect("json"))
@@ -363,6 +381,11 @@ mod tests {
                 "/run/spool"
             ]
         );
+        install(&args, &hooks, &bin, Some(Path::new("/opt/sidewall/bin"))).expect("installed");
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(hooks.join("sidewall.json")).expect("json"))
+                .expect("parse");
+        assert_eq!(v["hook"]["path"], "/opt/sidewall/bin/sidewall-oci-hook", "the path the runtime sees");
         uninstall(&hooks, &bin).expect("removed");
         assert!(!hooks.join("sidewall.json").exists() && !bin.join(NAME).exists());
     }
