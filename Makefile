@@ -66,8 +66,9 @@ clean:
 	$(CARGO) clean
 
 ## Benchmarks side by side in one run, written to BENCHMARKS.md (about 10 minutes; as root).
-## BENCH_QUICK=1 make bench: tiny iterations (under 2 minutes), to check the bench itself.
+## BENCH_QUICK=1 make bench: tiny iterations (under 2 minutes), to check the bench itself;
+## BENCH_ONLY=7 (a title prefix): only that section.
 .PHONY: bench
 bench: setup
 	$(CARGO) build --release --workspace
-	BENCH_QUICK=$(BENCH_QUICK) $(CARGO) run --release -p sidewall-bench
+	BENCH_QUICK=$(BENCH_QUICK) BENCH_ONLY=$(BENCH_ONLY) $(CARGO) run --release -p sidewall-bench

@@ -36,8 +36,13 @@ impl OciHook {
 
     /// Registers the hook for the daemon at `server` with `--fail` and `--timeout`.
     pub fn register(&self, server: &str, fail: &str, timeout: &str) {
+        self.register_binary(&crate::bin("sidewall-oci-hook"), server, fail, timeout);
+    }
+
+    /// The same with a given build of the hook (the bench's release build, say).
+    pub fn register_binary(&self, hook: &Path, server: &str, fail: &str, timeout: &str) {
         let spool = self.spool();
-        let out = Command::new(crate::bin("sidewall-oci-hook"))
+        let out = Command::new(hook)
             .args(["--server", server, "--fail", fail, "--timeout", timeout, "--spool-dir"])
             .arg(&spool)
             .args(["install", "--hooks-dir"])
