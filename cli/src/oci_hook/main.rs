@@ -55,6 +55,10 @@ struct HookArgs {
     /// Where fail-open records go, for the daemon to report (its hook_spool_dir)
     #[arg(long, global = true, value_name = "DIR", default_value = "/run/sidewall/unguarded")]
     spool_dir: PathBuf,
+    /// Pods of this Kubernetes namespace start even when failing closed (recorded as
+    /// unguarded): sidewall's own, or the daemon could never come back (repeatable)
+    #[arg(long = "allow-namespace", global = true, value_name = "NS")]
+    allow_namespaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,14 +185,22 @@ fn ask(args: &HookArgs, req: &PrepareContainerRequest, deadline: Instant) -> Res
 /// record the daemon reports (open).
 fn fail(args: &HookArgs, req: Option<PrepareContainerRequest>, reason: &str) -> ExitCode {
     let id = req.as_ref().map_or_else(|| "(unknown)".to_string(), |r| r.container_id.clone());
-    if args.fail == FailMode::Closed {
+    let namespace = req.as_ref().and_then(|r| {
+        ["io.kubernetes.pod.namespace", "io.kubernetes.cri.sandbox-namespace"]
+            .iter()
+            .find_map(|k| r.annotations.get(*k))
+            .cloned()
+    });
+    let allowed = namespace.as_ref().is_some_and(|ns| args.allow_namespaces.contains(ns));
+    if args.fail == FailMode::Closed && !allowed {
         eprintln!(
             "{NAME}: container {id}: refusing to start it: its sidewall rule is not in the kernel: {reason} (--fail closed)"
         );
         return ExitCode::FAILURE;
     }
+    let why = if allowed { "--allow-namespace" } else { "--fail open" };
     eprintln!(
-        "{NAME}: container {id}: starting it without its sidewall rule: {reason} (--fail open; reported as unguarded_start)"
+        "{NAME}: container {id}: starting it without its sidewall rule: {reason} ({why}; reported as unguarded_start)"
     );
     let rec = UnguardedStart { container: req, time: Some(now()), reason: reason.to_string() };
     if let Err(e) = spool(&args.spool_dir, &rec) {
@@ -227,18 +239,23 @@ fn hook_json(bin: &Path, args: &HookArgs) -> serde_json::Value {
         FailMode::Open => "open",
         FailMode::Closed => "closed",
     };
+    let mut argv = vec![
+        NAME.to_string(),
+        "--server".into(),
+        args.server.to_string(),
+        "--timeout".into(),
+        format!("{}ms", args.timeout.as_millis()),
+        "--fail".into(),
+        fail.into(),
+        "--spool-dir".into(),
+        args.spool_dir.display().to_string(),
+    ];
+    for ns in &args.allow_namespaces {
+        argv.extend(["--allow-namespace".into(), ns.clone()]);
+    }
     serde_json::json!({
         "version": "1.0.0",
-        "hook": {
-            "path": bin,
-            "args": [
-                NAME,
-                "--server", args.server.to_string(),
-                "--timeout", format!("{}ms", args.timeout.as_millis()),
-                "--fail", fail,
-                "--spool-dir", args.spool_dir,
-            ],
-        },
+        "hook": {"path": bin, "args": argv},
         "when": {"always": true},
         "stages": ["createRuntime"],
     })
@@ -304,6 +321,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sidewalls_own_namespace_starts_even_when_failing_closed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let args = HookArgs {
+            server: Address::Unix("/nonexistent.sock".into()),
+            timeout: Duration::from_millis(10),
+            fail: FailMode::Closed,
+            spool_dir: dir.path().join("spool"),
+            allow_namespaces: vec!["sidewall-system".into()],
+        };
+        let req = |ns: &str| PrepareContainerRequest {
+            container_id: "c".repeat(64),
+            annotations: [("io.kubernetes.pod.namespace".to_string(), ns.to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(fail(&args, Some(req("shop")), "down"), ExitCode::FAILURE);
+        assert!(!args.spool_dir.exists(), "a refused container leaves no record");
+        assert_eq!(fail(&args, Some(req("sidewall-system")), "down"), ExitCode::SUCCESS);
+        assert_eq!(fs::read_dir(&args.spool_dir).expect("spool").count(), 1, "started, and recorded");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
@@ -356,6 +394,7 @@ mod tests {
             timeout: Duration::from_millis(1500),
             fail: FailMode::Closed,
             spool_dir: "/run/spool".into(),
+            allow_namespaces: vec!["sidewall-system".into()],
         };
         let (hooks, bin) = (dir.path().join("hooks.d"), dir.path().join("bin"));
         install(&args, &hooks, &bin, None).expect("installed");
@@ -378,7 +417,9 @@ mod tests {
                 "--fail",
                 "closed",
                 "--spool-dir",
-                "/run/spool"
+                "/run/spool",
+                "--allow-namespace",
+                "sidewall-system"
             ]
         );
         install(&args, &hooks, &bin, Some(Path::new("/opt/sidewall/bin"))).expect("installed");
