@@ -19,9 +19,26 @@ release: setup
 	$(CARGO) build --release --workspace
 
 ## Start the daemon on this host with the embedded default configuration.
-run: release
+## OCI_HOOK=open|closed also installs the runtime hook for podman and CRI-O first (see
+## docs/runtime-hook.md): new containers then start only once their rule is in the kernel.
+OCI_HOOK ?=
+OCI_HOOK_TIMEOUT ?= 2s
+OCI_HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
+run: release $(if $(OCI_HOOK),install-oci-hook)
 	@echo "sidewalld: gRPC on unix://$(SOCKET); in another terminal: ./target/release/sidewall getevents -o compact"
 	./target/release/sidewalld
+
+## The runtime hook, for every podman and CRI-O container of this host (make uninstall-oci-hook
+## takes it off again).
+.PHONY: install-oci-hook uninstall-oci-hook
+install-oci-hook: release
+	./target/release/sidewall-oci-hook --server unix://$(SOCKET) --fail $(or $(OCI_HOOK),open) \
+		--timeout $(OCI_HOOK_TIMEOUT) install --hooks-dir $(OCI_HOOKS_DIR) --bin-dir /usr/local/bin
+
+uninstall-oci-hook:
+	@if [ -x /usr/local/bin/sidewall-oci-hook ]; then \
+		/usr/local/bin/sidewall-oci-hook uninstall --hooks-dir $(OCI_HOOKS_DIR) --bin-dir /usr/local/bin; \
+	else rm -f $(OCI_HOOKS_DIR)/sidewall.json; fi
 
 ## Everything: lint, unit tests, and the privileged tests that load the real eBPF programs.
 test: lint build
@@ -49,8 +66,9 @@ clean:
 	$(CARGO) clean
 
 ## Benchmarks side by side in one run, written to BENCHMARKS.md (about 10 minutes; as root).
-## BENCH_QUICK=1 make bench: tiny iterations (under 2 minutes), to check the bench itself.
+## BENCH_QUICK=1 make bench: tiny iterations (under 2 minutes), to check the bench itself;
+## BENCH_ONLY=7 (a title prefix): only that section.
 .PHONY: bench
 bench: setup
 	$(CARGO) build --release --workspace
-	BENCH_QUICK=$(BENCH_QUICK) $(CARGO) run --release -p sidewall-bench
+	BENCH_QUICK=$(BENCH_QUICK) BENCH_ONLY=$(BENCH_ONLY) $(CARGO) run --release -p sidewall-bench

@@ -2,7 +2,7 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["sidewall/v1/events.proto", "sidewall/v1/sensors.proto"];
+    let protos = ["sidewall/v1/events.proto", "sidewall/v1/runtime.proto", "sidewall/v1/sensors.proto"];
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptors = out.join("sidewall_descriptor.bin");
     tonic_prost_build::configure()

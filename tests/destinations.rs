@@ -188,6 +188,7 @@ fn the_kernel_and_the_daemon_deny_the_same_destinations() {
         cgroup_root: Some(&cg.path),
         strict: false,
         pin_dir: None,
+        off: &[],
     })
     .expect("load the eBPF programs");
     for s in loaded.sensors.iter().filter(|s| matches!(s.name, "inet_connect" | "datagram_send")) {

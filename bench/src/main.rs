@@ -7,6 +7,7 @@
 //! network namespaces (they live and die with swbench's processes), temp dirs.
 
 mod daemon;
+mod hook;
 mod latency;
 mod memory;
 mod overhead;
@@ -38,6 +39,7 @@ struct Params {
     pipeline: pipeline::Params,
     latency: latency::Params,
     memory: memory::Params,
+    hook: hook::Params,
 }
 
 impl Params {
@@ -57,6 +59,7 @@ impl Params {
                 },
                 latency: latency::Params { attempts: 30, interval_ms: 10, warmup: 3 },
                 memory: memory::Params { processes: 500, containers: 50, idle_seconds: 2 },
+                hook: hook::Params { rounds: 2, runs: 20 },
             }
         } else {
             Self {
@@ -78,6 +81,7 @@ impl Params {
                 },
                 latency: latency::Params { attempts: 200, interval_ms: 20, warmup: 10 },
                 memory: memory::Params { processes: 10_000, containers: 1_000, idle_seconds: 10 },
+                hook: hook::Params { rounds: 16, runs: 200 },
             }
         }
     }
@@ -125,7 +129,18 @@ async fn run() -> anyhow::Result<()> {
     let params = Arc::new(params);
     let mut sections: Vec<Section> = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
+    // BENCH_ONLY=7 (say): only the sections whose titles start with it, to check one of them.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     macro_rules! section {
+        ($title:expr, $f:expr) => {{
+            if $title.starts_with(only.as_str()) {
+                measure!($title, $f);
+            } else {
+                eprintln!("bench: {} skipped (BENCH_ONLY={only})", $title);
+            }
+        }};
+    }
+    macro_rules! measure {
         ($title:expr, $f:expr) => {{
             let (ctx, params) = (ctx.clone(), params.clone());
             eprintln!("bench: {} ...", $title);
@@ -161,6 +176,7 @@ async fn run() -> anyhow::Result<()> {
     section!("4. Pipeline throughput", run_pipeline);
     section!("5. Detection latency", run_latency);
     section!("6. Memory", run_memory);
+    section!("7. Container start with the runtime hook", run_hook);
     sys::check_interrupted()?;
 
     machine.load_end = sys::loadavg();
@@ -205,6 +221,10 @@ async fn run_latency(c: Arc<Ctx>, p: Arc<Params>) -> (Section, Vec<Target>) {
 
 async fn run_memory(c: Arc<Ctx>, p: Arc<Params>) -> (Section, Vec<Target>) {
     memory::run(&c, &p.memory).await
+}
+
+async fn run_hook(c: Arc<Ctx>, p: Arc<Params>) -> (Section, Vec<Target>) {
+    hook::run(&c, &p.hook).await
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

@@ -304,6 +304,12 @@ mod tests {
                 (n, _) => Err(Status::not_found(format!("{n:?} is not a policy"))),
             }
         }
+        async fn prepare_container(
+            &self,
+            _: Request<pb::PrepareContainerRequest>,
+        ) -> Result<Response<pb::PrepareContainerResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
     }
 
     async fn fake() -> (SensorsClient<Channel>, Arc<Mutex<Vec<String>>>) {

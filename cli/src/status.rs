@@ -59,8 +59,28 @@ pub fn text(s: &GetStatusResponse) -> String {
         section("lost by stage", &counters(&s.lost_by_stage)),
         section("refused or killed by the kernel", &counters(&s.kernel_refusals)),
         section("exporters", &with_header(["NAME", "STATE", "EVENTS", "LOST", "DETAIL"], exporters)),
+        section(
+            "containers (how each rule reached the kernel)",
+            &with_header(["POD", "CONTAINER", "PROTECTION", "POLICY"], containers(s)),
+        ),
     ]
     .join("\n")
+}
+
+/// hook: the runtime waited for the rule; cgroup: compiled at the cgroup's creation; late:
+/// compiled after the container's processes ran.
+fn containers(s: &GetStatusResponse) -> Vec<[String; 4]> {
+    s.containers
+        .iter()
+        .map(|c| {
+            let pod =
+                c.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_else(|| "-".into());
+            let container =
+                c.container.as_ref().map_or("", |c| if c.name.is_empty() { &c.id } else { &c.name });
+            let policy = if c.policy.is_empty() { "-" } else { c.policy.as_str() };
+            [pod, container.to_string(), c.protection.clone(), policy.to_string()]
+        })
+        .collect()
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -121,7 +141,7 @@ fn uptime(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sidewall_proto::v1::{ExporterStatus, SensorStatus};
+    use sidewall_proto::v1::{Container, ContainerProtection, ExporterStatus, Pod, SensorStatus};
 
     #[test]
     fn uptime_units() {
@@ -165,6 +185,14 @@ mod tests {
                 lost: 0,
             }],
             kernel_refusals: HashMap::from([("connect".into(), 2)]),
+            containers: vec![ContainerProtection {
+                cgroup_id: 7,
+                pod: Some(Pod { namespace: "shop".into(), name: "web".into(), ..Default::default() }),
+                container: Some(Container { name: "proxy".into(), ..Default::default() }),
+                protection: "hook".into(),
+                policy: "shop/guard".into(),
+                since: None,
+            }],
         };
         let want = "\
 version:        0.1.0
@@ -191,6 +219,10 @@ refused or killed by the kernel:
 exporters:
   NAME  STATE  EVENTS     LOST    DETAIL
   file  ok     events=12  lost=0  /var/log/sidewall/events.json
+
+containers (how each rule reached the kernel):
+  POD       CONTAINER  PROTECTION  POLICY
+  shop/web  proxy      hook        shop/guard
 ";
         assert_eq!(text(&status), want);
     }
@@ -200,7 +232,10 @@ exporters:
         let out = text(&GetStatusResponse::default());
         assert!(out.starts_with("version:        unknown\n"), "{out}");
         assert!(out.contains("sensors: none\n"), "{out}");
-        assert!(out.ends_with("exporters: none\n"), "{out}");
+        assert!(
+            out.ends_with("exporters: none\n\ncontainers (how each rule reached the kernel): none\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct Config {
     pub otlp_metrics_interval_seconds: u64,
     pub bpf_pin_dir: String,
     pub log: String,
+    /// Where the runtime hook leaves the record of a container it let start unguarded.
+    pub hook_spool_dir: String,
+    /// Sensors not to attach, by name (never one that enforces).
+    pub sensors_off: Vec<String>,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -156,6 +160,11 @@ impl Config {
         }
         if self.subscriber_queue == 0 || self.export_queue == 0 {
             return bad("subscriber_queue", "queues must hold at least one event".into());
+        }
+        for name in &self.sensors_off {
+            if let Err(e) = crate::kernel::loader::can_be_off(name) {
+                return bad("sensors_off", e);
+            }
         }
         Ok(())
     }
@@ -280,6 +289,22 @@ mod tests {
         let f = file("x = [\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("line "), "{e}");
+    }
+
+    #[test]
+    fn only_sensors_that_do_not_enforce_can_be_turned_off() {
+        let f = file("sensors_off = [\"cgroup_mkdir\"]\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        assert_eq!(c.sensors_off, ["cgroup_mkdir"]);
+        let f = file("sensors_off = [\"inet_connect\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("sensors_off: \"inet_connect\" cannot be turned off: its program connect4 enforces"),
+            "{e}"
+        );
+        let f = file("sensors_off = [\"cgroup_mkdri\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("\"cgroup_mkdri\" is not a sensor"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::{
         store::{self, PolicyStore},
     },
     process::{ProcessCache, procfs},
+    runtime,
     stats::Stats,
     status::NodeStatus,
 };
@@ -55,6 +56,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cgroup_root: cgroups.as_ref().map(|c| c.root()),
         strict: cfg.sensor_set == SensorSet::Strict,
         pin_dir: (!cfg.bpf_pin_dir.is_empty()).then(|| Path::new(&cfg.bpf_pin_dir)),
+        off: &cfg.sensors_off,
     })?;
     let reader = RingReader::take(&mut loaded.ebpf)?;
     let counters = KernelCounters::take(&mut loaded.ebpf)?;
@@ -75,6 +77,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let otlp_metrics =
         otlp.as_ref().map(|(endpoint, _)| (endpoint.clone(), Arc::new(otlp::Health::default())));
+    let engine = PolicyEngine::new(policies.clone(), Some(Enforcer::take(&mut loaded.ebpf)?));
+    let protections = engine.protections();
     let status = Arc::new(NodeStatus {
         node_name: node.clone(),
         kernel: kernel_release(),
@@ -86,11 +90,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         otlp_metrics: otlp_metrics.clone(),
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
         identity_source,
+        protections,
     });
     let net = Net::new(clock);
     let flows = net.flows.clone();
     let enricher = Enricher::new(cache, Identity::new(sources), net);
-    let engine = PolicyEngine::new(policies.clone(), Some(Enforcer::take(&mut loaded.ebpf)?));
 
     // Metrics are kept when something reads them: a Prometheus scrape or the OTLP exporter.
     let mut metrics_kept = None;
@@ -123,11 +127,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(enricher, engine, publisher);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let svc = SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue };
+    let (runtime_tx, runtime_rx) = tokio::sync::mpsc::channel(runtime::QUEUE);
+    if !cfg.hook_spool_dir.is_empty() {
+        tokio::spawn(runtime::watch_spool(cfg.hook_spool_dir.clone().into(), runtime_tx.clone()));
+    }
+    let svc =
+        SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue, runtime: runtime_tx };
     let address = cfg.address();
     tracing::info!(%address, "serving the gRPC API");
     let api = tokio::spawn(listen::serve(address, svc, stop_rx.clone()));
-    let reading = tokio::spawn(pipeline::run(pipeline, reader, counters, stop_rx));
+    let reading = tokio::spawn(pipeline::run(pipeline, reader, counters, runtime_rx, stop_rx));
 
     tokio::select! {
         r = api => { r.context("API task")?.context("API server")?; }

@@ -9,6 +9,7 @@ use sidewall_proto::v1 as pb;
 use crate::{
     export::{hub::Hub, jsonl, otlp},
     kernel::loader::{SensorReport, SensorState},
+    policy::protection::Protections,
     stats::{Stage, Stats},
 };
 
@@ -28,6 +29,8 @@ pub struct NodeStatus {
     pub otlp_metrics: Option<(String, Arc<otlp::Health>)>,
     pub metrics_address: Option<String>,
     pub identity_source: String,
+    /// How each container's rule reached the kernel.
+    pub protections: Arc<Protections>,
 }
 
 impl NodeStatus {
@@ -46,6 +49,7 @@ impl NodeStatus {
             identity_source: self.identity_source.clone(),
             exporters: self.exporters(),
             kernel_refusals: stats.kernel_refusals().into_iter().map(|(k, n)| (k.into(), n)).collect(),
+            containers: self.protections.snapshot(),
         }
     }
 

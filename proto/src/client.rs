@@ -309,6 +309,13 @@ mod tests {
                 Err(Status::unimplemented("fake"))
             }
 
+            async fn prepare_container(
+                &self,
+                _: Request<crate::v1::PrepareContainerRequest>,
+            ) -> Result<Response<crate::v1::PrepareContainerResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+
             async fn get_version(
                 &self,
                 _: Request<GetVersionRequest>,

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod events;
+pub mod hook;
 pub mod netns;
 pub mod pod;
 pub mod scenario;

@@ -62,12 +62,14 @@ impl Podman {
         Arc::new(Self::new(Some(Private { dir, storage_conf })))
     }
 
+    /// The machine's storage with a containers.conf of a test's own (`conf_with_hooks`).
+    pub fn with_conf(conf: &Path) -> Arc<Self> {
+        Arc::new(Self { conf: conf.to_path_buf(), private: None, image: OnceLock::new() })
+    }
+
     fn new(private: Option<Private>) -> Self {
         let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
-        let mut text = format!(
-            "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
-        );
+        let mut text = conf_text();
         let conf = match &private {
             // Per-boot state and locks of its own too: the machine's podman keeps its own.
             Some(p) => {
@@ -141,6 +143,25 @@ impl Drop for Podman {
     }
 }
 
+/// The tests' containers.conf: runc, cgroupfs, ulimits this shell may set. Its `[engine]`
+/// table comes last, so keys appended to it belong there.
+fn conf_text() -> String {
+    let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(32768));
+    format!(
+        "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n"
+    )
+}
+
+/// A containers.conf of a test's own in `dir`: the shared one, with OCI hooks from
+/// `hooks_dir` (the shared one, used by every other test, stays as it is).
+pub fn conf_with_hooks(dir: &Path, hooks_dir: &Path) -> PathBuf {
+    let conf = dir.join("containers.conf");
+    let text = format!("{}hooks_dir = [{:?}]\n", conf_text(), hooks_dir.display().to_string());
+    fs::write(&conf, text).expect("write containers.conf with hooks");
+    conf
+}
+
 fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit with a valid pointer.
@@ -197,6 +218,8 @@ pub struct Options<'a> {
     pub share_process_namespace: bool,
     /// `restartPolicy: Never`: a container that ends stays ended (see `Pod::wait`).
     pub run_once: bool,
+    /// A containers.conf of the test's own (`conf_with_hooks`); None: the shared one.
+    pub containers_conf: Option<&'a Path>,
 }
 
 pub struct Pod {
@@ -212,18 +235,50 @@ impl Pod {
     }
 
     pub fn play_with(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
-        Self::play_in(shared(), prefix, containers, opts)
+        let (pod, out) = Self::try_play(prefix, containers, opts);
+        assert!(
+            out.status.success(),
+            "podman kube play {} failed: {}",
+            pod.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pod
+    }
+
+    /// Plays the pod and returns podman's output whether it succeeded or not (a runtime hook
+    /// may refuse the containers); the pod is removed on drop either way.
+    pub fn try_play(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> (Self, Output) {
+        let podman = opts.containers_conf.map_or_else(|| shared().clone(), Podman::with_conf);
+        Self::try_play_in(&podman, prefix, containers, opts)
     }
 
     /// Plays the pod with `podman` (a private one, for instance).
     pub fn play_in(podman: &Arc<Podman>, prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
+        let (pod, out) = Self::try_play_in(podman, prefix, containers, opts);
+        assert!(
+            out.status.success(),
+            "podman kube play {} failed: {}",
+            pod.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pod
+    }
+
+    fn try_play_in(
+        podman: &Arc<Podman>,
+        prefix: &str,
+        containers: &[Spec<'_>],
+        opts: &Options<'_>,
+    ) -> (Self, Output) {
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::tempdir().expect("tmp");
         let yaml = dir.path().join("pod.yaml");
         fs::write(&yaml, manifest(&name, podman.image(), containers, opts)).expect("write manifest");
+        let mut cmd = podman.command();
+        cmd.args(["kube", "play", "--network", "none"]).arg(&yaml);
         let pod = Self { name, podman: podman.clone(), dir };
-        run(pod.podman.command().args(["kube", "play", "--network", "none"]).arg(&yaml));
-        pod
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        (pod, out)
     }
 
     /// The podman name of a container of this pod.
@@ -254,6 +309,15 @@ impl Pod {
     pub fn logs(&self, container: &str) -> String {
         let out = run(self.podman.command().args(["logs", &self.container(container)]));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What a container printed, or nothing when it does not exist (never created).
+    pub fn try_logs(&self, container: &str) -> String {
+        let out = self.podman.command().args(["logs", &self.container(container)]).output();
+        out.ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// The host pid of a container's first process.
@@ -294,7 +358,16 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let pod_id = self.pod_id();
+        // A pod the runtime refused may not exist: nothing of it to remove then.
+        let inspect =
+            self.podman.command().args(["pod", "inspect", "--format", "{{.Id}}", &self.name]).output();
+        let Some(pod_id) = inspect
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        else {
+            return;
+        };
         let _ = self.podman.command().args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
         // podman leaves the pod's empty cgroup directories behind; remove ours, deepest first.
         let parent = crate::cgroup::cgroup2_root().join("libpod_parent").join(&pod_id);

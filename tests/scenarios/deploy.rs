@@ -55,12 +55,14 @@ fn the_chart_renders_with_other_values() {
     let out = Command::new(python())
         .arg(root().join("deploy/validate.py"))
         .args(["--render-only", "--set", "sensorSet=strict", "--set", "image.tag=v9"])
+        .args(["--set", "ociHook.failMode=closed"])
         .output()
         .expect("run deploy/validate.py");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("sensor_set = \"strict\""), "{text}");
     assert!(text.contains("image: localhost/sidewall:v9"), "{text}");
+    assert!(text.contains("--fail=closed") && text.contains("--host-bin-dir=/opt/sidewall/bin"), "{text}");
 }
 
 #[test]
@@ -111,7 +113,7 @@ fn the_dockerfile_names_real_packages_and_files() {
         let text = std::fs::read_to_string(root().join(manifest)).expect("Cargo.toml");
         assert!(text.contains(&format!("name = \"{package}\"")), "{manifest} is not {package}");
     }
-    for bin in ["sidewalld", "sidewall"] {
+    for bin in ["sidewalld", "sidewall", "sidewall-oci-hook"] {
         assert!(dockerfile.contains(&format!("target/release/{bin} /out/{bin}")), "{bin} is copied");
     }
     assert!(dockerfile.contains("bash scripts/setup.sh") && root().join("scripts/setup.sh").exists());

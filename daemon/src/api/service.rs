@@ -3,9 +3,11 @@
 use std::{
     pin::Pin,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use sidewall_proto::v1::{self as pb, sensors_server::Sensors};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
@@ -13,6 +15,7 @@ use crate::{
     export::{filter::EventFilter, hub::Hub},
     net::flows::FlowGraph,
     policy::{model::Mode, store::PolicyStore},
+    runtime,
     stats::Stage,
     status::{NodeStatus, VERSION},
 };
@@ -24,7 +27,14 @@ pub struct SensorsService {
     pub flows: Arc<Mutex<FlowGraph>>,
     /// Queue length of each gRPC stream; past it the stream loses events (counted).
     pub queue: usize,
+    /// The pipeline, for the runtime hook's requests.
+    pub runtime: mpsc::Sender<runtime::Request>,
 }
+
+/// How long a prepare request may wait for names the Kubernetes API has not delivered yet,
+/// when the hook gave no timeout; and how often it asks again.
+const NAMES_WAIT: Duration = Duration::from_secs(2);
+const NAMES_RETRY: Duration = Duration::from_millis(50);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GetEventsResponse, Status>> + Send>>;
 
@@ -116,6 +126,36 @@ impl Sensors for SensorsService {
             return Err(Status::not_found(format!("no policy {}", r.name)));
         }
         Ok(Response::new(pb::SetPolicyModeResponse {}))
+    }
+
+    async fn prepare_container(
+        &self,
+        req: Request<pb::PrepareContainerRequest>,
+    ) -> Result<Response<pb::PrepareContainerResponse>, Status> {
+        let req = req.into_inner();
+        if req.container_id.is_empty() || req.cgroup_path.is_empty() {
+            return Err(Status::invalid_argument("container_id and cgroup_path are required"));
+        }
+        // Within the hook's patience: names the API has not delivered yet are waited for.
+        let budget = match req.timeout_ms {
+            0 => NAMES_WAIT,
+            ms => Duration::from_millis(u64::from(ms) / 2),
+        };
+        let start = Instant::now();
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.runtime
+                .send(runtime::Request::Prepare { req: req.clone(), reply })
+                .await
+                .map_err(|_| Status::unavailable("the pipeline is not running"))?;
+            let answer =
+                answer.await.map_err(|_| Status::unavailable("the pipeline stopped before answering"))?;
+            let (resp, complete) = answer.map_err(Status::failed_precondition)?;
+            if complete || start.elapsed() + NAMES_RETRY >= budget {
+                return Ok(Response::new(resp));
+            }
+            tokio::time::sleep(NAMES_RETRY).await;
+        }
     }
 
     async fn get_version(

@@ -55,11 +55,43 @@ pub struct Identity {
     paths: HashMap<u64, String>,
     cache: HashMap<u64, Cached>,
     unknown: Arc<Workload>,
+    /// Names a runtime hook gave for cgroups whose container the sources did not know yet
+    /// (from the OCI annotations); the sources' names win when they have them.
+    hints: HashMap<u64, Workload>,
 }
 
 impl Identity {
     pub fn new(sources: Sources) -> Self {
-        Self { sources, paths: HashMap::new(), cache: HashMap::new(), unknown: Arc::new(Workload::default()) }
+        Self {
+            sources,
+            paths: HashMap::new(),
+            cache: HashMap::new(),
+            unknown: Arc::new(Workload::default()),
+            hints: HashMap::new(),
+        }
+    }
+
+    /// The id of the cgroup at `path` (relative to the cgroup2 mount): its directory's inode.
+    pub fn cgroup_id_of(&self, path: &str) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let fs = self.sources.cgroups.as_ref().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup v2 filesystem is mounted")
+        })?;
+        Ok(std::fs::metadata(fs.root().join(path.trim_start_matches('/')))?.ino())
+    }
+
+    /// Names for `cgroup` from its runtime, used where the sources have none.
+    pub fn hint(&mut self, cgroup: u64, names: Workload) {
+        if self.hints.len() >= MAX_CGROUPS {
+            self.hints.clear();
+        }
+        self.hints.insert(cgroup, names);
+        self.cache.remove(&cgroup);
+    }
+
+    /// Whether the names of `cgroup` are final (false: a source may still name it better).
+    pub fn complete(&self, cgroup: u64) -> bool {
+        self.cache.get(&cgroup).is_some_and(|c| c.retry_at.is_none())
     }
 
     /// A cgroup created by a runtime: remember its path.
@@ -74,6 +106,7 @@ impl Identity {
     pub fn forget(&mut self, id: u64) {
         self.paths.remove(&id);
         self.cache.remove(&id);
+        self.hints.remove(&id);
     }
 
     /// The workload of a cgroup id. An id whose cgroup is already gone gives an empty workload
@@ -89,7 +122,10 @@ impl Identity {
         let Some(path) = self.path_of(cgroup_id) else {
             return self.unknown.clone();
         };
-        let (workload, complete) = self.workload_of_path(&path);
+        let (mut workload, complete) = self.workload_of_path(&path);
+        if let Some(h) = self.hints.get(&cgroup_id) {
+            fill_names(&mut workload, h);
+        }
         let workload = Arc::new(workload);
         if self.cache.len() >= MAX_CGROUPS {
             self.cache.clear();
@@ -177,6 +213,33 @@ impl Identity {
     }
 }
 
+/// Fills the names `w` lacks from `hint`.
+fn fill_names(w: &mut Workload, hint: &Workload) {
+    if let (Some(c), Some(h)) = (w.container.as_mut(), hint.container.as_ref())
+        && c.name.is_empty()
+    {
+        c.name.clone_from(&h.name);
+        if c.image.is_empty() {
+            c.image.clone_from(&h.image);
+        }
+        if c.role.is_empty() {
+            c.role.clone_from(&h.role);
+        }
+    }
+    let Some(h) = hint.pod.as_ref() else { return };
+    match w.pod.as_mut() {
+        Some(p) if p.name.is_empty() => {
+            let uid = std::mem::take(&mut p.uid);
+            *p = h.clone();
+            if !uid.is_empty() {
+                p.uid = uid;
+            }
+        }
+        Some(_) => {}
+        None => w.pod = Some(h.clone()),
+    }
+}
+
 /// What the cgroup path alone says.
 fn base_workload(id: &CgroupIdentity, path: &str) -> Workload {
     let pod = (!id.pod_uid.is_empty()).then(|| pb::Pod { uid: id.pod_uid.clone(), ..Default::default() });
@@ -223,5 +286,28 @@ mod tests {
         assert_eq!(w.pod.as_ref().map(|p| p.uid.as_str()), Some("0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091"));
         ident.forget(77);
         assert_eq!(*ident.resolve(77), Workload::default(), "forgotten and not on disk");
+    }
+
+    #[test]
+    fn a_runtime_hint_names_what_the_sources_do_not() {
+        let mut ident = Identity::new(Sources::default());
+        let id = "d".repeat(64);
+        ident.learn(78, &format!("/kubepods/besteffort/pod0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091/{id}"));
+        assert_eq!(ident.resolve(78).container.as_ref().map(|c| c.name.as_str()), Some(""));
+        let hint = Workload {
+            pod: Some(pb::Pod { name: "web".into(), namespace: "shop".into(), ..Default::default() }),
+            container: Some(pb::Container {
+                name: "proxy".into(),
+                role: "sidecar".into(),
+                ..Default::default()
+            }),
+        };
+        ident.hint(78, hint);
+        let w = ident.resolve(78);
+        let c = w.container.as_ref().expect("container");
+        assert_eq!((c.id.as_str(), c.name.as_str(), c.role.as_str()), (id.as_str(), "proxy", "sidecar"));
+        let pod = w.pod.as_ref().expect("pod");
+        assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("shop", "web"));
+        assert_eq!(pod.uid, "0d3f7e1c-8a3b-4f2e-9c1d-2b5a6e7f8091", "the path's uid is kept");
     }
 }

@@ -132,6 +132,8 @@ pub struct LoadOptions<'a> {
     /// Where enforcement survives the daemon: the policy maps and the links of the enforcing
     /// programs are pinned here (bpffs). None: nothing is pinned.
     pub pin_dir: Option<&'a Path>,
+    /// Sensors not to attach, by name (`sensors_off`); never an enforcing one (see `can_be_off`).
+    pub off: &'a [String],
 }
 
 /// Maps that hold the compiled policies and everything the kernel needs to decide alone that
@@ -215,7 +217,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
         .map(|spec| SensorReport {
             name: spec.name,
             hook: spec.hook,
-            state: if spec.strict && !opts.strict {
+            state: if opts.off.iter().any(|n| n == spec.name) {
+                SensorState::Skipped("turned off by configuration (sensors_off)".into())
+            } else if spec.strict && !opts.strict {
                 SensorState::Skipped(
                     "strict sensor set only (sensor_set = \"strict\"): a syscall tracepoint slows every syscall".into(),
                 )
@@ -232,6 +236,19 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
         })
         .collect();
     Ok(Loaded { ebpf, sensors, links, raw_links })
+}
+
+/// Whether a sensor may be turned off: one whose programs enforce or arm may not, or a
+/// container would run unguarded with its rule in the maps.
+pub fn can_be_off(name: &str) -> Result<(), String> {
+    let spec = SENSORS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = SENSORS.iter().map(|s| s.name).collect();
+        format!("{name:?} is not a sensor; sensors are {}", names.join(", "))
+    })?;
+    match spec.programs.iter().find(|p| ENFORCING_PROGRAMS.contains(p)) {
+        Some(p) => Err(format!("{name:?} cannot be turned off: its program {p} enforces policies")),
+        None => Ok(()),
+    }
 }
 
 fn attach(

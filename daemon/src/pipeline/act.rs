@@ -23,12 +23,14 @@ pub fn alert(ev: &pb::GetEventsResponse, v: &Violation) -> pb::PolicyAlert {
         Some(Event::ProcessAccess(a)) => (false, true, a.target.clone(), None),
         _ => (false, false, None, None),
     };
+    let action = v.action_taken(denied, killable);
     pb::PolicyAlert {
         rule_id: v.rule_id.into(),
         severity: v.severity.into(),
         mitre_technique: v.mitre.into(),
         policy: v.policy.clone(),
-        action: v.action_taken(denied, killable).into(),
+        action: action.into(),
+        enforced_by: enforced_by(ev, v.rule_id, action).into(),
         message: v.message.clone(),
         process: event::subject(ev).cloned(),
         peer,
@@ -47,9 +49,38 @@ pub fn established(ev: &pb::GetEventsResponse, v: &Violation, f: &Forbidden) -> 
         format!("{} (established connection; enforce mode would cut it)", v.message)
     };
     alert.action = f.action().into();
+    alert.enforced_by = if f.enforced { "daemon" } else { "" }.into();
     let remote = f.cut.socket.remote;
     tracing::info!(rule = v.rule_id, policy = %v.policy, %remote, action = f.action(), "established connection");
     alert
+}
+
+/// Who carries out `action`: "kernel" for a call the cgroup hooks refused, and for kills the
+/// kernel's kill rules make before the call can be used (namespace changes at clone, setns
+/// and unshare; runtime-socket connects; opening another container's process files or files
+/// through its mounts; ptrace attach), given that the rule was in the kernel before the call
+/// (see `sidewall status`: a container whose rule came late was unguarded until then);
+/// "daemon" for kills only the daemon makes (drift, process_vm, unix channels). Empty when
+/// nothing is done.
+fn enforced_by(ev: &pb::GetEventsResponse, rule: &str, action: &str) -> &'static str {
+    match action {
+        "blocked" => "kernel",
+        "killed" => {
+            let by_kernel = match &ev.event {
+                Some(Event::ProcessNamespace(n)) => {
+                    matches!(n.operation.as_str(), "clone" | "setns" | "unshare")
+                }
+                Some(Event::ProcessAccess(a)) => {
+                    a.access.starts_with("proc_") || a.access.starts_with("ptrace_")
+                }
+                Some(Event::ProcessConnect(_)) => rule == "runtime-socket",
+                _ => false,
+            };
+            if by_kernel { "kernel" } else { "daemon" }
+        }
+        "cut" => "daemon",
+        _ => "",
+    }
 }
 
 /// Carries out what the alert says the daemon does: a kill the kernel did not make. A

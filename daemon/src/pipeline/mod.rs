@@ -16,7 +16,7 @@ pub mod publish;
 use std::time::{Duration, Instant};
 
 use sidewall_proto::v1::get_events_response::Event;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use self::{
     enrich::{Enriched, Enricher, Fact},
@@ -26,6 +26,7 @@ use crate::{
     clock::Clock,
     kernel::{counters::KernelCounters, decode, ringbuf::RingReader},
     policy::engine::{Forbidden, PolicyEngine},
+    runtime,
 };
 
 pub struct Pipeline {
@@ -114,6 +115,24 @@ impl Pipeline {
         }
     }
 
+    /// A request of the runtime hook, answered once the container's rule is in the kernel,
+    /// or the record of a container that started without it.
+    pub fn runtime(&mut self, req: runtime::Request) {
+        let found = self.engine.refresh(&mut self.enrich.identity);
+        self.report_established(found);
+        let ids = &mut self.enrich.identity;
+        match req {
+            runtime::Request::Prepare { req, reply } => {
+                let _ = reply.send(runtime::prepare(&mut self.engine, ids, &req));
+            }
+            runtime::Request::Unguarded(rec) => {
+                let alert = runtime::unguarded_alert(&self.engine, ids, &rec);
+                let alert = self.publish.dress(Event::PolicyAlert(alert), Clock::boot_ns());
+                self.publish.publish(&alert);
+            }
+        }
+    }
+
     /// Alerts for established connections a rule forbids (cut, or that would be).
     fn report_established(&mut self, found: Vec<Forbidden>) {
         for f in found {
@@ -126,11 +145,13 @@ impl Pipeline {
     }
 }
 
-/// Reads the ring buffer until `shutdown` flips, with housekeeping once a second.
+/// Reads the ring buffer until `shutdown` flips, with housekeeping once a second; serves the
+/// runtime hook's requests in between.
 pub async fn run(
     mut pipeline: Pipeline,
     mut reader: RingReader,
     counters: KernelCounters,
+    mut requests: mpsc::Receiver<runtime::Request>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -138,6 +159,7 @@ pub async fn run(
     loop {
         tokio::select! {
             r = reader.read_batch(|bytes| pipeline.handle(bytes)) => { r?; }
+            Some(req) = requests.recv() => pipeline.runtime(req),
             _ = tick.tick() => {
                 // A record that raced the switch back to sleeping waits no longer than this.
                 reader.read_now(|bytes| pipeline.handle(bytes));

@@ -230,6 +230,7 @@ fn an_alert_leaves_right_behind_its_cause() {
     );
     assert_eq!(a.process.as_ref().map(|p| p.pid), Some(200));
     assert_eq!(a.trigger, pb::EventType::ProcessConnect as i32);
+    assert_eq!(a.enforced_by, "kernel", "refused at the cgroup hook");
 }
 
 #[test]
@@ -270,6 +271,7 @@ fn the_built_in_policy_reports_a_sidecar_leaving_its_namespaces() {
         (a.policy.as_str(), a.action.as_str(), a.mode.as_str()),
         ("sidewall-system/sidecar-zero-trust", "would_kill", "monitor")
     );
+    assert_eq!(a.enforced_by, "", "monitor mode does nothing");
 }
 
 #[test]

@@ -19,7 +19,8 @@ use super::{
     enforce::{self, Compiled, Enforcer},
     model::Mode,
     parse::Policy,
-    store::PolicyStore,
+    protection::{Protection, Protections},
+    store::{self, PolicyStore},
 };
 use crate::{event, identity::Identity, net::netns};
 
@@ -59,6 +60,17 @@ pub struct PolicyEngine {
     would_tighten: HashSet<u64>,
     /// The pod's own addresses per enforced cgroup, and when they were read.
     pod_addrs: HashMap<u64, (Instant, Vec<[u8; 16]>)>,
+    /// How each container's rule got in (runtime hook, cgroup creation, late), for status.
+    protections: Arc<Protections>,
+}
+
+/// What the runtime hook is told: the rule a container starts under.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub policy: String,
+    pub rule: String,
+    pub mode: &'static str,
+    pub flags: u32,
 }
 
 impl PolicyEngine {
@@ -73,7 +85,13 @@ impl PolicyEngine {
             would: HashMap::new(),
             would_tighten: HashSet::new(),
             pod_addrs: HashMap::new(),
+            protections: Arc::default(),
         }
+    }
+
+    /// How each container's rule got in, shared with the status model.
+    pub fn protections(&self) -> Arc<Protections> {
+        self.protections.clone()
     }
 
     /// Picks up policy changes: recompiles every known container's rule and finds what the
@@ -89,10 +107,33 @@ impl PolicyEngine {
 
     /// A container's cgroup was created: it is under its policy before its first process.
     pub fn cgroup_born(&mut self, cgroup: u64, ids: &mut Identity) {
+        self.protections.protect(cgroup, Protection::Cgroup);
         self.compile(cgroup, ids);
     }
 
+    /// The runtime hook: a container is being created and waits to start until this returns.
+    /// Its rule goes into the kernel now, whatever the daemon has or has not seen of it.
+    pub fn prepare(&mut self, cgroup: u64, ids: &mut Identity) -> Prepared {
+        self.protections.protect(cgroup, Protection::Hook);
+        self.compile(cgroup, ids);
+        let w = ids.resolve(cgroup);
+        let probe = pb::Process { pod: w.pod.clone(), container: w.container.clone(), ..Default::default() };
+        let Some((pol, rule)) = detect::rule_for(&self.snapshot, &probe) else { return Prepared::default() };
+        let rule_name = match (&rule.name, rule.role) {
+            (Some(n), _) => format!("name={n}"),
+            (None, Some(r)) => format!("role={}", r.as_str()),
+            (None, None) => String::new(),
+        };
+        Prepared {
+            policy: pol.key(),
+            rule: rule_name,
+            mode: store::mode_name(pol.spec.mode),
+            flags: self.enforcer.as_ref().and_then(|e| e.applied(cgroup)).map_or(0, |c| c.flags),
+        }
+    }
+
     pub fn cgroup_gone(&mut self, cgroup: u64) {
+        self.protections.forget(cgroup);
         self.pod_addrs.remove(&cgroup);
         self.would.remove(&cgroup);
         self.rule_cache.remove(&cgroup);
@@ -107,6 +148,7 @@ impl PolicyEngine {
         if self.enforcer.as_ref().is_none_or(|e| e.known.contains(&cgroup)) {
             return Vec::new();
         }
+        self.protections.protect(cgroup, Protection::Late);
         self.compile(cgroup, ids);
         self.sweep(ids)
     }
@@ -140,6 +182,11 @@ impl PolicyEngine {
             Some(what) if violations.is_empty() => vec![detect::refusal(found, what)],
             _ => violations,
         }
+    }
+
+    /// The policy governing `p`'s container and its mode, if any.
+    pub fn governing(&self, p: &pb::Process) -> Option<(String, &'static str)> {
+        detect::rule_for(&self.snapshot, p).map(|(pol, _)| (pol.key(), store::mode_name(pol.spec.mode)))
     }
 
     /// The first violation of `ev` under any policy (for a connection found established,
@@ -201,7 +248,9 @@ impl PolicyEngine {
         }
         let w = ids.resolve(cgroup);
         let probe = pb::Process { pod: w.pod.clone(), container: w.container.clone(), ..Default::default() };
-        let (mut compiled, mut shadow) = match detect::rule_for(&self.snapshot, &probe) {
+        let found = detect::rule_for(&self.snapshot, &probe);
+        self.protections.describe(cgroup, &w, &found.map(|(pol, _)| pol.key()).unwrap_or_default());
+        let (mut compiled, mut shadow) = match found {
             Some((pol, rule)) => (
                 enforce::compile(pol.spec.mode, rule),
                 (pol.spec.mode == Mode::Monitor).then(|| enforce::compile(Mode::Enforce, rule)),

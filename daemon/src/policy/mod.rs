@@ -8,4 +8,5 @@ pub mod enforce;
 pub mod engine;
 pub mod model;
 pub mod parse;
+pub mod protection;
 pub mod store;
