@@ -28,6 +28,7 @@ use crate::{
     net::Net,
     pipeline::{self, Pipeline, enrich::Enricher, publish::Publisher},
     policy::{
+        audit::{self, AuditSink},
         enforce::Enforcer,
         engine::PolicyEngine,
         store::{self, PolicyStore},
@@ -38,6 +39,9 @@ use crate::{
 };
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // TLS files and the socket group first: a configuration that cannot be served fails
+    // before anything is loaded into the kernel.
+    let api = listen::prepare(&cfg)?;
     let node = cfg.node();
     let clock = Clock::new();
     let stats = Arc::new(Stats::default());
@@ -62,7 +66,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
-    let policies = PolicyStore::with_builtin();
+    let (audit, changes) = AuditSink::channel(audit::QUEUE, stats.clone());
+    let policies = PolicyStore::audited(audit);
     let kube = kube_client(&cfg).await?;
     let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, kube.clone());
     start_policy_sources(&cfg, kube, &policies);
@@ -85,6 +90,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         otlp_metrics: otlp_metrics.clone(),
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
         identity_source,
+        api: api.report.clone(),
     });
     let net = Net::new(clock);
     let flows = net.flows.clone();
@@ -123,10 +129,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let svc = SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue };
-    let address = cfg.address();
-    tracing::info!(%address, "serving the gRPC API");
-    let api = tokio::spawn(listen::serve(address, svc, stop_rx.clone()));
-    let reading = tokio::spawn(pipeline::run(pipeline, reader, drops, stop_rx));
+    let api = tokio::spawn(listen::serve(api, svc, stop_rx.clone()));
+    let reading = tokio::spawn(pipeline::run(pipeline, reader, drops, changes, stop_rx));
 
     tokio::select! {
         r = api => { r.context("API task")?.context("API server")?; }

@@ -7,6 +7,7 @@ use std::sync::{Arc, atomic::Ordering::Relaxed};
 use sidewall_proto::v1 as pb;
 
 use crate::{
+    api::listen::ApiReport,
     export::{hub::Hub, jsonl, otlp},
     kernel::loader::{SensorReport, SensorState},
     stats::{Stage, Stats},
@@ -28,6 +29,8 @@ pub struct NodeStatus {
     pub otlp_metrics: Option<(String, Arc<otlp::Health>)>,
     pub metrics_address: Option<String>,
     pub identity_source: String,
+    /// The API's listeners and refusals.
+    pub api: Arc<ApiReport>,
 }
 
 impl NodeStatus {
@@ -45,6 +48,7 @@ impl NodeStatus {
             subscribers: self.hub.subscriber_count() as u32,
             identity_source: self.identity_source.clone(),
             exporters: self.exporters(),
+            api: Some(self.api.snapshot()),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - `publish`: dressed once, counted, handed to the hub (gRPC, file, OTLP, metrics).
 
 pub mod act;
+mod audit;
 pub mod enrich;
 pub mod publish;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sidewall_common::kind;
 use sidewall_proto::v1::get_events_response::Event;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use self::{
     enrich::{Enriched, Enricher, Fact},
@@ -130,11 +131,13 @@ impl Pipeline {
     }
 }
 
-/// Reads the ring buffer until `shutdown` flips, with housekeeping once a second.
+/// Reads the ring buffer until `shutdown` flips, with housekeeping once a second; publishes
+/// the policy changes queued by the store.
 pub async fn run(
     mut pipeline: Pipeline,
     mut reader: RingReader,
     drops: KernelDrops,
+    mut changes: mpsc::Receiver<crate::policy::audit::Change>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -147,6 +150,7 @@ pub async fn run(
                 reader.read_now(|bytes| pipeline.handle(bytes));
                 pipeline.tick(Instant::now(), drops.totals());
             }
+            Some(change) = changes.recv() => pipeline.policy_change(change),
             _ = shutdown.changed() => return Ok(()),
         }
     }
