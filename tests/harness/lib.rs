@@ -8,6 +8,7 @@ pub mod events;
 pub mod netns;
 pub mod pod;
 pub mod scenario;
+pub mod tls;
 
 pub use cgroup::TestCgroup;
 pub use daemon::Daemon;
