@@ -10,12 +10,18 @@
 - The chart's templates are rendered here, without helm (helm is not installable from the
   package registries this project uses). The renderer knows plain references only:
   {{ .Values.a.b }}, {{ .Release.Name }}, {{ .Release.Namespace }}, {{ .Chart.Name }},
-  {{ .Chart.Version }}, {{ .Chart.AppVersion }}, each optionally `| quote`. Anything else is
-  an error, which keeps the templates simple enough for this to be faithful.
+  {{ .Chart.Version }}, {{ .Chart.AppVersion }}, each optionally `| quote` or `| toJson`;
+  and {{ if REFERENCE }} ... {{ else }} ... {{ end }} on Go's truthiness (false, 0, "", empty
+  lists and maps are false); `{{-` and `-}}` trim whitespace as in Go. Anything else is an
+  error, which keeps the templates simple enough for this to be faithful.
+- Objects of cert-manager's API (cert-manager.io/v1 Certificate), which the Kubernetes
+  schemas do not cover, against deploy/schemas/ (the fields the chart uses, strict).
 - deploy/manifests/*.yaml must be the chart rendered with its default values (release
   `sidewall` in namespace `sidewall-system`), plus the Namespace.
 
 Usage: validate.py [--render-only] [--set key=value ...]
+With --set, the chart rendered with those values is validated (and not compared with
+deploy/manifests).
 Exit status 0 when everything validates; 1 with the reasons otherwise; 3 when the
 `kubernetes-validate` package is missing.
 """
@@ -47,8 +53,12 @@ except ImportError as e:  # pragma: no cover - reported to the test
     )
     sys.exit(3)
 
-TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
-REFERENCE = re.compile(r"^\s*\.(Values|Release|Chart)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*(\|\s*quote\s*)?$")
+ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.S)
+REFERENCE = re.compile(r"^\s*\.(Values|Release|Chart)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*(?:\|\s*(quote|toJson)\s*)?$")
+CONDITION = re.compile(r"^\s*if\s+(.*?)\s*$", re.S)
+SCHEMAS = DEPLOY / "schemas"
+# API groups of other projects' CRDs that the chart may create, validated against SCHEMAS.
+EXTENSIONS = {"cert-manager.io"}
 
 
 def scalar(value):
@@ -62,21 +72,74 @@ def scalar(value):
     return str(value)
 
 
-def render_text(text, values, chart, origin):
-    def substitute(m):
-        ref = REFERENCE.match(m.group(1))
-        if not ref:
-            raise ValueError(f"{origin}: unsupported template construct {m.group(0)!r}")
-        root, path, quote = ref.group(1), ref.group(2).split(".")[1:], ref.group(3)
-        node = {"Values": values, "Release": RELEASE, "Chart": chart}[root]
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
-                raise ValueError(f"{origin}: {m.group(0)!r}: no such value")
-            node = node[key]
-        out = scalar(node)
-        return json.dumps(out) if quote else out
+def lookup(ref, values, chart, origin, action):
+    root, path = ref.group(1), ref.group(2).split(".")[1:]
+    node = {"Values": values, "Release": RELEASE, "Chart": chart}[root]
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(f"{origin}: {action!r}: no such value")
+        node = node[key]
+    return node
 
-    return TEMPLATE.sub(substitute, text)
+
+def tokens(text, origin):
+    """Text and actions, with `{{-` and `-}}` trimming the whitespace beside them."""
+    out, pos = [], 0
+    for m in ACTION.finditer(text):
+        out.append(["text", text[pos : m.start()]])
+        if m.group(1) == "-" and out[-1][0] == "text":
+            out[-1][1] = out[-1][1].rstrip()
+        out.append(["action", m.group(2), m.group(3) == "-", m.group(0)])
+        pos = m.end()
+    out.append(["text", text[pos:]])
+    for i, t in enumerate(out):
+        if t[0] == "action" and t[2] and i + 1 < len(out):
+            out[i + 1][1] = out[i + 1][1].lstrip()
+    return out
+
+
+def render_text(text, values, chart, origin):
+    out = []
+    # One entry per open `if`: (rendering this branch?, was the whole if rendered?)
+    stack = []
+    for t in tokens(text, origin):
+        live = all(on for on, _ in stack)
+        if t[0] == "text":
+            if live:
+                out.append(t[1])
+            continue
+        body, whole = t[1].strip(), t[3]
+        cond = CONDITION.match(body)
+        if cond:
+            ref = REFERENCE.match(cond.group(1))
+            if not ref or ref.group(3):
+                raise ValueError(f"{origin}: unsupported condition {whole!r}")
+            stack.append((bool(lookup(ref, values, chart, origin, whole)), live))
+        elif body == "else":
+            if not stack:
+                raise ValueError(f"{origin}: {whole!r} without if")
+            on, outer = stack.pop()
+            stack.append((not on, outer))
+        elif body == "end":
+            if not stack:
+                raise ValueError(f"{origin}: {whole!r} without if")
+            stack.pop()
+        else:
+            ref = REFERENCE.match(body)
+            if not ref:
+                raise ValueError(f"{origin}: unsupported template construct {whole!r}")
+            node = lookup(ref, values, chart, origin, whole)
+            if not live:
+                continue
+            if ref.group(3) == "toJson":
+                out.append(json.dumps(node, separators=(",", ":")))
+            elif ref.group(3) == "quote":
+                out.append(json.dumps(scalar(node)))
+            else:
+                out.append(scalar(node))
+    if stack:
+        raise ValueError(f"{origin}: {len(stack)} if without end")
+    return "".join(out)
 
 
 def set_value(values, assignment):
@@ -110,9 +173,25 @@ def key(doc):
     return (doc.get("kind"), meta.get("namespace", ""), meta.get("name"))
 
 
+def validate_extension(origin, doc, errors):
+    """Objects of APIs the Kubernetes schemas do not cover, against deploy/schemas/."""
+    group = doc.get("apiVersion", "").split("/")[0]
+    path = SCHEMAS / f"{group}-{doc.get('kind', '').lower()}.json"
+    if not path.exists():
+        errors.append(f"{origin}: {doc.get('kind')} of {doc.get('apiVersion')}: no schema in {SCHEMAS}")
+        return
+    for e in jsonschema.Draft7Validator(json.loads(path.read_text())).iter_errors(doc):
+        where = "/".join(str(p) for p in e.path)
+        errors.append(f"{origin}: {doc.get('kind')} {key(doc)[2]}: {where}: {e.message}")
+
+
 def validate_kubernetes(docs, errors):
     count = 0
     for origin, doc in docs:
+        if doc.get("apiVersion", "").split("/")[0] in EXTENSIONS:
+            validate_extension(origin, doc, errors)
+            count += 1
+            continue
         for version in VERSIONS:
             v = version or kubernetes_validate.latest_version()
             try:
@@ -182,14 +261,16 @@ def main():
         return 0
 
     docs = list(rendered)
-    for path in sorted((DEPLOY / "manifests").glob("*.yaml")):
-        docs += load(path)
-    docs += load(CRD) + load(CHART / "crds" / CRD.name)
-    for path in sorted(SCENARIOS.glob("*/pod.yaml")):
-        docs += load(path)
+    if not args.set:
+        for path in sorted((DEPLOY / "manifests").glob("*.yaml")):
+            docs += load(path)
+        docs += load(CRD) + load(CHART / "crds" / CRD.name)
+        for path in sorted(SCENARIOS.glob("*/pod.yaml")):
+            docs += load(path)
     n = validate_kubernetes(docs, errors)
     p = validate_policies(errors)
-    compare_manifests(rendered, errors)
+    if not args.set:
+        compare_manifests(rendered, errors)
     kind = yaml.safe_load((DEPLOY / "kind" / "cluster.yaml").read_text())
     if (kind.get("apiVersion"), kind.get("kind")) != ("kind.x-k8s.io/v1alpha4", "Cluster") or not kind.get("nodes"):
         errors.append("deploy/kind/cluster.yaml: not a kind.x-k8s.io/v1alpha4 Cluster with nodes")

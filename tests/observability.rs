@@ -6,7 +6,8 @@
 //!
 //! The scenario produces what each expression needs: loopback flows between two containers, a
 //! violation of every policy rule (by an enforce and by a monitor policy), events lost by a
-//! stalled gRPC subscriber, and a failed sensor: the daemon runs in a mount namespace where the
+//! stalled gRPC subscriber, a policy switched from enforce to monitor and deleted over the
+//! API, and a failed sensor: the daemon runs in a mount namespace where the
 //! `sys_enter_connect` tracepoint is hidden, as on a node whose tracefs lacks it.
 
 use std::{
@@ -24,7 +25,9 @@ use harness::{
     pod::{Options, Pod, Spec},
 };
 use serde_json::Value;
-use sidewall_proto::v1::{GetEventsRequest, ListPoliciesRequest};
+use sidewall_proto::v1::{
+    AddPolicyRequest, DeletePolicyRequest, GetEventsRequest, ListPoliciesRequest, SetPolicyModeRequest,
+};
 
 /// How long the expressions and alerts may take to show after the scenario ran.
 const SETTLE: Duration = Duration::from_secs(40);
@@ -388,6 +391,19 @@ spec:
       action: kill
 ";
 
+/// Enforced, then switched to monitor and deleted over the API: a weakened policy.
+const SWITCHED: &str = "apiVersion: sidewall.io/v1alpha1
+kind: SidecarPolicy
+metadata:
+  name: obs-switch
+spec:
+  mode: enforce
+  containers:
+    - name: obsnobody
+      namespaceChanges: deny
+      action: kill
+";
+
 /// The intruder attacks on SIGUSR1, from its own shell (no exec from outside): it unshares a
 /// user namespace, then reads the environment of the pod's pid 1 (the infra container's pause,
 /// in the shared pid namespace). Each in a child, so that the kills hit only those. (unshare is
@@ -574,6 +590,13 @@ async fn dashboards_and_alert_rules_work_on_a_real_prometheus() {
         let _ = pod.exec("obsapp", &["/bin/sh", "-c", loop_]);
     }
     assert!(scraped(&metrics_addr, lost) > 0.0, "the stalled subscriber lost nothing");
+
+    // A policy weakened over the API (by root on the socket): enforce to monitor, then gone.
+    let mut admin = d.client().await;
+    admin.add_policy(AddPolicyRequest { document: SWITCHED.into() }).await.expect("AddPolicy");
+    let switch = SetPolicyModeRequest { name: "obs-switch".into(), mode: "monitor".into() };
+    admin.set_policy_mode(switch).await.expect("SetPolicyMode");
+    admin.delete_policy(DeletePolicyRequest { name: "obs-switch".into() }).await.expect("DeletePolicy");
     eprintln!("scenario done after {:?}", started.elapsed());
 
     // The rules as Prometheus loaded them: all of the file's, and their expressions too.
@@ -617,6 +640,19 @@ async fn dashboards_and_alert_rules_work_on_a_real_prometheus() {
         // The monitor policy's alert says what enforce mode would do.
         ("SidewallEgressViolation", &[("pod", p), ("container", "obsapp"), ("action", "would_block")]),
         ("SidewallSensorFailed", &[("sensor", "unix_connect")]),
+        (
+            "SidewallPolicyWeakened",
+            &[
+                ("policy", "default/obs-switch"),
+                ("kind", "mode_changed"),
+                ("source", "api"),
+                ("severity", "high"),
+            ],
+        ),
+        (
+            "SidewallPolicyWeakened",
+            &[("policy", "default/obs-switch"), ("kind", "deleted"), ("mode_before", "monitor")],
+        ),
         ("SidewallEventsLost", &[("stage", "subscriber_queue")]),
     ];
     let untested: Vec<_> = alert_names.iter().filter(|n| !expected.iter().any(|(e, _)| e == n)).collect();

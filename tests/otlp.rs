@@ -144,6 +144,37 @@ async fn alerts_reach_an_otlp_receiver_with_their_fields() {
     assert_eq!(point_attr(&point, "action"), Some("would_block"));
     assert_eq!(point_attr(&point, "container"), Some("probero"));
 
+    // Policy changes are log records too: the file's policy loaded at start (INFO), and its
+    // deletion over the API (WARN: protection dropped).
+    let change = |r: &serde_json::Value, kind: &str| {
+        attr(r, "event.name") == Some("policy_change")
+            && attr(r, "sidewall.policy") == Some("default/otlp")
+            && attr(r, "sidewall.change") == Some(kind)
+    };
+    let added = receiver.records().into_iter().find(|r| change(r, "added")).expect("the policy's load");
+    assert_eq!(
+        (attr(&added, "sidewall.source"), added["record"]["severityText"].as_str()),
+        (Some("file"), Some("INFO"))
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(added["record"]["body"]["stringValue"].as_str().expect("body"))
+            .expect("JSON body");
+    assert_eq!(body["policy_change"]["actor"]["file"], dir.path().join("p.yaml").display().to_string());
+    let delete = sidewall_proto::v1::DeletePolicyRequest { name: "otlp".into() };
+    d.client().await.delete_policy(delete).await.expect("DeletePolicy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deleted = loop {
+        if let Some(r) = receiver.records().into_iter().find(|r| change(r, "deleted")) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no policy_change record of the deletion\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        (attr(&deleted, "sidewall.source"), deleted["record"]["severityText"].as_str()),
+        (Some("api"), Some("WARN"))
+    );
+
     let status = d.status().await;
     for name in ["otlp", "otlp_metrics"] {
         let e = status.exporters.iter().find(|e| e.name == name).expect("exporter in status");

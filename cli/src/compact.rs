@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sidewall_proto::v1::{
-    GetEventsResponse, LostEvents, Process, ProcessExec, ProcessExit, Socket, SocketAddress,
-    get_events_response::Event,
+    GetEventsResponse, LostEvents, PolicyChange, PolicyVersion, Process, ProcessExec, ProcessExit, Socket,
+    SocketAddress, get_events_response::Event, policy_actor::Actor,
 };
 
 const TIME_WIDTH: usize = 24;
@@ -92,6 +92,7 @@ pub fn compact(ev: &GetEventsResponse) -> String {
             process_line("alert", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
         }
         Some(Event::LostEvents(lost)) => columns("lost", &lost_details(lost)),
+        Some(Event::PolicyChange(c)) => columns("policy", &change_details(c)),
         // New oneof variants land here until they get a format of their own.
         #[allow(unreachable_patterns)]
         Some(_) => other_line(ev),
@@ -161,6 +162,50 @@ fn lost_details(lost: &LostEvents) -> Vec<String> {
         details.push(format!("by_kind={}", sorted_pairs(&lost.by_kind)));
     }
     details
+}
+
+/// `default/web mode_changed enforce->monitor source=api uid=0 ... hash=sha256:0123456789ab`.
+fn change_details(c: &PolicyChange) -> Vec<String> {
+    let mode = |v: Option<&PolicyVersion>| v.map_or("none", |v| v.mode.as_str()).to_string();
+    let mut d = vec![
+        c.policy.clone(),
+        c.change.clone(),
+        format!("{}->{}", mode(c.before.as_ref()), mode(c.after.as_ref())),
+        format!("source={}", c.source),
+    ];
+    d.extend(actor_details(c.actor.as_ref().and_then(|a| a.actor.as_ref())));
+    if let Some(v) = c.after.as_ref().or(c.before.as_ref()) {
+        d.push(format!("hash={}", v.hash.chars().take(7 + SHORT_ID).collect::<String>()));
+    }
+    d
+}
+
+fn actor_details(actor: Option<&Actor>) -> Vec<String> {
+    match actor {
+        Some(Actor::Unix(u)) => vec![
+            format!("uid={}", u.uid),
+            format!("gid={}", u.gid),
+            format!("pid={}", u.pid),
+            format!("binary={}", quote(&u.binary)),
+            format!("role={}", u.role),
+        ],
+        Some(Actor::Tls(t)) => vec![
+            format!("subject={}", quote(&t.subject)),
+            format!("name={}", quote(&t.name)),
+            format!("address={}", t.address),
+            format!("role={}", t.role),
+        ],
+        Some(Actor::InsecureTcp(t)) => {
+            vec![format!("address={}", t.address), format!("role={}", t.role), "plaintext".into()]
+        }
+        Some(Actor::File(f)) => vec![format!("file={}", quote(f))],
+        Some(Actor::Kubernetes(k)) => vec![
+            format!("object={}/{}", k.namespace, k.name),
+            format!("resource_version={}", k.resource_version),
+        ],
+        Some(Actor::Builtin(_)) => vec!["builtin".into()],
+        None => Vec::new(),
+    }
 }
 
 /// For variants this client predates: the name and process come from the JSON form.
@@ -261,6 +306,33 @@ fn time(ev: &GetEventsResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_change_line_names_who_and_what() {
+        use sidewall_proto::v1::{PolicyActor, UnixPeer};
+        let v = |mode: &str| PolicyVersion { hash: format!("sha256:{}", "ab".repeat(32)), mode: mode.into() };
+        let ev = at(Event::PolicyChange(PolicyChange {
+            policy: "shop/web".into(),
+            change: "mode_changed".into(),
+            source: "api".into(),
+            actor: Some(PolicyActor {
+                actor: Some(Actor::Unix(UnixPeer {
+                    uid: 0,
+                    gid: 0,
+                    pid: 4242,
+                    binary: "/usr/bin/sidewall".into(),
+                    role: "admin".into(),
+                })),
+            }),
+            before: Some(v("enforce")),
+            after: Some(v("monitor")),
+        }));
+        assert_eq!(
+            compact(&ev),
+            "2026-11-27T10:01:02.123Z policy shop/web mode_changed enforce->monitor source=api uid=0 gid=0 \
+             pid=4242 binary=/usr/bin/sidewall role=admin hash=sha256:abababababab"
+        );
+    }
 
     #[test]
     fn connect_line_names_the_peer() {

@@ -56,7 +56,7 @@ fn grpc(status: &tonic::Status) -> (Option<String>, u8) {
     let lost = status.code() == Code::Unavailable
         || (status.code() == Code::Unknown && std::error::Error::source(status).is_some());
     let (line, code) = match status.code() {
-        _ if lost => (format!("lost connection to sidewalld: {message}"), EXIT_FAILURE),
+        _ if lost => (lost_connection(status, &message), EXIT_FAILURE),
         Code::InvalidArgument => (format!("invalid request: {message}"), EXIT_USAGE),
         // The daemon names what it did not find ("no policy shop/web").
         Code::NotFound => (message, EXIT_FAILURE),
@@ -69,6 +69,44 @@ fn grpc(status: &tonic::Status) -> (Option<String>, u8) {
         code => (format!("sidewalld error ({code:?}): {message}"), EXIT_FAILURE),
     };
     (Some(line), code)
+}
+
+/// "lost connection to sidewalld: <the deepest cause>", with a hint when TLS is the cause.
+fn lost_connection(status: &tonic::Status, message: &str) -> String {
+    let mut cause = None;
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        cause = Some(e.to_string());
+        next = e.source();
+    }
+    let cause = cause.map_or_else(|| message.to_string(), |c| one_line(&c));
+    let hint = if cause.contains("CertificateRequired") {
+        " (sidewalld requires a client certificate: give --tls-cert and --tls-key)"
+    } else if cause.contains("UnknownCA")
+        || cause.contains("BadCertificate")
+        || cause.contains("CertificateUnknown")
+    {
+        " (sidewalld does not accept this client certificate: is it signed by its client CA?)"
+    } else {
+        ""
+    };
+    format!("lost connection to sidewalld: {cause}{hint}")
+}
+
+/// A broken connection over TCP is most often TLS that does not fit: say what to check.
+pub fn with_tcp_hint(line: String, tcp: Option<&sidewall_proto::client::TlsOptions>) -> String {
+    let broken = line.starts_with("lost connection") || line.contains("h2 protocol error");
+    match tcp {
+        Some(tls) if broken && !line.ends_with(')') => {
+            let hint = if !tls.enabled() {
+                "does sidewalld serve TLS there? give --tls-ca, --tls-cert and --tls-key"
+            } else {
+                "is the client certificate signed by the CA sidewalld trusts for clients?"
+            };
+            format!("{line} ({hint})")
+        }
+        _ => line,
+    }
 }
 
 /// Server messages (regex errors, for one) can span lines; stderr gets one.
@@ -121,6 +159,23 @@ mod tests {
         assert_eq!(report(&err), (None, 0));
         let err = stdout(Err(io::ErrorKind::StorageFull.into())).expect_err("fails");
         assert_eq!(report(&err).1, 1);
+    }
+
+    #[test]
+    fn broken_tcp_connections_hint_at_tls() {
+        use sidewall_proto::client::TlsOptions;
+        let plain = TlsOptions::default();
+        let tls = TlsOptions { ca: Some("/ca.pem".into()), ..TlsOptions::default() };
+        let line = "sidewalld error (Internal): h2 protocol error: http2 error".to_string();
+        assert!(
+            with_tcp_hint(line.clone(), Some(&plain))
+                .ends_with("(does sidewalld serve TLS there? give --tls-ca, --tls-cert and --tls-key)")
+        );
+        assert_eq!(with_tcp_hint(line.clone(), None), line, "not over TCP");
+        let lost = "lost connection to sidewalld: stream closed because of a broken pipe".to_string();
+        assert!(with_tcp_hint(lost, Some(&tls)).ends_with("signed by the CA sidewalld trusts for clients?)"));
+        let denied = "permission denied: AddPolicy needs the admin role".to_string();
+        assert_eq!(with_tcp_hint(denied.clone(), Some(&tls)), denied);
     }
 
     #[test]

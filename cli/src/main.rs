@@ -10,11 +10,12 @@ mod status;
 
 use std::{
     io::{self, Write},
+    path::PathBuf,
     process::ExitCode,
 };
 
 use clap::{Parser, Subcommand};
-use sidewall_proto::client::{self, Address, DEFAULT_SERVER};
+use sidewall_proto::client::{self, Address, DEFAULT_SERVER, TlsOptions};
 use sidewall_proto::v1::{
     GetFlowsRequest, GetStatusRequest, GetVersionRequest, sensors_client::SensorsClient,
 };
@@ -25,6 +26,16 @@ use crate::{events::EventFormat, filters::FilterArgs, status::StatusFormat};
 #[derive(Parser)]
 #[command(name = "sidewall", version, about = "Watch what sidewalld sees on this node")]
 struct Cli {
+    #[command(flatten)]
+    server: Server,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where sidewalld is, and the TLS to speak to it over TCP.
+#[derive(clap::Args)]
+pub struct Server {
     /// sidewalld's address: unix:///path, /path, tcp://host:port or host:port
     #[arg(
         long,
@@ -35,9 +46,29 @@ struct Cli {
         value_parser = client::parse_address
     )]
     server: Address,
+    /// CA certificate (PEM) that signed sidewalld's certificate: TCP then speaks TLS
+    #[arg(long, global = true, env = "SIDEWALL_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), whose name sidewalld maps to a role
+    #[arg(long, global = true, env = "SIDEWALL_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, global = true, env = "SIDEWALL_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The name sidewalld's certificate must carry (default: the host of --server)
+    #[arg(long, global = true, env = "SIDEWALL_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
 
-    #[command(subcommand)]
-    command: Command,
+impl Server {
+    fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
+    }
 }
 
 // Parsed once per run, so the size of the filter flags does not matter.
@@ -80,10 +111,12 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tcp = matches!(cli.server.server, Address::Tcp(_)).then(|| cli.server.tls());
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let (line, code) = errors::report(&err);
+            let line = line.map(|l| errors::with_tcp_hint(l, tcp.as_ref()));
             if let Some(line) = line {
                 let _ = writeln!(io::stderr(), "sidewall: {line}");
             }
@@ -123,8 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn client(server: &Address) -> anyhow::Result<SensorsClient<Channel>> {
-    Ok(SensorsClient::new(client::connect(server).await?))
+async fn client(server: &Server) -> anyhow::Result<SensorsClient<Channel>> {
+    Ok(SensorsClient::new(client::connect_tls(&server.server, &server.tls()).await?))
 }
 
 fn print(text: &str) -> anyhow::Result<()> {

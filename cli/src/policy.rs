@@ -8,7 +8,6 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
-use sidewall_proto::client::Address;
 use sidewall_proto::v1::{
     AddPolicyRequest, DeletePolicyRequest, ListPoliciesRequest, ListPoliciesResponse, SetPolicyModeRequest,
     sensors_client::SensorsClient,
@@ -70,7 +69,7 @@ impl PolicyMode {
     }
 }
 
-pub async fn run(server: &Address, command: PolicyCommand) -> anyhow::Result<()> {
+pub async fn run(server: &crate::Server, command: PolicyCommand) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match command {
         PolicyCommand::Add { files } => {
@@ -162,16 +161,20 @@ pub fn render(list: &ListPoliciesResponse, format: ListFormat) -> anyhow::Result
     }
 }
 
-/// NAME MODE SOURCE, columns as wide as their widest cell, two spaces apart.
+/// NAME MODE HASH SOURCE, columns as wide as their widest cell, two spaces apart. The hash
+/// is shortened as policy_change events show it ("sha256:" and 12 hex digits).
 fn table(list: &ListPoliciesResponse) -> String {
-    let rows: Vec<[&str; 3]> = std::iter::once(["NAME", "MODE", "SOURCE"])
-        .chain(list.policies.iter().map(|p| [p.name.as_str(), p.mode.as_str(), p.source.as_str()]))
+    let short = |h: &str| h.chars().take(7 + 12).collect::<String>();
+    let rows: Vec<[String; 4]> = std::iter::once(["NAME", "MODE", "HASH", "SOURCE"].map(String::from))
+        .chain(
+            list.policies.iter().map(|p| [p.name.clone(), p.mode.clone(), short(&p.hash), p.source.clone()]),
+        )
         .collect();
     let width = |col: usize| rows.iter().map(|r| r[col].chars().count()).max().unwrap_or(0);
-    let (name, mode) = (width(0), width(1));
+    let (name, mode, hash) = (width(0), width(1), width(2));
     let mut out = String::new();
-    for [n, m, s] in rows {
-        let _ = writeln!(out, "{n:<name$}  {m:<mode$}  {s}");
+    for [n, m, h, s] in rows {
+        let _ = writeln!(out, "{n:<name$}  {m:<mode$}  {h:<hash$}  {s}");
     }
     out
 }
@@ -184,6 +187,7 @@ fn line(out: &mut impl Write, text: &str) -> anyhow::Result<()> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use sidewall_proto::client::Address;
     use sidewall_proto::v1::{self as pb, PolicyInfo, sensors_server};
     use tonic::{Request, Response, Status};
 
@@ -199,6 +203,7 @@ mod tests {
             mode: mode.into(),
             source: source.into(),
             document: "spec: {}\n".into(),
+            hash: format!("sha256:{}", "0123456789abcdef".repeat(4)),
         }
     }
 
@@ -212,9 +217,9 @@ mod tests {
         };
         assert_eq!(
             render(&list, ListFormat::Text).expect("renders"),
-            "NAME                                MODE     SOURCE\n\
-             shop/web                            enforce  file:/etc/sidewall/policies/web.yaml\n\
-             sidewall-system/sidecar-zero-trust  monitor  builtin\n"
+            "NAME                                MODE     HASH                 SOURCE\n\
+             shop/web                            enforce  sha256:0123456789ab  file:/etc/sidewall/policies/web.yaml\n\
+             sidewall-system/sidecar-zero-trust  monitor  sha256:0123456789ab  builtin\n"
         );
         let empty = ListPoliciesResponse::default();
         assert_eq!(render(&empty, ListFormat::Text).expect("renders"), "no policies");

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sidewall_proto::v1::GetStatusResponse;
+use sidewall_proto::v1::{ApiStatus, GetStatusResponse};
 
 #[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
 pub enum StatusFormat {
@@ -52,7 +52,7 @@ pub fn text(s: &GetStatusResponse) -> String {
             ]
         })
         .collect();
-    [
+    let mut sections = vec![
         summary,
         section("sensors", &with_header(["NAME", "STATE", "HOOK", "REASON"], sensors)),
         section("events by kind", &counters(&s.events_by_kind)),
@@ -63,8 +63,44 @@ pub fn text(s: &GetStatusResponse) -> String {
             "containers (how each rule reached the kernel)",
             &with_header(["POD", "CONTAINER", "PROTECTION", "POLICY"], containers(s)),
         ),
+    ];
+    // Older daemons say nothing of their API.
+    if let Some(api) = &s.api {
+        sections.extend(api_sections(api));
+        if !api.warnings.is_empty() {
+            let warnings: String = api.warnings.iter().map(|w| format!("WARNING: {w}\n")).collect();
+            sections.insert(0, warnings);
+        }
+    }
+    sections.join("\n")
+}
+
+/// The listeners, and the calls and handshakes refused.
+fn api_sections(api: &ApiStatus) -> [String; 2] {
+    let listeners: Vec<[String; 3]> = api
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut detail = l.detail.clone();
+            if let Some(t) = l.certificate_not_after {
+                let when = chrono::DateTime::<chrono::Utc>::from_timestamp(t.seconds, 0)
+                    .map_or_else(|| t.seconds.to_string(), |d| d.to_rfc3339());
+                detail.push_str(&format!(", expires {when}"));
+            }
+            if !l.last_error.is_empty() {
+                detail.push_str(&format!("; reload failed: {}", l.last_error));
+            }
+            [l.address.clone(), l.security.clone(), detail]
+        })
+        .collect();
+    let mut refused = counters(&api.denied_by_method);
+    if api.refused_handshakes > 0 {
+        refused.push(["TLS handshakes".into(), api.refused_handshakes.to_string()]);
+    }
+    [
+        section("api listeners", &with_header(["ADDRESS", "SECURITY", "DETAIL"], listeners)),
+        section("api refusals", &refused),
     ]
-    .join("\n")
 }
 
 /// hook: the runtime waited for the rule; cgroup: compiled at the cgroup's creation; late:
@@ -193,6 +229,7 @@ mod tests {
                 policy: "shop/guard".into(),
                 since: None,
             }],
+            api: None,
         };
         let want = "\
 version:        0.1.0
@@ -234,6 +271,51 @@ containers (how each rule reached the kernel):
         assert!(out.contains("sensors: none\n"), "{out}");
         assert!(
             out.ends_with("exporters: none\n\ncontainers (how each rule reached the kernel): none\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn api_warnings_come_first_and_refusals_last() {
+        use sidewall_proto::v1::ApiListener;
+        let status = GetStatusResponse {
+            api: Some(ApiStatus {
+                listeners: vec![
+                    ApiListener {
+                        address: "unix:///run/sidewall/sidewall.sock".into(),
+                        security: "unix".into(),
+                        detail: "mode 0600, group root".into(),
+                        ..Default::default()
+                    },
+                    ApiListener {
+                        address: "tcp://0.0.0.0:50051".into(),
+                        security: "insecure".into(),
+                        detail: "plaintext, every peer has the role read_only".into(),
+                        ..Default::default()
+                    },
+                ],
+                denied_by_method: HashMap::from([("AddPolicy".into(), 2)]),
+                refused_handshakes: 0,
+                warnings: vec!["tcp://0.0.0.0:50051 serves the API in plaintext".into()],
+            }),
+            ..GetStatusResponse::default()
+        };
+        let out = text(&status);
+        assert!(
+            out.starts_with("WARNING: tcp://0.0.0.0:50051 serves the API in plaintext\n\nversion:"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(
+                "api listeners:
+  ADDRESS                             SECURITY  DETAIL
+  unix:///run/sidewall/sidewall.sock  unix      mode 0600, group root
+  tcp://0.0.0.0:50051                 insecure  plaintext, every peer has the role read_only
+
+api refusals:
+  AddPolicy  2
+"
+            ),
             "{out}"
         );
     }

@@ -1,9 +1,12 @@
 //! Configuration: the embedded defaults, overlaid by a TOML file, overlaid by flags.
 
+pub mod api;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::api::{InsecureRole, Listener};
 pub use sidewall_proto::client::{Address, parse_address};
 
 const DEFAULT_SOCKET: &str = "/run/sidewall/sidewall.sock";
@@ -24,7 +27,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub node_name: String,
-    pub grpc_address: String,
+    /// One address, or several (a unix socket and a TCP listener).
+    #[serde(deserialize_with = "api::one_or_many")]
+    pub grpc_address: Vec<String>,
     pub export_file: String,
     pub export_file_max_mb: u64,
     pub export_file_keep: u32,
@@ -49,6 +54,23 @@ pub struct Config {
     pub hook_spool_dir: String,
     /// Sensors not to attach, by name (never one that enforces).
     pub sensors_off: Vec<String>,
+    /// Mode and group of the unix socket (who may connect; roles still apply).
+    pub grpc_socket_mode: u32,
+    pub grpc_socket_group: String,
+    /// Mutual TLS of TCP listeners: PEM files, reloaded when they change.
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_client_ca: String,
+    /// Plaintext TCP listeners, on purpose.
+    pub insecure_tcp: bool,
+    pub api_insecure_tcp_role: InsecureRole,
+    /// Who holds which role: unix peers by uid or gid, TLS peers by certificate name.
+    pub api_admin_uids: Vec<u32>,
+    pub api_admin_gids: Vec<u32>,
+    pub api_read_only_uids: Vec<u32>,
+    pub api_read_only_gids: Vec<u32>,
+    pub api_admin_names: Vec<String>,
+    pub api_read_only_names: Vec<String>,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -72,7 +94,8 @@ pub enum KubeMode {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub node_name: Option<String>,
-    pub grpc_address: Option<String>,
+    /// Replaces the configured addresses when given (the flag may be repeated).
+    pub grpc_address: Option<Vec<String>>,
     pub export_file: Option<String>,
     pub export_file_max_mb: Option<u64>,
     pub export_file_keep: Option<u32>,
@@ -81,6 +104,11 @@ pub struct Overrides {
     pub policy_dir: Option<String>,
     pub metrics_address: Option<String>,
     pub log: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_client_ca: Option<String>,
+    /// `--insecure-tcp`: true when given.
+    pub insecure_tcp: Option<bool>,
 }
 
 impl Config {
@@ -119,19 +147,19 @@ impl Config {
             kubeconfig,
             policy_dir,
             metrics_address,
-            log
+            log,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            insecure_tcp
         );
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad =
             |field, message: String| Err(ConfigError::Invalid { origin: origin.into(), field, message });
-        match parse_address(&self.grpc_address) {
-            Err(e) => return bad("grpc_address", e),
-            Ok(Address::Tcp(a)) if tcp_listen_addr(&a).is_err() => {
-                return bad("grpc_address", format!("{a}: a TCP listen address must be ip:port"));
-            }
-            Ok(_) => {}
+        if let Err((field, message)) = api::validate(self) {
+            return bad(field, message);
         }
         if !self.ring_buffer_mb.is_power_of_two() || self.ring_buffer_mb > 1024 {
             return bad(
@@ -169,9 +197,18 @@ impl Config {
         Ok(())
     }
 
+    /// The first address: the unix socket by default.
     pub fn address(&self) -> Address {
-        // validate() has checked it; the fallback is never taken.
-        parse_address(&self.grpc_address).unwrap_or_else(|_| Address::Unix(DEFAULT_SOCKET.into()))
+        // validate() has checked them; the fallback is never taken.
+        self.grpc_address
+            .first()
+            .and_then(|a| parse_address(a).ok())
+            .unwrap_or_else(|| Address::Unix(DEFAULT_SOCKET.into()))
+    }
+
+    /// Every address, validated.
+    pub fn addresses(&self) -> Vec<Address> {
+        self.grpc_address.iter().filter_map(|a| parse_address(a).ok()).collect()
     }
 
     /// Whether to watch the Kubernetes API: asked for, or a kubeconfig given, or running in a

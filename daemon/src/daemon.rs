@@ -29,6 +29,7 @@ use crate::{
     net::Net,
     pipeline::{self, Pipeline, enrich::Enricher, publish::Publisher},
     policy::{
+        audit::{self, AuditSink},
         enforce::Enforcer,
         engine::PolicyEngine,
         store::{self, PolicyStore},
@@ -40,6 +41,9 @@ use crate::{
 };
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // TLS files and the socket group first: a configuration that cannot be served fails
+    // before anything is loaded into the kernel.
+    let api = listen::prepare(&cfg)?;
     let node = cfg.node();
     let clock = Clock::new();
     let stats = Arc::new(Stats::default());
@@ -65,7 +69,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
-    let policies = PolicyStore::with_builtin();
+    let (audit, changes) = AuditSink::channel(audit::QUEUE, stats.clone());
+    let policies = PolicyStore::audited(audit);
     let kube = kube_client(&cfg).await?;
     let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, kube.clone());
     start_policy_sources(&cfg, kube, &policies);
@@ -91,6 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
         identity_source,
         protections,
+        api: api.report.clone(),
     });
     let net = Net::new(clock);
     let flows = net.flows.clone();
@@ -133,10 +139,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let svc =
         SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue, runtime: runtime_tx };
-    let address = cfg.address();
-    tracing::info!(%address, "serving the gRPC API");
-    let api = tokio::spawn(listen::serve(address, svc, stop_rx.clone()));
-    let reading = tokio::spawn(pipeline::run(pipeline, reader, counters, runtime_rx, stop_rx));
+    let api = tokio::spawn(listen::serve(api, svc, stop_rx.clone()));
+    let reading = tokio::spawn(pipeline::run(pipeline, reader, counters, runtime_rx, changes, stop_rx));
 
     tokio::select! {
         r = api => { r.context("API task")?.context("API server")?; }

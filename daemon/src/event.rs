@@ -18,6 +18,7 @@ pub fn kind(ev: &pb::GetEventsResponse) -> EventType {
         Some(Event::PolicyAlert(_)) => EventType::PolicyAlert,
         Some(Event::ProcessSysctl(_)) => EventType::ProcessSysctl,
         Some(Event::LostEvents(_)) => EventType::LostEvents,
+        Some(Event::PolicyChange(_)) => EventType::PolicyChange,
         None => EventType::Unspecified,
     }
 }
@@ -36,7 +37,7 @@ pub fn subject(ev: &pb::GetEventsResponse) -> Option<&pb::Process> {
         Some(Event::ProcessAccess(e)) => e.process.as_ref(),
         Some(Event::PolicyAlert(e)) => e.process.as_ref(),
         Some(Event::ProcessSysctl(e)) => e.process.as_ref(),
-        Some(Event::LostEvents(_)) | None => None,
+        Some(Event::LostEvents(_)) | Some(Event::PolicyChange(_)) | None => None,
     }
 }
 
@@ -56,5 +57,6 @@ pub fn kind_name(k: EventType) -> &'static str {
         EventType::PolicyAlert => "policy_alert",
         EventType::LostEvents => "lost_events",
         EventType::ProcessSysctl => "process_sysctl",
+        EventType::PolicyChange => "policy_change",
     }
 }

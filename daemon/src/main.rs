@@ -12,9 +12,10 @@ struct Args {
     /// TOML configuration file; its keys override the built-in defaults (see --print-default-config).
     #[arg(long, short = 'c', env = "SIDEWALL_CONFIG")]
     config: Option<PathBuf>,
-    /// gRPC listen address: unix:///path or tcp://ip:port.
+    /// gRPC listen address: unix:///path or tcp://ip:port; repeat it for several listeners.
+    /// TCP needs --tls-cert, --tls-key and --tls-client-ca, or --insecure-tcp.
     #[arg(long)]
-    grpc_address: Option<String>,
+    grpc_address: Vec<String>,
     /// Write every event as a JSON line to this file (rotated by size).
     #[arg(long)]
     export_file: Option<String>,
@@ -42,6 +43,19 @@ struct Args {
     /// Log filter (tracing-subscriber syntax), e.g. "debug".
     #[arg(long, env = "SIDEWALL_LOG")]
     log: Option<String>,
+    /// Server certificate (PEM, with its chain) of the TCP listeners; reloaded when it changes.
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<String>,
+    /// CA (PEM) that signs the client certificates: clients without one are refused.
+    #[arg(long)]
+    tls_client_ca: Option<String>,
+    /// Serve TCP in plaintext, without client authentication (a warning in the log and in
+    /// `sidewall status`; every peer gets api_insecure_tcp_role).
+    #[arg(long)]
+    insecure_tcp: bool,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -73,7 +87,7 @@ fn main() -> ExitCode {
     }
     let flags = Overrides {
         node_name: args.node_name,
-        grpc_address: args.grpc_address,
+        grpc_address: (!args.grpc_address.is_empty()).then_some(args.grpc_address),
         export_file: args.export_file,
         export_file_max_mb: args.export_file_max_mb,
         export_file_keep: args.export_file_keep,
@@ -82,6 +96,10 @@ fn main() -> ExitCode {
         policy_dir: args.policy_dir,
         metrics_address: args.metrics_address,
         log: args.log,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_client_ca: args.tls_client_ca,
+        insecure_tcp: args.insecure_tcp.then_some(true),
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {
         Ok(c) => c,
@@ -118,9 +136,11 @@ fn cleanup(cfg: &Config) -> ExitCode {
         eprintln!("sidewalld: cannot remove {}: {e}", cfg.bpf_pin_dir);
         return ExitCode::FAILURE;
     }
-    if let sidewalld::config::Address::Unix(path) = cfg.address() {
+    for address in cfg.addresses() {
         // Only a stale socket: a live daemon is still answering on it.
-        if std::os::unix::net::UnixStream::connect(&path).is_err() {
+        if let sidewalld::config::Address::Unix(path) = address
+            && std::os::unix::net::UnixStream::connect(&path).is_err()
+        {
             let _ = std::fs::remove_file(&path);
         }
     }

@@ -25,11 +25,19 @@ pub enum Stage {
     ExportFile,
     /// The OTLP exporter's queue was full, or the collector refused a batch.
     Otlp,
+    /// A policy change could not be queued for its `policy_change` event.
+    PolicyAudit,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] =
-        [Stage::KernelRingbuf, Stage::Decode, Stage::SubscriberQueue, Stage::ExportFile, Stage::Otlp];
+    pub const ALL: [Stage; 6] = [
+        Stage::KernelRingbuf,
+        Stage::Decode,
+        Stage::SubscriberQueue,
+        Stage::ExportFile,
+        Stage::Otlp,
+        Stage::PolicyAudit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,11 +46,12 @@ impl Stage {
             Stage::SubscriberQueue => "subscriber_queue",
             Stage::ExportFile => "export_file",
             Stage::Otlp => "otlp",
+            Stage::PolicyAudit => "policy_audit",
         }
     }
 }
 
-const KINDS: usize = EventType::ProcessSysctl as usize + 1;
+const KINDS: usize = EventType::PolicyChange as usize + 1;
 
 pub struct Stats {
     pub started: Instant,

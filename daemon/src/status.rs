@@ -7,6 +7,7 @@ use std::sync::{Arc, atomic::Ordering::Relaxed};
 use sidewall_proto::v1 as pb;
 
 use crate::{
+    api::listen::ApiReport,
     export::{hub::Hub, jsonl, otlp},
     kernel::loader::{SensorReport, SensorState},
     policy::protection::Protections,
@@ -31,6 +32,8 @@ pub struct NodeStatus {
     pub identity_source: String,
     /// How each container's rule reached the kernel.
     pub protections: Arc<Protections>,
+    /// The API's listeners and refusals.
+    pub api: Arc<ApiReport>,
 }
 
 impl NodeStatus {
@@ -50,6 +53,7 @@ impl NodeStatus {
             exporters: self.exporters(),
             kernel_refusals: stats.kernel_refusals().into_iter().map(|(k, n)| (k.into(), n)).collect(),
             containers: self.protections.snapshot(),
+            api: Some(self.api.snapshot()),
         }
     }
 

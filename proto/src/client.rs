@@ -1,11 +1,17 @@
 //! Where sidewalld listens (`--grpc-address`, `--server`), and a gRPC channel to it over a
-//! unix socket or TCP. Shared by the daemon, the CLI and any Rust client.
+//! unix socket, or TCP with mutual TLS (or plaintext). Shared by the daemon, the CLI and any
+//! Rust client.
 
-use std::{error::Error as StdError, fmt, io, path::PathBuf, time::Duration};
+use std::{
+    error::Error as StdError,
+    fmt, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 pub const DEFAULT_SERVER: &str = "unix:///run/sidewall/sidewall.sock";
 
@@ -40,7 +46,7 @@ pub fn parse_address(s: &str) -> Result<Address, String> {
         return unix_path(s);
     }
     if s.starts_with("https://") {
-        return Err("TLS is not supported; use tcp://host:port".into());
+        return Err("use tcp://host:port; TLS is asked for with --tls-ca".into());
     }
     let authority = s.strip_prefix("tcp://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
     tcp_authority(authority.strip_suffix('/').unwrap_or(authority))
@@ -87,16 +93,83 @@ impl fmt::Display for ConnectError {
 impl StdError for ConnectError {}
 
 impl ConnectError {
-    fn new(addr: &Address, err: &(dyn StdError + 'static)) -> Self {
+    fn new(addr: &Address, tls: bool, err: &(dyn StdError + 'static)) -> Self {
         let (reason, kind) = root_cause(err);
         let hint = match kind {
             Some(io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => Some("is sidewalld running?"),
             Some(io::ErrorKind::TimedOut) => Some("is sidewalld running and reachable?"),
             Some(io::ErrorKind::PermissionDenied) => Some("the socket is for root; try sudo"),
+            _ if matches!(addr, Address::Tcp(_)) && !tls => {
+                Some("if sidewalld serves TLS there, give --tls-ca, --tls-cert and --tls-key")
+            }
             _ => None,
         };
         ConnectError { server: addr.to_string(), reason, hint }
     }
+}
+
+/// The client side of mutual TLS, for TCP addresses: the CA that signed sidewalld's
+/// certificate, this client's certificate and key, and the name to verify the server's
+/// certificate against (default: the host of the address).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// TLS is spoken when a CA is given.
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// The tonic configuration; errors name the option and the file.
+    pub fn config(&self) -> Result<Option<ClientTlsConfig>, String> {
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err(
+                    "--tls-cert and --tls-key need --tls-ca (the CA of sidewalld's certificate)".into()
+                );
+            }
+            return Ok(None);
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem("--tls-ca", ca, CERT)?));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    pem("--tls-cert", cert, CERT)?,
+                    pem("--tls-key", key, KEY)?,
+                ));
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(Some(config))
+    }
+}
+
+/// The end of the PEM labels each option needs ("BEGIN CERTIFICATE", "BEGIN EC PRIVATE KEY").
+const CERT: &str = "CERTIFICATE-----";
+const KEY: &str = "PRIVATE KEY-----";
+
+/// A PEM file's content, checked to hold what `option` needs.
+fn pem(option: &str, path: &Path, label: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        format!("{option} {}: cannot read: {}", path.display(), strip_os_error(&e.to_string()))
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.lines().map(str::trim).any(|l| l.starts_with("-----BEGIN ") && l.ends_with(label)) {
+        let what = if label == CERT { "certificate" } else { "private key" };
+        return Err(format!("{option} {}: no PEM {what} in it", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// The OS error behind tonic's "transport error", without Rust's " (os error N)" suffix.
@@ -126,10 +199,18 @@ fn strip_os_error(text: &str) -> &str {
 
 /// Connects eagerly, so that a missing daemon is reported before any request is made.
 pub async fn connect(addr: &Address) -> Result<Channel, ConnectError> {
-    open(addr).await.map_err(|e| ConnectError::new(addr, &e))
+    open(addr, None).await.map_err(|e| ConnectError::new(addr, false, &e))
 }
 
-async fn open(addr: &Address) -> Result<Channel, tonic::transport::Error> {
+/// As `connect`, speaking TLS to a TCP address when `tls` is enabled (a unix socket needs
+/// none and ignores it).
+pub async fn connect_tls(addr: &Address, tls: &TlsOptions) -> Result<Channel, ConnectError> {
+    let config =
+        tls.config().map_err(|reason| ConnectError { server: addr.to_string(), reason, hint: None })?;
+    open(addr, config).await.map_err(|e| ConnectError::new(addr, tls.enabled(), &e))
+}
+
+async fn open(addr: &Address, tls: Option<ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
     match addr {
         Address::Unix(path) => {
             let path = path.clone();
@@ -143,10 +224,11 @@ async fn open(addr: &Address) -> Result<Channel, tonic::transport::Error> {
                 .await
         }
         Address::Tcp(authority) => {
-            Endpoint::from_shared(format!("http://{authority}"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect()
-                .await
+            let endpoint = match tls {
+                Some(config) => Endpoint::from_shared(format!("https://{authority}"))?.tls_config(config)?,
+                None => Endpoint::from_shared(format!("http://{authority}"))?,
+            };
+            endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await
         }
     }
 }

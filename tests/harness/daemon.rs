@@ -35,6 +35,11 @@ impl Daemon {
 
     /// Starts sidewalld with the test defaults plus `extra` TOML lines.
     pub async fn with_config(extra: &str) -> Self {
+        Self::with_listeners(&[], extra).await
+    }
+
+    /// Also listening on `addresses` (e.g. `tcp://127.0.0.1:port`), besides its socket.
+    pub async fn with_listeners(addresses: &[String], extra: &str) -> Self {
         crate::require_root();
         let dir = tempfile::Builder::new().prefix("sidewall-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("sidewall.sock");
@@ -45,11 +50,13 @@ impl Daemon {
             "/sys/fs/bpf/sidewall-test-{}",
             dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));
+        let listeners: Vec<String> = std::iter::once(format!("unix://{}", socket.display()))
+            .chain(addresses.iter().cloned())
+            .collect();
         fs::write(
             &config,
             format!(
-                "node_name = \"test-node\"\ngrpc_address = \"unix://{}\"\nexport_file = \"{}\"\nbpf_pin_dir = \"{}\"\nlog = \"info\"\n{extra}\n",
-                socket.display(),
+                "node_name = \"test-node\"\ngrpc_address = {listeners:?}\nexport_file = \"{}\"\nbpf_pin_dir = \"{}\"\nlog = \"info\"\n{extra}\n",
                 export.display(),
                 pins.display()
             ),

@@ -9,6 +9,7 @@ pub mod hook;
 pub mod netns;
 pub mod pod;
 pub mod scenario;
+pub mod tls;
 
 pub use cgroup::TestCgroup;
 pub use daemon::Daemon;

@@ -100,6 +100,69 @@ fn the_kind_runner_is_valid_bash() {
     assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// The daemon's config.toml of the chart rendered with `sets`.
+fn rendered_config(sets: &[&str]) -> String {
+    let script = "import json, sys; sys.path.insert(0, sys.argv[1]); import validate; \
+                  docs = validate.render_chart(sys.argv[2:]); \
+                  print(next(d for _, d in docs if d['kind'] == 'ConfigMap')['data']['config.toml'], end='')";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(root().join("deploy"))
+        .args(sets)
+        .output()
+        .expect("render the chart");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn load_config(text: &str) -> sidewalld::config::Config {
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), text).expect("write");
+    sidewalld::config::Config::load(Some(file.path()), &Default::default())
+        .unwrap_or_else(|e| panic!("the chart's config.toml does not load: {e}\n{text}"))
+}
+
+#[test]
+fn the_chart_serves_the_socket_by_default_and_mutual_tls_when_asked() {
+    use sidewalld::config::{Listener, api::Role};
+    let default = load_config(&rendered_config(&[]));
+    assert!(matches!(default.listeners()[..], [Listener::Unix { .. }]), "{:?}", default.listeners());
+    assert_eq!(default.access().unix_role(0, 0), Some(Role::Admin));
+
+    let sets = [
+        "api.tls.enabled=true",
+        "api.tls.certManager.enabled=true",
+        "api.readOnlyNames=[\"spiffe://cluster.local/ns/siem/sa/collector\"]",
+    ];
+    let tls = load_config(&rendered_config(&sets));
+    let listeners = tls.listeners();
+    assert!(matches!(listeners[0], Listener::Unix { .. }), "the socket stays: {listeners:?}");
+    let Listener::Tls { addr, files } = &listeners[1] else { panic!("a mutual TLS listener: {listeners:?}") };
+    assert_eq!(addr.port(), 50051);
+    assert_eq!(files.client_ca, Path::new("/etc/sidewall-tls/ca.crt"));
+    let names = vec!["spiffe://cluster.local/ns/siem/sa/collector".to_string()];
+    assert_eq!(tls.access().tls_role(&names).map(|(r, _)| r), Some(Role::ReadOnly));
+
+    // Everything it renders validates, the cert-manager Certificate included.
+    let out = Command::new(python())
+        .arg(root().join("deploy/validate.py"))
+        .args(sets.iter().flat_map(|s| ["--set", s]))
+        .output()
+        .expect("run deploy/validate.py");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.starts_with("ok:"), "{stdout}{stderr}");
+    let out = Command::new(python())
+        .arg(root().join("deploy/validate.py"))
+        .args(["--render-only"])
+        .args(sets.iter().flat_map(|s| ["--set", s]))
+        .output()
+        .expect("render");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["kind: Certificate", "kind: Service", "clusterIP: None", "secretName: sidewall-api-tls"] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+}
+
 /// The Dockerfile cannot be built here (no Docker daemon): check that what it names exists.
 #[test]
 fn the_dockerfile_names_real_packages_and_files() {

@@ -1,4 +1,6 @@
-//! The `Sensors` service: event streams, status and version.
+//! The `Sensors` service: event streams, status and version, policies. Every call has been
+//! authorized by `access` before it gets here; policy changes are made on behalf of the
+//! authorized caller, who the store names in the change's `policy_change` event.
 
 use std::{
     pin::Pin,
@@ -11,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+use super::access;
 use crate::{
     export::{filter::EventFilter, hub::Hub},
     net::flows::FlowGraph,
@@ -45,7 +48,7 @@ impl Sensors for SensorsService {
     async fn get_events(&self, req: Request<pb::GetEventsRequest>) -> Result<Response<EventStream>, Status> {
         let filter =
             EventFilter::compile(req.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unix".into());
+        let peer = access::caller(&req).map_or_else(|_| "unknown".into(), |c| c.peer.to_string());
         let (_sub, rx) =
             self.hub.subscribe(format!("grpc:{peer}"), Stage::SubscriberQueue, filter, self.queue);
         let stream = ReceiverStream::new(rx).map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
@@ -86,11 +89,11 @@ impl Sensors for SensorsService {
         &self,
         req: Request<pb::AddPolicyRequest>,
     ) -> Result<Response<pb::AddPolicyResponse>, Status> {
+        let actor = access::caller(&req)?.actor();
         let name = self
             .policies
-            .add_document(&req.get_ref().document)
+            .add_document(&req.get_ref().document, &actor)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(policy = %name, "policy added over the API");
         Ok(Response::new(pb::AddPolicyResponse { name }))
     }
 
@@ -98,8 +101,9 @@ impl Sensors for SensorsService {
         &self,
         req: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        let actor = access::caller(&req)?.actor();
         let name = &req.get_ref().name;
-        if !self.policies.remove(name) {
+        if !self.policies.remove(name, &actor) {
             return Err(Status::not_found(format!("no policy {name}")));
         }
         Ok(Response::new(pb::DeletePolicyResponse {}))
@@ -116,13 +120,14 @@ impl Sensors for SensorsService {
         &self,
         req: Request<pb::SetPolicyModeRequest>,
     ) -> Result<Response<pb::SetPolicyModeResponse>, Status> {
+        let actor = access::caller(&req)?.actor();
         let r = req.get_ref();
         let mode = match r.mode.as_str() {
             "monitor" => Mode::Monitor,
             "enforce" => Mode::Enforce,
             m => return Err(Status::invalid_argument(format!("mode: {m:?} is not monitor or enforce"))),
         };
-        if !self.policies.set_mode(&r.name, mode) {
+        if !self.policies.set_mode(&r.name, mode, &actor) {
             return Err(Status::not_found(format!("no policy {}", r.name)));
         }
         Ok(Response::new(pb::SetPolicyModeResponse {}))

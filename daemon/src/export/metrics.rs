@@ -67,6 +67,25 @@ struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyChangeLabels {
+    source: String,
+    kind: String,
+    policy: String,
+    mode_before: String,
+    mode_after: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlowLabels {
     namespace: String,
     pod: String,
@@ -94,11 +113,17 @@ pub struct Metrics {
     exporters: Family<ExporterLabels, Gauge>,
     flow_connections: Family<FlowLabels, Counter>,
     flow_bytes: Family<FlowBytesLabels, Counter>,
+    policy_changes: Family<PolicyChangeLabels, Counter>,
+    api_denied: Family<MethodLabels, Counter>,
+    api_refused_handshakes: Counter,
+    api_certificate_expiry: Family<ListenerLabels, Gauge>,
     process_cache: Gauge,
     subscribers: Gauge,
     filter: LabelFilter,
     max_series: usize,
     seen: Mutex<HashSet<(String, String, String)>>,
+    /// Policy names kept as labels, bounded like the workloads.
+    seen_policies: Mutex<HashSet<String>>,
 }
 
 const OTHER: &str = "other";
@@ -117,11 +142,16 @@ impl Metrics {
             exporters: Family::default(),
             flow_connections: Family::default(),
             flow_bytes: Family::default(),
+            policy_changes: Family::default(),
+            api_denied: Family::default(),
+            api_refused_handshakes: Counter::default(),
+            api_certificate_expiry: Family::default(),
             process_cache: Gauge::default(),
             subscribers: Gauge::default(),
             filter,
             max_series,
             seen: Mutex::new(HashSet::new()),
+            seen_policies: Mutex::new(HashSet::new()),
         };
         registry.register("events", "Events by kind and workload", m.events.clone());
         registry.register("alerts", "Policy alerts by rule, action and workload", m.alerts.clone());
@@ -140,6 +170,27 @@ impl Metrics {
             m.flow_connections.clone(),
         );
         registry.register("flow_bytes", "Loopback bytes between containers of a pod", m.flow_bytes.clone());
+        registry.register(
+            "policy_changes",
+            "Policy changes by source (api, file, crd, builtin), kind (added, replaced, deleted, \
+             mode_changed), policy, and mode before and after (\"none\" when absent)",
+            m.policy_changes.clone(),
+        );
+        registry.register(
+            "api_denied",
+            "API calls refused for want of a role, by method",
+            m.api_denied.clone(),
+        );
+        registry.register(
+            "api_refused_handshakes",
+            "TLS connections to the API refused at the handshake (plaintext, no or an untrusted client certificate)",
+            m.api_refused_handshakes.clone(),
+        );
+        registry.register(
+            "api_certificate_expiry_timestamp_seconds",
+            "When the server certificate of a TLS listener expires (Unix time)",
+            m.api_certificate_expiry.clone(),
+        );
         registry.register("process_cache_size", "Processes in the process cache", m.process_cache.clone());
         registry.register(
             "subscribers",
@@ -153,6 +204,9 @@ impl Metrics {
     pub fn observe(&self, ev: &pb::GetEventsResponse) {
         let kind = event::kind_name(event::kind(ev)).to_string();
         let (namespace, pod, container) = self.workload(event::subject(ev));
+        if let Some(Event::PolicyChange(c)) = &ev.event {
+            self.observe_change(c);
+        }
         if let Some(Event::PolicyAlert(a)) = &ev.event {
             let labels = AlertLabels {
                 rule: a.rule_id.clone(),
@@ -165,6 +219,28 @@ impl Metrics {
             self.alerts.get_or_create(&labels).inc();
         }
         self.events.get_or_create(&WorkloadLabels { kind, namespace, pod, container }).inc();
+    }
+
+    fn observe_change(&self, c: &pb::PolicyChange) {
+        let mode = |v: &Option<pb::PolicyVersion>| v.as_ref().map_or("none".to_string(), |v| v.mode.clone());
+        let labels = PolicyChangeLabels {
+            source: c.source.clone(),
+            kind: c.change.clone(),
+            policy: self.policy_label(&c.policy),
+            mode_before: mode(&c.before),
+            mode_after: mode(&c.after),
+        };
+        self.policy_changes.get_or_create(&labels).inc();
+    }
+
+    /// The policy's name, or "other" past `max_series` names.
+    fn policy_label(&self, name: &str) -> String {
+        let mut seen = self.seen_policies.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(name) || seen.len() < self.max_series {
+            seen.insert(name.to_string());
+            return name.to_string();
+        }
+        OTHER.into()
     }
 
     /// The workload labels kept by the filter, bounded in number.
@@ -218,9 +294,25 @@ impl Metrics {
             let n = policies.list().iter().filter(|p| p.mode == mode).count();
             self.policies.get_or_create(&ModeLabels { mode: mode.into() }).set(n as i64);
         }
+        if let Some(api) = &snap.api {
+            self.update_api(api);
+        }
         self.process_cache.set(snap.process_cache_size as i64);
         self.subscribers.set(i64::from(snap.subscribers));
         self.update_flows(flows);
+    }
+
+    fn update_api(&self, api: &pb::ApiStatus) {
+        for (method, n) in &api.denied_by_method {
+            set_total(&self.api_denied.get_or_create(&MethodLabels { method: method.clone() }), *n);
+        }
+        set_total(&self.api_refused_handshakes, api.refused_handshakes);
+        for l in &api.listeners {
+            if let Some(t) = l.certificate_not_after {
+                let labels = ListenerLabels { address: l.address.clone() };
+                self.api_certificate_expiry.get_or_create(&labels).set(t.seconds);
+            }
+        }
     }
 
     fn update_flows(&self, flows: &Mutex<FlowGraph>) {
@@ -370,6 +462,38 @@ mod tests {
         encode(&mut out, &m.registry).expect("encode");
         assert!(out.contains(r#"namespace="a",pod="",container=""} 1"#), "{out}");
         assert!(LabelFilter::parse(&["node".into()]).is_err());
+    }
+
+    #[test]
+    fn policy_changes_are_counted_by_source_kind_and_modes() {
+        let all = LabelFilter::parse(&["namespace".into()]).expect("valid");
+        let m = Metrics::new(all, 1);
+        let v = |mode: &str| Some(pb::PolicyVersion { hash: "sha256:00".into(), mode: mode.into() });
+        let change = |policy: &str, kind: &str, before, after| pb::GetEventsResponse {
+            event: Some(Event::PolicyChange(pb::PolicyChange {
+                policy: policy.into(),
+                change: kind.into(),
+                source: "api".into(),
+                actor: None,
+                before,
+                after,
+            })),
+            ..Default::default()
+        };
+        m.observe(&change("shop/web", "mode_changed", v("enforce"), v("monitor")));
+        m.observe(&change("shop/api", "deleted", v("monitor"), None));
+        let mut out = String::new();
+        encode(&mut out, &m.registry).expect("encode");
+        assert!(
+            out.contains(r#"sidewall_policy_changes_total{source="api",kind="mode_changed",policy="shop/web",mode_before="enforce",mode_after="monitor"} 1"#),
+            "{out}"
+        );
+        // Past the bound of one policy name: "other".
+        assert!(
+            out.contains(r#"kind="deleted",policy="other",mode_before="monitor",mode_after="none"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains(r#"sidewall_events_total{kind="policy_change""#), "{out}");
     }
 
     #[test]

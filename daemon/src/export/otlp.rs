@@ -170,6 +170,21 @@ pub fn record(ev: &pb::GetEventsResponse) -> LogRecord {
             }
         }
         Some(Event::LostEvents(_)) => (SeverityNumber::Warn, "WARN"),
+        Some(Event::PolicyChange(c)) => {
+            attributes.extend([
+                kv("sidewall.policy", &c.policy),
+                kv("sidewall.change", &c.change),
+                kv("sidewall.source", &c.source),
+            ]);
+            // Less protection than before: a deletion, or enforce switched to monitor.
+            let was_enforced = c.before.as_ref().is_some_and(|v| v.mode == "enforce");
+            let enforced = c.after.as_ref().is_some_and(|v| v.mode == "enforce");
+            if c.change == "deleted" || (was_enforced && !enforced) {
+                (SeverityNumber::Warn, "WARN")
+            } else {
+                (SeverityNumber::Info, "INFO")
+            }
+        }
         _ => (SeverityNumber::Info, "INFO"),
     };
     let nanos = ev.time.map_or(0, |t| t.seconds.max(0) as u64 * 1_000_000_000 + t.nanos.max(0) as u64);

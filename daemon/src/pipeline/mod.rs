@@ -10,6 +10,7 @@
 //! - `publish`: dressed once, counted, handed to the hub (gRPC, file, OTLP, metrics).
 
 pub mod act;
+mod audit;
 pub mod enrich;
 pub mod publish;
 
@@ -146,12 +147,13 @@ impl Pipeline {
 }
 
 /// Reads the ring buffer until `shutdown` flips, with housekeeping once a second; serves the
-/// runtime hook's requests in between.
+/// runtime hook's requests and publishes the policy changes queued by the store in between.
 pub async fn run(
     mut pipeline: Pipeline,
     mut reader: RingReader,
     counters: KernelCounters,
     mut requests: mpsc::Receiver<runtime::Request>,
+    mut changes: mpsc::Receiver<crate::policy::audit::Change>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -165,6 +167,7 @@ pub async fn run(
                 reader.read_now(|bytes| pipeline.handle(bytes));
                 pipeline.tick(Instant::now(), &counters);
             }
+            Some(change) = changes.recv() => pipeline.policy_change(change),
             _ = shutdown.changed() => return Ok(()),
         }
     }

@@ -89,7 +89,7 @@ fn rig(policy: Option<&str>) -> Rig {
     let cache = ProcessCache::new("n1", clock, Duration::from_secs(5));
     let store = PolicyStore::with_builtin();
     if let Some(p) = policy {
-        store.add_document(p).expect("valid policy");
+        store.add_document(p, &crate::policy::audit::builtin()).expect("valid policy");
     }
     let enrich = Enricher::new(cache, identity, Net::new(clock));
     let publish = Publisher::new(hub, stats.clone(), None, clock, "n1".into());

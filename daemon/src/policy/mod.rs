@@ -1,6 +1,7 @@
 //! Policies: the model (`model`), reading and validating documents (`parse`), the set in
 //! force (`store`), detections (`detect`), and compiling rules into the kernel's maps
 //! (`enforce`), and cutting the established connections those maps now forbid (`cut`).
+pub mod audit;
 pub mod crd;
 pub mod cut;
 pub mod detect;
