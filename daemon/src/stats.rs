@@ -25,11 +25,22 @@ pub enum Stage {
     ExportFile,
     /// The OTLP exporter's queue was full, or the collector refused a batch.
     Otlp,
+    /// The kernel's alert ring buffer (`ALERTS`) was full.
+    KernelAlertRingbuf,
+    /// A consumer's alert queue (policy alerts and loss reports) was full.
+    AlertQueue,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] =
-        [Stage::KernelRingbuf, Stage::Decode, Stage::SubscriberQueue, Stage::ExportFile, Stage::Otlp];
+    pub const ALL: [Stage; 7] = [
+        Stage::KernelRingbuf,
+        Stage::Decode,
+        Stage::SubscriberQueue,
+        Stage::ExportFile,
+        Stage::Otlp,
+        Stage::KernelAlertRingbuf,
+        Stage::AlertQueue,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +49,8 @@ impl Stage {
             Stage::SubscriberQueue => "subscriber_queue",
             Stage::ExportFile => "export_file",
             Stage::Otlp => "otlp",
+            Stage::KernelAlertRingbuf => "kernel_alert_ringbuf",
+            Stage::AlertQueue => "alert_queue",
         }
     }
 }

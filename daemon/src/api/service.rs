@@ -6,7 +6,7 @@ use std::{
 };
 
 use sidewall_proto::v1::{self as pb, sensors_server::Sensors};
-use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -38,7 +38,8 @@ impl Sensors for SensorsService {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unix".into());
         let (_sub, rx) =
             self.hub.subscribe(format!("grpc:{peer}"), Stage::SubscriberQueue, filter, self.queue);
-        let stream = ReceiverStream::new(rx).map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
+        // The subscriber's alert queue drains first.
+        let stream = rx.map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -9,7 +9,6 @@ use sidewall_common::{
     sock_op, verdict,
 };
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::{
@@ -73,7 +72,10 @@ spec:
 
 struct Rig {
     pipeline: Pipeline,
-    rx: mpsc::Receiver<Shared>,
+    /// Held so that the hub keeps a subscriber (consumers receive alerts first, so the order
+    /// of publication is read from the hub's record of it).
+    _rx: crate::export::hub::Receiver,
+    hub: Arc<Hub>,
     stats: Arc<Stats>,
 }
 
@@ -92,8 +94,8 @@ fn rig(policy: Option<&str>) -> Rig {
         store.add_document(p).expect("valid policy");
     }
     let enrich = Enricher::new(cache, identity, Net::new(clock));
-    let publish = Publisher::new(hub, stats.clone(), None, clock, "n1".into());
-    Rig { pipeline: Pipeline::new(enrich, PolicyEngine::new(store, None), publish), rx, stats }
+    let publish = Publisher::new(hub.clone(), stats.clone(), None, clock, "n1".into());
+    Rig { pipeline: Pipeline::new(enrich, PolicyEngine::new(store, None), publish), _rx: rx, hub, stats }
 }
 
 impl Rig {
@@ -103,8 +105,9 @@ impl Rig {
         self.pipeline.handle(bytes);
     }
 
+    /// What was published since the last call, in order.
     fn events(&mut self) -> Vec<Shared> {
-        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+        std::mem::take(&mut *self.hub.published.lock().expect("tap"))
     }
 }
 
