@@ -88,6 +88,13 @@ pub fn compact(ev: &GetEventsResponse) -> String {
                 format!("mitre={}", a.mitre_technique),
             ];
             d.extend(peer(a.peer.as_ref()));
+            if a.count > 0 {
+                // An aggregated alert: refusals counted over the container's alert budget.
+                d.push(format!("count={}", a.count));
+                if !a.sample.is_empty() {
+                    d.push(format!("sample={}", a.sample.join(",")));
+                }
+            }
             d.push(format!("policy={}", a.policy));
             process_line("alert", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
         }
