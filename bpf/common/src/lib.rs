@@ -579,6 +579,10 @@ mod tests {
     // The kernel side reserves these exact sizes; a silent change would misalign every record.
     #[test]
     fn record_sizes_are_stable() {
+        // The alert lane's map keys and values: no implicit padding (hash keys compare bytes).
+        assert_eq!(size_of::<AlertBudget>(), 16);
+        assert_eq!(size_of::<AggKey>(), 32);
+        assert_eq!(size_of::<AggCount>(), 24);
         assert_eq!(size_of::<Namespaces>(), 40);
         assert_eq!(size_of::<Header>(), 88);
         assert_eq!(size_of::<ExitEvent>(), 96);
