@@ -182,9 +182,10 @@ impl Enricher {
                 result: denied,
                 ..Default::default()
             }),
+            // The kernel aggregates only the four refusals above; sysctl writes are the rest.
             _ => Event::ProcessSysctl(pb::ProcessSysctl {
                 process: Some(process),
-                name: "net/ipv4/conf/*/route_localnet".into(),
+                name: "a loopback-routing sysctl".into(),
                 result: denied,
                 ..Default::default()
             }),
