@@ -81,9 +81,11 @@ pub static ALERT_BUDGET: Array<AlertBudget> = Array::with_max_entries(1, 0);
 #[map]
 pub static ALERT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Refusals over budget, counted per (epoch, container, kind, destination), per CPU.
+/// Refusals over budget, counted per (epoch, container, kind, destination), per CPU. Its
+/// memory is entries x CPUs x 24 bytes (12 MiB on 128 CPUs): a flood spraying more
+/// destinations in a second than it holds is counted per kind in `ALERT_OVERFLOW`.
 #[map]
-pub static ALERT_AGG: PerCpuHashMap<AggKey, AggCount> = PerCpuHashMap::with_max_entries(16384, 0);
+pub static ALERT_AGG: PerCpuHashMap<AggKey, AggCount> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Refusals over budget that found `ALERT_AGG` full, per refusal kind (per-CPU, cumulative).
 #[map]
@@ -97,9 +99,10 @@ pub struct Bucket {
     last_ns: u64,
 }
 
-/// Per CPU, per cgroup: no atomics, no contention. An evicted bucket comes back full.
+/// Per CPU, per cgroup: no atomics, no contention. An evicted bucket comes back full (more
+/// than 4096 containers refused on one CPU recently).
 #[map]
-static ALERT_BUCKETS: LruPerCpuHashMap<u64, Bucket> = LruPerCpuHashMap::with_max_entries(16384, 0);
+static ALERT_BUCKETS: LruPerCpuHashMap<u64, Bucket> = LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// One record, in bucket units.
 const TOKEN: u64 = 1_000_000_000;
