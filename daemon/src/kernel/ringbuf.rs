@@ -160,3 +160,21 @@ impl RingReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sidewall_common::Header;
+
+    use super::*;
+
+    #[test]
+    fn the_kernel_time_is_read_where_the_header_keeps_it() {
+        let h = Header { kind: 3, ktime: 0x1122_3344_5566_7788, pid: 9, ..Default::default() };
+        // SAFETY: a #[repr(C)] header of integers, read as the ring buffer holds it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&h as *const Header).cast::<u8>(), std::mem::size_of::<Header>())
+        };
+        assert_eq!(ktime_of(bytes), h.ktime);
+        assert_eq!(ktime_of(&bytes[..12]), 0, "too short: handled at once, and counted as malformed");
+    }
+}
