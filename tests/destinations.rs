@@ -185,6 +185,7 @@ fn the_kernel_and_the_daemon_deny_the_same_destinations() {
     let mut loaded = loader::load(&LoadOptions {
         btf_path: Path::new("/sys/kernel/btf/vmlinux"),
         ring_buffer_bytes: 1 << 20,
+        alert_ring_buffer_bytes: 1 << 16,
         cgroup_root: Some(&cg.path),
         strict: false,
         pin_dir: None,

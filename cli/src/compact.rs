@@ -88,6 +88,13 @@ pub fn compact(ev: &GetEventsResponse) -> String {
                 format!("mitre={}", a.mitre_technique),
             ];
             d.extend(peer(a.peer.as_ref()));
+            if a.count > 0 {
+                // An aggregated alert: refusals counted over the container's alert budget.
+                d.push(format!("count={}", a.count));
+                if !a.sample.is_empty() {
+                    d.push(format!("sample={}", a.sample.join(",")));
+                }
+            }
             d.push(format!("policy={}", a.policy));
             process_line("alert", a.process.as_ref(), &with_pid(d, a.process.as_ref()))
         }
@@ -479,8 +486,16 @@ mod tests {
             )
         );
         alert.peer = None;
-        let line = compact(&at(Event::PolicyAlert(alert)));
+        let line = compact(&at(Event::PolicyAlert(alert.clone())));
         assert!(line.ends_with("mitre=T1021 policy=default/web pid=1234"), "{line}");
+        // An aggregated alert says how many refusals it stands for, and where some went.
+        alert.count = 1000;
+        alert.sample = vec!["127.0.0.1:9090".into(), "127.0.0.1:9091".into()];
+        let line = compact(&at(Event::PolicyAlert(alert)));
+        assert!(
+            line.contains("count=1000 sample=127.0.0.1:9090,127.0.0.1:9091 policy=default/web"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Config {
     pub api_read_only_gids: Vec<u32>,
     pub api_admin_names: Vec<String>,
     pub api_read_only_names: Vec<String>,
+    pub alert_ring_buffer_kb: u32,
+    pub alert_queue: usize,
+    pub alert_rate: u64,
+    pub alert_burst: u64,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -166,6 +170,24 @@ impl Config {
                 "ring_buffer_mb",
                 format!("{} is not a power of two between 1 and 1024", self.ring_buffer_mb),
             );
+        }
+        if !self.alert_ring_buffer_kb.is_power_of_two()
+            || !(4..=1024 * 1024).contains(&self.alert_ring_buffer_kb)
+        {
+            return bad(
+                "alert_ring_buffer_kb",
+                format!("{} is not a power of two between 4 and 1048576", self.alert_ring_buffer_kb),
+            );
+        }
+        if self.alert_queue == 0 {
+            return bad("alert_queue", "must be at least 1".to_string());
+        }
+        // The kernel computes in billionths of a record: keep rate and burst far from overflow.
+        if self.alert_rate > 1_000_000 || self.alert_burst > 1_000_000 {
+            return bad("alert_rate", "alert_rate and alert_burst must be at most 1000000".to_string());
+        }
+        if self.alert_rate > 0 && self.alert_burst == 0 {
+            return bad("alert_burst", "must be at least 1 when alert_rate is set".to_string());
         }
         if !self.metrics_address.is_empty() && self.metrics_address.parse::<std::net::SocketAddr>().is_err() {
             return bad("metrics_address", format!("{:?} is not ip:port", self.metrics_address));
@@ -297,6 +319,21 @@ mod tests {
         let c = Config::load(None, &Overrides::default()).expect("defaults are valid");
         assert_eq!(c.address(), Address::Unix("/run/sidewall/sidewall.sock".into()));
         assert_eq!(c.ring_buffer_mb, 8);
+    }
+
+    #[test]
+    fn alert_lane_keys_load_and_are_checked() {
+        let c = Config::load(None, &Overrides::default()).expect("defaults are valid");
+        assert_eq!((c.alert_ring_buffer_kb, c.alert_rate, c.alert_burst), (1024, 100, 200));
+        let f = file("alert_rate = 5\nalert_burst = 7\nalert_ring_buffer_kb = 64\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        assert_eq!((c.alert_ring_buffer_kb, c.alert_rate, c.alert_burst), (64, 5, 7));
+        for bad in
+            ["alert_ring_buffer_kb = 100\n", "alert_rate = 2000000\n", "alert_rate = 1\nalert_burst = 0\n"]
+        {
+            let f = file(bad);
+            assert!(Config::load(Some(f.path()), &Overrides::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use sidewall_common::AlertBudget;
 use tokio::sync::watch;
 
 use crate::{
@@ -22,6 +23,7 @@ use crate::{
         podman::PodmanStore,
     },
     kernel::{
+        alerts::AlertLane,
         counters::KernelCounters,
         loader::{self, LoadOptions},
         ringbuf::RingReader,
@@ -47,7 +49,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let node = cfg.node();
     let clock = Clock::new();
     let stats = Arc::new(Stats::default());
-    let hub = Arc::new(Hub::new(stats.clone(), node.clone(), clock));
+    let hub = Arc::new(Hub::new(stats.clone(), node.clone(), clock).with_alert_queue(cfg.alert_queue));
 
     let cgroups = CgroupFs::discover()
         .inspect_err(
@@ -57,12 +59,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut loaded = loader::load(&LoadOptions {
         btf_path: &cfg.btf_path,
         ring_buffer_bytes: cfg.ring_buffer_mb * 1024 * 1024,
+        alert_ring_buffer_bytes: cfg.alert_ring_buffer_kb * 1024,
         cgroup_root: cgroups.as_ref().map(|c| c.root()),
         strict: cfg.sensor_set == SensorSet::Strict,
         pin_dir: (!cfg.bpf_pin_dir.is_empty()).then(|| Path::new(&cfg.bpf_pin_dir)),
         off: &cfg.sensors_off,
     })?;
     let reader = RingReader::take(&mut loaded.ebpf)?;
+    let alert_reader = RingReader::take_alerts(&mut loaded.ebpf)?;
+    let budget = AlertBudget { rate: cfg.alert_rate, burst: cfg.alert_burst };
+    let lane = AlertLane::take(&mut loaded.ebpf, budget)?;
     let counters = KernelCounters::take(&mut loaded.ebpf)?;
     // Seed after attaching, so a process started in between is seen by one or the other.
     let mut cache = ProcessCache::new(node.clone(), clock, Duration::from_secs(cfg.process_grace_seconds));
@@ -140,7 +146,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let svc =
         SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue, runtime: runtime_tx };
     let api = tokio::spawn(listen::serve(api, svc, stop_rx.clone()));
-    let reading = tokio::spawn(pipeline::run(pipeline, reader, counters, runtime_rx, changes, stop_rx));
+    let readers = pipeline::Readers { alerts: alert_reader, events: reader, lane };
+    let reading = tokio::spawn(pipeline::run(pipeline, readers, counters, runtime_rx, changes, stop_rx));
 
     tokio::select! {
         r = api => { r.context("API task")?.context("API server")?; }

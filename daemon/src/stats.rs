@@ -27,16 +27,22 @@ pub enum Stage {
     Otlp,
     /// A policy change could not be queued for its `policy_change` event.
     PolicyAudit,
+    /// The kernel's alert ring buffer (`ALERTS`) was full.
+    KernelAlertRingbuf,
+    /// A consumer's alert queue (policy alerts and loss reports) was full.
+    AlertQueue,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 8] = [
         Stage::KernelRingbuf,
         Stage::Decode,
         Stage::SubscriberQueue,
         Stage::ExportFile,
         Stage::Otlp,
         Stage::PolicyAudit,
+        Stage::KernelAlertRingbuf,
+        Stage::AlertQueue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +53,8 @@ impl Stage {
             Stage::ExportFile => "export_file",
             Stage::Otlp => "otlp",
             Stage::PolicyAudit => "policy_audit",
+            Stage::KernelAlertRingbuf => "kernel_alert_ringbuf",
+            Stage::AlertQueue => "alert_queue",
         }
     }
 }

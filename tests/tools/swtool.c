@@ -13,6 +13,9 @@
  *   swtool bind-tcp ADDR PORT [SECONDS]  bind and listen, then sleep (squat a port)
  *   swtool serve-udp ADDR PORT           receive datagrams forever
  *   swtool send-udp ADDR PORT DATA       sendto, unconnected
+ *   swtool flood-udp ADDR PORT SECONDS STOPFILE  sendto as fast as it can, until SECONDS
+ *                                        passed or STOPFILE exists; prints
+ *                                        "ok sent N refused M" (M: sends that failed EPERM)
  *   swtool connect-unix PATH|@NAME       connect a unix stream socket, read the reply
  *   swtool serve-unix PATH|@NAME         accept forever on a unix stream socket; reply "pong"
  *   swtool setns-pidfd PID TYPES CMD...  join PID's namespaces through a pidfd (TYPES: any of
@@ -38,6 +41,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int fail(const char *what) {
@@ -174,6 +178,26 @@ static int send_udp(const char *ip, const char *port, const char *data) {
     return 0;
 }
 
+static int flood_udp(const char *ip, const char *port, const char *seconds, const char *stop) {
+    struct sockaddr_storage ss;
+    socklen_t len = parse(ip, port, &ss);
+    int s = sock_for(&ss, SOCK_DGRAM);
+    if (!len || s < 0 || !seconds || !stop) return fail("socket");
+    time_t end = time(NULL) + atoi(seconds);
+    unsigned long long sent = 0, refused = 0, other = 0;
+    for (;;) {
+        /* Look at the clock and the stop file only now and then: the sends are the point. */
+        if ((sent & 4095) == 0 && (time(NULL) >= end || access(stop, F_OK) == 0)) break;
+        if (sendto(s, "x", 1, 0, (struct sockaddr *)&ss, len) < 0) {
+            if (errno == EPERM) refused++;
+            else other++;
+        }
+        sent++;
+    }
+    printf("ok sent %llu refused %llu other %llu\n", sent, refused, other);
+    return 0;
+}
+
 /* A unix address for PATH, or for the abstract name NAME of "@NAME"; its length. */
 static socklen_t unix_addr(const char *path, struct sockaddr_un *un) {
     size_t n = strlen(path);
@@ -274,13 +298,14 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "bind-tcp")) return bind_tcp(a, b, c);
     if (!strcmp(cmd, "serve-udp")) return serve_udp(a, b);
     if (!strcmp(cmd, "send-udp")) return send_udp(a, b, c ? c : "x");
+    if (!strcmp(cmd, "flood-udp")) return flood_udp(a, b, c, argc > 5 ? argv[5] : NULL);
     if (!strcmp(cmd, "connect-unix")) return connect_unix(a);
     if (!strcmp(cmd, "serve-unix")) return serve_unix(a);
     if (!strcmp(cmd, "setns-pidfd")) return setns_pidfd(a, b, argv + 4);
     if (!strcmp(cmd, "clone-userns")) return clone_userns();
     if (!strcmp(cmd, "ptrace-attach")) return ptrace_attach(a);
     if (!strcmp(cmd, "vm-read")) return vm_read(a, b);
-    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|connect-unix|serve-unix|"
+    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|flood-udp|connect-unix|serve-unix|"
                     "setns-pidfd|clone-userns|ptrace-attach|vm-read ...\n");
     return 2;
 }

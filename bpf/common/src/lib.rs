@@ -523,6 +523,40 @@ pub struct Offsets {
     pub tp_open_filename: u32,
 }
 
+/// The alert lane's budget, written by the daemon into `ALERT_BUDGET` (one entry): each
+/// container may put `burst` records on the `ALERTS` ring at once, refilled at `rate` per
+/// second, **per CPU** (each CPU keeps its own bucket, so the node-wide bound for one container
+/// is `ncpu * rate`). `rate == 0` means no budget (every refusal is sent individually).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct AlertBudget {
+    pub rate: u64,
+    pub burst: u64,
+}
+
+/// A refusal the kernel did not send individually (over its container's budget), counted in
+/// `ALERT_AGG` under this key: the epoch (`ALERT_EPOCH`, flipped by the daemon once a
+/// second), the container's cgroup, the `refusal` kind and the destination (address and
+/// port of a connect or send, the port of a bind; zero for other kinds).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    pub cgroup: u64,
+    pub addr: [u8; 16],
+    pub epoch: u32,
+    pub kind: u16,
+    pub port: u16,
+}
+
+/// Per CPU: how many refusals under an `AggKey`, the first and last (boot-time ns).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct AggCount {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are #[repr(C)], Copy, contain only integers and byte arrays, and
@@ -531,6 +565,9 @@ mod user {
     unsafe impl aya::Pod for super::Header {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::CgroupAddr {}
+    unsafe impl aya::Pod for super::AlertBudget {}
+    unsafe impl aya::Pod for super::AggKey {}
+    unsafe impl aya::Pod for super::AggCount {}
 }
 
 #[cfg(test)]
@@ -542,6 +579,10 @@ mod tests {
     // The kernel side reserves these exact sizes; a silent change would misalign every record.
     #[test]
     fn record_sizes_are_stable() {
+        // The alert lane's map keys and values: no implicit padding (hash keys compare bytes).
+        assert_eq!(size_of::<AlertBudget>(), 16);
+        assert_eq!(size_of::<AggKey>(), 32);
+        assert_eq!(size_of::<AggCount>(), 24);
         assert_eq!(size_of::<Namespaces>(), 40);
         assert_eq!(size_of::<Header>(), 88);
         assert_eq!(size_of::<ExitEvent>(), 96);

@@ -3,9 +3,9 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use sidewall_common::{kind, refusal, ring_mode};
+use sidewall_common::{AggCount, AggKey, AlertBudget, kind, refusal, ring_mode};
 
 /// All events to userspace. The daemon may resize it at load time (`--ring-buffer-size`).
 #[map]
@@ -60,4 +60,128 @@ pub fn kill_current(kind: u32) {
     count_refusal(kind);
     // SAFETY: signals the current task only.
     unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sidewall_common::wire::SIGKILL) };
+}
+
+/// The alert lane: records of what the kernel refused, and nothing else, so that no amount
+/// of telemetry can take their room. The daemon reads it before `EVENTS` and may resize it at
+/// load time (`alert_ring_buffer_kb`).
+#[map]
+pub static ALERTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Records lost because `ALERTS` was full, per record kind (per-CPU, summed by the daemon).
+#[map]
+pub static ALERT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);
+
+/// The per-container budget of the alert lane (`AlertBudget`), written by the daemon.
+#[map]
+pub static ALERT_BUDGET: Array<AlertBudget> = Array::with_max_entries(1, 0);
+
+/// The aggregation epoch, advanced by the daemon once a second; it drains only epochs no
+/// program writes any more, so nothing is counted between its read and its delete.
+#[map]
+pub static ALERT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Refusals over budget, counted per (epoch, container, kind, destination), per CPU. Its
+/// memory is entries x CPUs x 24 bytes (12 MiB on 128 CPUs): a flood spraying more
+/// destinations in a second than it holds is counted per kind in `ALERT_OVERFLOW`.
+#[map]
+pub static ALERT_AGG: PerCpuHashMap<AggKey, AggCount> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Refusals over budget that found `ALERT_AGG` full, per refusal kind (per-CPU, cumulative).
+#[map]
+pub static ALERT_OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(refusal::MAX, 0);
+
+/// A container's token bucket on this CPU: tokens in billionths of a record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Bucket {
+    tokens: u64,
+    last_ns: u64,
+}
+
+/// Per CPU, per cgroup: no atomics, no contention. An evicted bucket comes back full (more
+/// than 4096 containers refused on one CPU recently).
+#[map]
+static ALERT_BUCKETS: LruPerCpuHashMap<u64, Bucket> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// One record, in bucket units.
+const TOKEN: u64 = 1_000_000_000;
+/// Refill is computed over at most this long (keeps `elapsed * rate` far from overflow).
+const MAX_REFILL_NS: u64 = 10 * TOKEN;
+
+/// Whether a refusal of `kind` by `cgroup` (of `port` at `addr`) may be sent individually on
+/// `ALERTS`. When its container's bucket on this CPU is empty it is counted in `ALERT_AGG`
+/// instead (or in `ALERT_OVERFLOW` when that map is full), and false is returned. Called after
+/// the decision, before any reservation.
+#[inline(always)]
+pub fn alert_admit(cgroup: u64, kind: u32, addr: &[u8; 16], port: u16) -> bool {
+    let Some(budget) = ALERT_BUDGET.get(0) else { return true };
+    let (rate, burst) = (budget.rate, budget.burst);
+    if rate == 0 {
+        return true;
+    }
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    let cap = burst * TOKEN;
+    match ALERT_BUCKETS.get_ptr_mut(&cgroup) {
+        Some(b) => {
+            // SAFETY: this CPU's value for the key.
+            let b = unsafe { &mut *b };
+            let mut elapsed = now.wrapping_sub(b.last_ns);
+            if elapsed > MAX_REFILL_NS {
+                elapsed = MAX_REFILL_NS;
+            }
+            let mut tokens = b.tokens + elapsed * rate;
+            if tokens > cap {
+                tokens = cap;
+            }
+            b.last_ns = now;
+            if tokens >= TOKEN {
+                b.tokens = tokens - TOKEN;
+                return true;
+            }
+            b.tokens = tokens;
+        }
+        None => {
+            if cap >= TOKEN {
+                let _ = ALERT_BUCKETS.insert(&cgroup, &Bucket { tokens: cap - TOKEN, last_ns: now }, 0);
+                return true;
+            }
+        }
+    }
+    aggregate(cgroup, kind, addr, port, now);
+    false
+}
+
+#[inline(always)]
+fn aggregate(cgroup: u64, kind: u32, addr: &[u8; 16], port: u16, now: u64) {
+    let epoch = ALERT_EPOCH.get(0).copied().unwrap_or(0);
+    let key = AggKey { cgroup, addr: *addr, epoch, kind: kind as u16, port };
+    match ALERT_AGG.get_ptr_mut(&key) {
+        Some(v) => {
+            // SAFETY: this CPU's value for the key; another CPU's insert leaves it zeroed.
+            let v = unsafe { &mut *v };
+            if v.count == 0 {
+                v.first_ns = now;
+            }
+            v.count += 1;
+            v.last_ns = now;
+        }
+        None => {
+            if ALERT_AGG.insert(&key, &AggCount { count: 1, first_ns: now, last_ns: now }, 0).is_err()
+                && let Some(slot) = ALERT_OVERFLOW.get_ptr_mut(kind)
+            {
+                // SAFETY: per-CPU slot, as for `count_drop`.
+                unsafe { *slot += 1 };
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_alert_drop(kind: u32) {
+    if let Some(slot) = ALERT_DROPS.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, as for `count_drop`.
+        unsafe { *slot += 1 };
+    }
 }

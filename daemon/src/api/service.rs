@@ -10,7 +10,7 @@ use std::{
 
 use sidewall_proto::v1::{self as pb, sensors_server::Sensors};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::access;
@@ -51,7 +51,8 @@ impl Sensors for SensorsService {
         let peer = access::caller(&req).map_or_else(|_| "unknown".into(), |c| c.peer.to_string());
         let (_sub, rx) =
             self.hub.subscribe(format!("grpc:{peer}"), Stage::SubscriberQueue, filter, self.queue);
-        let stream = ReceiverStream::new(rx).map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
+        // The subscriber's alert queue drains first.
+        let stream = rx.map(|ev| Ok(pb::GetEventsResponse::clone(&ev)));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -12,9 +12,10 @@ use std::{
     },
 };
 
-use tokio::sync::mpsc;
-
-use super::{filter::EventFilter, hub::Hub};
+use super::{
+    filter::EventFilter,
+    hub::{Hub, Receiver},
+};
 use crate::{event::Shared, stats::Stage};
 
 #[derive(Clone, Debug)]
@@ -45,8 +46,16 @@ pub fn start(hub: &Hub, cfg: JsonlConfig) -> io::Result<Arc<Health>> {
     Ok(health)
 }
 
-fn run(mut w: Writer, mut rx: mpsc::Receiver<Shared>, health: &Health) {
-    while let Some(ev) = rx.blocking_recv() {
+fn run(mut w: Writer, mut rx: Receiver, health: &Health) {
+    // A runtime of this thread's own to wait on the two queues (alerts first).
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "export file: no runtime to wait on the hub");
+            return;
+        }
+    };
+    while let Some(ev) = rt.block_on(rx.recv()) {
         let mut batch = Some(ev);
         // Write what is queued, then flush once: few syscalls under load, low latency idle.
         while let Some(ev) = batch.take().or_else(|| rx.try_recv().ok()) {

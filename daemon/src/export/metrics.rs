@@ -216,7 +216,8 @@ impl Metrics {
                 pod: pod.clone(),
                 container: container.clone(),
             };
-            self.alerts.get_or_create(&labels).inc();
+            // An aggregated alert stands for `count` violations.
+            self.alerts.get_or_create(&labels).inc_by(a.count.max(1));
         }
         self.events.get_or_create(&WorkloadLabels { kind, namespace, pod, container }).inc();
     }
@@ -494,6 +495,27 @@ mod tests {
             "{out}"
         );
         assert!(out.contains(r#"sidewall_events_total{kind="policy_change""#), "{out}");
+    }
+
+    #[test]
+    fn an_aggregated_alert_counts_the_violations_it_stands_for() {
+        let all = LabelFilter::parse(&["namespace".into(), "pod".into(), "container".into()]).expect("valid");
+        let m = Metrics::new(all, 10);
+        let alert = |count: u64| pb::GetEventsResponse {
+            event: Some(Event::PolicyAlert(pb::PolicyAlert {
+                rule_id: "loopback-egress".into(),
+                action: "blocked".into(),
+                count,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        m.observe(&alert(0));
+        m.observe(&alert(41));
+        let mut out = String::new();
+        encode(&mut out, &m.registry).expect("encode");
+        assert!(out.contains(r#"sidewall_alerts_total{rule="loopback-egress",action="blocked""#), "{out}");
+        assert!(out.lines().any(|l| l.starts_with("sidewall_alerts_total{") && l.ends_with(" 42")), "{out}");
     }
 
     #[test]

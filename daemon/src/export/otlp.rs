@@ -17,11 +17,13 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
-use tokio::sync::mpsc;
 
-use super::{filter::EventFilter, hub::Hub};
+use super::{
+    filter::EventFilter,
+    hub::{Hub, Receiver},
+};
 use crate::{
-    event::{self, Shared},
+    event,
     stats::{Stage, Stats},
 };
 
@@ -42,13 +44,7 @@ pub fn start(hub: &Hub, stats: Arc<Stats>, endpoint: String, node: String, queue
     health
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Shared>,
-    endpoint: String,
-    node: String,
-    stats: Arc<Stats>,
-    health: Arc<Health>,
-) {
+async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>, health: Arc<Health>) {
     let mut client: Option<LogsServiceClient<tonic::transport::Channel>> = None;
     let mut batch: Vec<LogRecord> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(FLUSH);

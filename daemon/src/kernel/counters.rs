@@ -42,6 +42,8 @@ pub struct KernelCounters {
     pub drops: PerCpuTotals<KINDS>,
     /// What the kernel refused or killed, by `refusal` kind.
     pub refusals: PerCpuTotals<REFUSALS>,
+    /// Records the alert lane's ring buffer (`ALERTS`) had no room for, by record kind.
+    pub alert_drops: PerCpuTotals<KINDS>,
 }
 
 impl KernelCounters {
@@ -49,6 +51,7 @@ impl KernelCounters {
         Ok(Self {
             drops: PerCpuTotals::take(ebpf, "RINGBUF_DROPS")?,
             refusals: PerCpuTotals::take(ebpf, "REFUSALS")?,
+            alert_drops: PerCpuTotals::take(ebpf, "ALERT_DROPS")?,
         })
     }
 }

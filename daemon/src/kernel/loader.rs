@@ -125,6 +125,8 @@ pub struct SensorReport {
 pub struct LoadOptions<'a> {
     pub btf_path: &'a Path,
     pub ring_buffer_bytes: u32,
+    /// Size of the alert lane's ring buffer (`ALERTS`).
+    pub alert_ring_buffer_bytes: u32,
     /// The cgroup v2 mount; socket sensors attach to its root. None: they are skipped.
     pub cgroup_root: Option<&'a Path>,
     /// Attach the strict set too (syscall tracepoints).
@@ -196,7 +198,8 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     loader
         .btf(Some(&btf))
         .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("ALERTS", opts.alert_ring_buffer_bytes);
     let map_pins: Vec<(&str, PathBuf)> = match opts.pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir.join("maps"))

@@ -3,8 +3,10 @@
 
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
 
+use super::publish::Publisher;
 use crate::{
     event,
+    kernel::alerts::{self, Aggregate},
     policy::{detect::Violation, engine::Forbidden, store},
 };
 
@@ -37,7 +39,30 @@ pub fn alert(ev: &pb::GetEventsResponse, v: &Violation) -> pb::PolicyAlert {
         socket,
         mode: store::mode_name(v.mode).into(),
         trigger: event::kind(ev) as i32,
+        ..Default::default()
     }
+}
+
+/// An alert for refusals of `kind` (`refusal::*`) whose container's rule is unknown here
+/// (the aggregation map was full, or the container's identity is gone).
+pub fn unattributed(kind: u32) -> pb::PolicyAlert {
+    pb::PolicyAlert {
+        rule_id: "kernel-refusal".into(),
+        severity: "medium".into(),
+        action: if kind >= sidewall_common::refusal::KILL_NAMESPACE { "killed" } else { "blocked" }.into(),
+        message: format!("the kernel refused: {}", crate::kernel::decode::refusal_name(kind)),
+        ..Default::default()
+    }
+}
+
+/// Makes `alert` the aggregated alert of `agg`: its count, first and last time, sample.
+pub fn aggregate(alert: &mut pb::PolicyAlert, agg: &Aggregate, publish: &Publisher) {
+    alert.count = agg.count;
+    alert.first_time = Some(publish.timestamp(agg.first_ns));
+    alert.last_time = Some(publish.timestamp(agg.last_ns));
+    alert.sample = agg.sample.iter().map(alerts::sample_name).collect();
+    alert.message = format!("{} ({} times over the container's alert budget)", alert.message, agg.count);
+    tracing::info!(rule = %alert.rule_id, count = agg.count, cgroup = agg.cgroup, "aggregated alert");
 }
 
 /// The alert for an established connection a rule forbids: `ev` is the connect that opened it.

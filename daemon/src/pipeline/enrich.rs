@@ -5,12 +5,13 @@
 
 use std::{sync::Arc, time::Instant};
 
-use sidewall_common::{Header, access_op, flags, ns_op};
+use sidewall_common::{Header, access_op, flags, ns_op, refusal};
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
 
 use crate::{
     identity::Identity,
     isolation::{self, IsoEvent, Isolation},
+    kernel::alerts::Aggregate,
     kernel::decode::{Record, wait_status},
     net::{Net, NetEvent, UnixConnect, sockdiag::DiagSocket},
     policy::cut::Cut,
@@ -128,6 +129,67 @@ impl Enricher {
             peer,
             ..Default::default()
         })
+    }
+
+    /// A refusal standing for an aggregate the kernel counted over budget: by the container
+    /// (no pid: the refusals may come from several of its processes), to the aggregate's
+    /// first sample destination, so that the policy engine judges it like the refusals it
+    /// stands for.
+    pub fn aggregated(&mut self, agg: &Aggregate) -> Event {
+        let w = self.identity.resolve(agg.cgroup);
+        let process = pb::Process {
+            pod: w.pod.clone(),
+            container: w.container.clone(),
+            cgroup_id: agg.cgroup,
+            ..Default::default()
+        };
+        let (ip, port) = agg.sample.first().copied().unwrap_or((None, 0));
+        let address = pb::SocketAddress {
+            ip: ip.map(|ip| ip.to_canonical().to_string()).unwrap_or_default(),
+            port: port.into(),
+            path: String::new(),
+        };
+        let family = match ip.map(|ip| ip.to_canonical()) {
+            Some(std::net::IpAddr::V6(_)) => "ipv6",
+            _ => "ipv4",
+        };
+        let socket = |protocol: &str, local: bool| pb::Socket {
+            protocol: protocol.into(),
+            family: family.into(),
+            loopback: ip.is_some_and(|ip| ip.to_canonical().is_loopback()),
+            local: local.then(|| address.clone()),
+            remote: (!local).then(|| address.clone()),
+            ..Default::default()
+        };
+        let denied = "denied".to_string();
+        match agg.kind {
+            refusal::CONNECT => Event::ProcessConnect(pb::ProcessConnect {
+                process: Some(process),
+                socket: Some(socket("tcp", false)),
+                result: denied,
+                ..Default::default()
+            }),
+            refusal::SEND => Event::ProcessDatagram(pb::ProcessDatagram {
+                process: Some(process),
+                socket: Some(socket("udp", false)),
+                count: agg.count.min(u64::from(u32::MAX)) as u32,
+                result: denied,
+                ..Default::default()
+            }),
+            refusal::BIND => Event::ProcessBind(pb::ProcessBind {
+                process: Some(process),
+                socket: Some(socket("tcp", true)),
+                result: denied,
+                ..Default::default()
+            }),
+            // The kernel aggregates only the four refusals above; sysctl writes are the rest.
+            _ => Event::ProcessSysctl(pb::ProcessSysctl {
+                process: Some(process),
+                name: "a loopback-routing sysctl".into(),
+                result: denied,
+                ..Default::default()
+            }),
+        }
     }
 
     /// The process that `vpid` names in the pid namespace `pidns` (syscall arguments and /proc

@@ -25,7 +25,12 @@ use self::{
 };
 use crate::{
     clock::Clock,
-    kernel::{counters::KernelCounters, decode, ringbuf::RingReader},
+    kernel::{
+        alerts::{self, AlertLane, Drained},
+        counters::KernelCounters,
+        decode,
+        ringbuf::{self, RingReader},
+    },
     policy::engine::{Forbidden, PolicyEngine},
     runtime,
 };
@@ -65,6 +70,9 @@ impl Pipeline {
     /// Once a second: kernel drops, connections that never closed, the cache's exited
     /// processes, policy names learned late, and subscribers' losses.
     pub fn tick(&mut self, now: Instant, counters: &KernelCounters) {
+        if let Some(lost) = self.publish.alert_drops(counters.alert_drops.totals()) {
+            self.emit(lost, Clock::boot_ns());
+        }
         if let Some(lost) = self.publish.kernel_drops(counters.drops.totals()) {
             self.emit(lost, Clock::boot_ns());
         }
@@ -134,6 +142,43 @@ impl Pipeline {
         }
     }
 
+    /// The refusals the kernel counted over their containers' alert budgets: one aggregated
+    /// alert per container and kind, judged like a refusal of its first sample destination
+    /// (same rule, same action), with the count, first and last time and the sample.
+    /// Refusals that found the aggregation map full are reported per kind, without container.
+    pub fn aggregated(&mut self, drained: Drained) {
+        for agg in drained.aggregates {
+            let ev = self.publish.dress(self.enrich.aggregated(&agg), agg.first_ns);
+            let mut alert = match self.engine.detect(&ev).into_iter().next() {
+                Some(v) => act::alert(&ev, &v),
+                None => act::unattributed(agg.kind),
+            };
+            act::aggregate(&mut alert, &agg, &self.publish);
+            let alert = self.publish.dress(Event::PolicyAlert(alert), agg.last_ns);
+            self.publish.publish(&alert);
+        }
+        for (kind, &count) in drained.overflow.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let now = Clock::boot_ns();
+            let agg = alerts::Aggregate {
+                cgroup: 0,
+                kind: kind as u32,
+                count,
+                first_ns: now,
+                last_ns: now,
+                sample: Vec::new(),
+            };
+            let mut alert = act::unattributed(agg.kind);
+            act::aggregate(&mut alert, &agg, &self.publish);
+            alert.message =
+                format!("{} (the kernel's aggregation map was full: container unknown)", alert.message);
+            let alert = self.publish.dress(Event::PolicyAlert(alert), now);
+            self.publish.publish(&alert);
+        }
+    }
+
     /// Alerts for established connections a rule forbids (cut, or that would be).
     fn report_established(&mut self, found: Vec<Forbidden>) {
         for f in found {
@@ -146,29 +191,65 @@ impl Pipeline {
     }
 }
 
-/// Reads the ring buffer until `shutdown` flips, with housekeeping once a second; serves the
-/// runtime hook's requests and publishes the policy changes queued by the store in between.
+/// The kernel's two lanes and the alert lane's counts.
+pub struct Readers {
+    /// `ALERTS`: what the kernel refused. Always read first.
+    pub alerts: RingReader,
+    /// `EVENTS`: everything else.
+    pub events: RingReader,
+    pub lane: AlertLane,
+}
+
+/// Every record on the alert lane, each after the events the kernel recorded before it (so
+/// that the process and the container it names are known): an alert waits for its causes,
+/// never for the telemetry that came after it.
+fn read_alerts(pipeline: &mut Pipeline, alerts: &mut RingReader, events: &mut RingReader) {
+    alerts.read_some(usize::MAX, |bytes| {
+        events.read_until(ringbuf::ktime_of(bytes), |earlier| pipeline.handle(earlier));
+        pipeline.handle(bytes);
+    });
+}
+
+/// Events handled between two looks at the alert lane.
+const EVENT_BATCH: usize = 256;
+
+/// Reads the ring buffers until `shutdown` flips, with housekeeping once a second, and serves
+/// the runtime hook's requests and publishes the store's policy changes in between. The alert
+/// lane goes first: it is drained whenever it has records, and again before every batch of at
+/// most `EVENT_BATCH` events; each alert record only waits for the events older than itself.
 pub async fn run(
     mut pipeline: Pipeline,
-    mut reader: RingReader,
+    readers: Readers,
     counters: KernelCounters,
     mut requests: mpsc::Receiver<runtime::Request>,
     mut changes: mpsc::Receiver<crate::policy::audit::Change>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Readers { mut alerts, mut events, mut lane } = readers;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            r = reader.read_batch(|bytes| pipeline.handle(bytes)) => { r?; }
-            Some(req) = requests.recv() => pipeline.runtime(req),
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            r = alerts.ready() => {
+                r?;
+                read_alerts(&mut pipeline, &mut alerts, &mut events);
+            }
             _ = tick.tick() => {
                 // A record that raced the switch back to sleeping waits no longer than this.
-                reader.read_now(|bytes| pipeline.handle(bytes));
+                read_alerts(&mut pipeline, &mut alerts, &mut events);
+                events.read_some(EVENT_BATCH, |bytes| pipeline.handle(bytes));
+                pipeline.aggregated(lane.drain());
                 pipeline.tick(Instant::now(), &counters);
             }
+            Some(req) = requests.recv() => pipeline.runtime(req),
             Some(change) = changes.recv() => pipeline.policy_change(change),
-            _ = shutdown.changed() => return Ok(()),
+            r = events.ready() => {
+                r?;
+                read_alerts(&mut pipeline, &mut alerts, &mut events);
+                events.read_some(EVENT_BATCH, |bytes| pipeline.handle(bytes));
+            }
         }
     }
 }

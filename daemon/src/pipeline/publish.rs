@@ -21,6 +21,7 @@ pub struct Publisher {
     clock: Clock,
     node_name: String,
     kernel_drops_reported: [u64; kind::MAX as usize],
+    alert_drops_reported: [u64; kind::MAX as usize],
 }
 
 impl Publisher {
@@ -31,7 +32,15 @@ impl Publisher {
         clock: Clock,
         node_name: String,
     ) -> Self {
-        Self { hub, stats, metrics, clock, node_name, kernel_drops_reported: [0; kind::MAX as usize] }
+        Self {
+            hub,
+            stats,
+            metrics,
+            clock,
+            node_name,
+            kernel_drops_reported: [0; kind::MAX as usize],
+            alert_drops_reported: [0; kind::MAX as usize],
+        }
     }
 
     /// The event as every consumer sees it. `ktime`: boot-time ns when the kernel saw it,
@@ -42,6 +51,11 @@ impl Publisher {
             node_name: self.node_name.clone(),
             time: Some(self.clock.timestamp(ktime)),
         })
+    }
+
+    /// Wall time of a boot-time ns.
+    pub fn timestamp(&self, ktime: u64) -> sidewall_proto::Timestamp {
+        self.clock.timestamp(ktime)
     }
 
     pub fn publish(&self, ev: &Shared) {
@@ -58,22 +72,18 @@ impl Publisher {
 
     /// A lost_events event when the kernel counted new ring-buffer drops.
     pub fn kernel_drops(&mut self, totals: [u64; kind::MAX as usize]) -> Option<Event> {
-        let mut by_kind = std::collections::HashMap::new();
-        let mut count = 0;
-        for (k, (&now, seen)) in totals.iter().zip(self.kernel_drops_reported.iter_mut()).enumerate() {
-            let delta = now.saturating_sub(*seen);
-            *seen = now;
-            if delta > 0 {
-                count += delta;
-                by_kind.insert(record_kind_name(k as u32).to_string(), delta);
-            }
-        }
-        if count == 0 {
-            return None;
-        }
-        self.stats.count_lost(Stage::KernelRingbuf, count);
-        tracing::warn!(count, "kernel ring buffer full: events lost");
-        Some(Event::LostEvents(pb::LostEvents { stage: Stage::KernelRingbuf.name().into(), count, by_kind }))
+        let lost = drops(Stage::KernelRingbuf, &totals, &mut self.kernel_drops_reported)?;
+        self.stats.count_lost(Stage::KernelRingbuf, lost.count);
+        tracing::warn!(count = lost.count, "kernel ring buffer full: events lost");
+        Some(Event::LostEvents(lost))
+    }
+
+    /// The same for the alert lane's ring buffer (`ALERTS`).
+    pub fn alert_drops(&mut self, totals: [u64; kind::MAX as usize]) -> Option<Event> {
+        let lost = drops(Stage::KernelAlertRingbuf, &totals, &mut self.alert_drops_reported)?;
+        self.stats.count_lost(Stage::KernelAlertRingbuf, lost.count);
+        tracing::warn!(count = lost.count, "kernel alert ring buffer full: alerts lost");
+        Some(Event::LostEvents(lost))
     }
 
     /// Once a second: subscribers that lost events hear of it; the cache size and the kernel's
@@ -83,4 +93,23 @@ impl Publisher {
         self.stats.set_kernel_refusals(refusals);
         self.stats.process_cache_size.store(process_cache_size as u64, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// New drops since `reported` (updated), by record kind, as a lost_events record of `stage`.
+fn drops(
+    stage: Stage,
+    totals: &[u64; kind::MAX as usize],
+    reported: &mut [u64; kind::MAX as usize],
+) -> Option<pb::LostEvents> {
+    let mut by_kind = std::collections::HashMap::new();
+    let mut count = 0;
+    for (k, (&now, seen)) in totals.iter().zip(reported.iter_mut()).enumerate() {
+        let delta = now.saturating_sub(*seen);
+        *seen = now;
+        if delta > 0 {
+            count += delta;
+            by_kind.insert(record_kind_name(k as u32).to_string(), delta);
+        }
+    }
+    (count > 0).then(|| pb::LostEvents { stage: stage.name().into(), count, by_kind })
 }

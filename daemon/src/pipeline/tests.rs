@@ -9,7 +9,6 @@ use sidewall_common::{
     sock_op, verdict,
 };
 use sidewall_proto::v1::{self as pb, get_events_response::Event};
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::{
@@ -73,7 +72,10 @@ spec:
 
 struct Rig {
     pipeline: Pipeline,
-    rx: mpsc::Receiver<Shared>,
+    /// Held so that the hub keeps a subscriber (consumers receive alerts first, so the order
+    /// of publication is read from the hub's record of it).
+    _rx: crate::export::hub::Receiver,
+    hub: Arc<Hub>,
     stats: Arc<Stats>,
 }
 
@@ -92,8 +94,8 @@ fn rig(policy: Option<&str>) -> Rig {
         store.add_document(p, &crate::policy::audit::builtin()).expect("valid policy");
     }
     let enrich = Enricher::new(cache, identity, Net::new(clock));
-    let publish = Publisher::new(hub, stats.clone(), None, clock, "n1".into());
-    Rig { pipeline: Pipeline::new(enrich, PolicyEngine::new(store, None), publish), rx, stats }
+    let publish = Publisher::new(hub.clone(), stats.clone(), None, clock, "n1".into());
+    Rig { pipeline: Pipeline::new(enrich, PolicyEngine::new(store, None), publish), _rx: rx, hub, stats }
 }
 
 impl Rig {
@@ -103,8 +105,9 @@ impl Rig {
         self.pipeline.handle(bytes);
     }
 
+    /// What was published since the last call, in order.
     fn events(&mut self) -> Vec<Shared> {
-        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+        std::mem::take(&mut *self.hub.published.lock().expect("tap"))
     }
 }
 
@@ -293,4 +296,44 @@ fn every_refusal_of_the_kernel_is_heard() {
     let a = alert(evs.last().expect("events"));
     assert_eq!((a.rule_id.as_str(), a.action.as_str()), ("kernel-refusal", "blocked"), "{evs:#?}");
     assert!(a.message.contains("connect to 127.0.0.1:9090"), "{}", a.message);
+}
+
+#[test]
+fn refusals_over_budget_become_one_aggregated_alert_of_the_governing_rule() {
+    use crate::kernel::alerts::{Aggregate, Drained};
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut r = rig(Some(GUARD));
+    start_pod(&mut r);
+    r.events();
+    let lo = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut overflow = [0; crate::kernel::counters::REFUSALS];
+    overflow[sidewall_common::refusal::SEND as usize] = 7;
+    r.pipeline.aggregated(Drained {
+        aggregates: vec![Aggregate {
+            cgroup: PROXY_CGROUP,
+            kind: sidewall_common::refusal::CONNECT,
+            count: 1000,
+            first_ns: 1_000,
+            last_ns: 2_000_000_000,
+            sample: vec![(lo, 9090), (lo, 9091)],
+        }],
+        overflow,
+    });
+    let evs = r.events();
+    let kinds: Vec<_> = evs.iter().map(kind_of).collect();
+    // Only the alerts: the event each stands for is not published.
+    assert_eq!(kinds, ["policy_alert", "policy_alert"], "{evs:#?}");
+    let a = alert(&evs[0]);
+    assert_eq!(
+        (a.rule_id.as_str(), a.action.as_str(), a.policy.as_str(), a.count),
+        ("loopback-egress", "blocked", "default/guard", 1000)
+    );
+    assert_eq!(a.sample, ["127.0.0.1:9090", "127.0.0.1:9091"]);
+    let p = a.process.as_ref().expect("the container");
+    assert_eq!((p.pid, p.container.as_ref().map(|c| c.name.as_str())), (0, Some("proxy")));
+    let (first, last) = (a.first_time.expect("first"), a.last_time.expect("last"));
+    assert!((last.seconds, last.nanos) > (first.seconds, first.nanos));
+    // The aggregation map was full for 7 sends: counted, without a container.
+    let o = alert(&evs[1]);
+    assert_eq!((o.rule_id.as_str(), o.action.as_str(), o.count), ("kernel-refusal", "blocked", 7));
 }

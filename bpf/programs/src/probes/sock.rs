@@ -6,12 +6,13 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    maps::RingBuf,
 };
 use sidewall_common::{SockEvent, fin, kind, verdict};
 
 use crate::{
     kernel::{fill_current, fill_no_process, fill_process_lite},
-    maps::{EVENTS, count_drop, wakeup},
+    maps::{ALERTS, EVENTS, count_alert_drop, count_drop, wakeup},
 };
 
 /// Who the record's header describes.
@@ -26,12 +27,37 @@ pub enum Caller {
     None,
 }
 
+/// Which ring a record goes on: telemetry, or the alert lane (records of refusals, already
+/// admitted by `maps::alert_admit`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Events,
+    Alerts,
+}
+
 /// Reserves a `SockEvent`, fills the fields every hook fills alike, lets `fill` set the
 /// hook's own, and submits it. A full ring buffer counts a drop of `kind::SOCK`.
 #[inline(always)]
 pub fn emit<C: EbpfContext>(ctx: &C, caller: Caller, op: u32, fill: impl FnOnce(&mut SockEvent)) {
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count_drop(kind::SOCK);
+    emit_on(ctx, Lane::Events, caller, op, fill)
+}
+
+/// `emit` on the ring of `lane`; a full alert ring counts in `ALERT_DROPS`.
+#[inline(always)]
+pub fn emit_on<C: EbpfContext>(
+    ctx: &C,
+    lane: Lane,
+    caller: Caller,
+    op: u32,
+    fill: impl FnOnce(&mut SockEvent),
+) {
+    let ring: &RingBuf = if lane == Lane::Alerts { &ALERTS } else { &EVENTS };
+    let Some(mut entry) = ring.reserve::<SockEvent>(0) else {
+        if lane == Lane::Alerts {
+            count_alert_drop(kind::SOCK);
+        } else {
+            count_drop(kind::SOCK);
+        }
         return;
     };
     // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
@@ -65,7 +91,8 @@ pub fn emit<C: EbpfContext>(ctx: &C, caller: Caller, op: u32, fill: impl FnOnce(
     ev.count = 1;
     ev._pad2 = 0;
     fill(ev);
-    entry.submit(wakeup());
+    // The alert lane is never polled: each record wakes the reader (the budget bounds them).
+    entry.submit(if lane == Lane::Alerts { 0 } else { wakeup() });
 }
 
 /// An IPv4 address as the context gives it (network byte order in a `u32`) into the first

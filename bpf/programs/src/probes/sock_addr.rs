@@ -11,13 +11,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sidewall_common::{
-    sock_op, verdict,
+    refusal, sock_op, verdict,
     wire::{AF_INET, AF_INET6, IPPROTO_UDP},
 };
 
 use super::{
     ALLOW, DENY,
-    sock::{self, Caller, put_v4, put_v6},
+    sock::{self, Caller, Lane, put_v4, put_v6},
 };
 use crate::policy;
 
@@ -86,11 +86,12 @@ fn verdict_for(ctx: &SockAddrContext, family: u16) -> u8 {
 #[inline(always)]
 fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
     let v = verdict_for(ctx, family);
-    emit(ctx, sock_op::CONNECT, family, 1, v);
     if v == verdict::DENIED {
-        crate::maps::count_refusal(sidewall_common::refusal::CONNECT);
+        crate::maps::count_refusal(refusal::CONNECT);
+        refused(ctx, sock_op::CONNECT, family, refusal::CONNECT);
         return DENY;
     }
+    emit(ctx, sock_op::CONNECT, family, 1, v);
     ALLOW
 }
 
@@ -140,9 +141,10 @@ fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
     }
     let v = verdict_for(ctx, family);
     if v == verdict::DENIED {
-        // Denied sends are always reported: they are what a policy is for.
-        emit(ctx, sock_op::SENDMSG, family, 1, v);
-        crate::maps::count_refusal(sidewall_common::refusal::SEND);
+        // Denied sends are always reported (individually, or counted within the
+        // container's budget): they are what a policy is for.
+        crate::maps::count_refusal(refusal::SEND);
+        refused(ctx, sock_op::SENDMSG, family, refusal::SEND);
         return DENY;
     }
     // SAFETY: helpers take the program context.
@@ -156,11 +158,30 @@ fn datagram(ctx: &SockAddrContext, family: u16) -> i32 {
     ALLOW
 }
 
+/// A refusal (already decided): on the alert lane if its container's budget allows, else
+/// counted in the aggregation map.
 #[inline(always)]
-fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32, v: u8) {
+fn refused(ctx: &SockAddrContext, op: u32, family: u16, kind: u32) {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &*ctx.sock_addr };
-    sock::emit(ctx, Caller::Task, op, |ev| {
+    let (addr, port) = destination(sa, family);
+    // SAFETY: helper without pointer arguments.
+    let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    if crate::maps::alert_admit(cgroup, kind, &addr, port) {
+        emit_on(ctx, Lane::Alerts, op, family, 1, verdict::DENIED);
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &SockAddrContext, op: u32, family: u16, count: u32, v: u8) {
+    emit_on(ctx, Lane::Events, op, family, count, v)
+}
+
+#[inline(always)]
+fn emit_on(ctx: &SockAddrContext, lane: Lane, op: u32, family: u16, count: u32, v: u8) {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    sock::emit_on(ctx, lane, Caller::Task, op, |ev| {
         let (addr, port) = destination(sa, family);
         ev.family = family;
         ev.protocol = sa.protocol as u8;

@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockContext,
 };
-use sidewall_common::{sock_op, verdict};
+use sidewall_common::{refusal, sock_op, verdict};
 
 use super::{
     ALLOW, DENY,
-    sock::{self, Caller, put_v4, put_v6},
+    sock::{self, Caller, Lane, put_v4, put_v6},
 };
 use crate::policy;
 
@@ -63,8 +63,11 @@ fn bind(ctx: &SockContext, source: Source) -> i32 {
     let (port, cgroup) =
         unsafe { ((*ctx.sock).src_port as u16, aya_ebpf::helpers::bpf_get_current_cgroup_id()) };
     if policy::deny_bind(cgroup, port) {
-        emit(ctx, sock_op::BIND, source, verdict::DENIED);
-        crate::maps::count_refusal(sidewall_common::refusal::BIND);
+        crate::maps::count_refusal(refusal::BIND);
+        // On the alert lane within the container's budget, else counted by port.
+        if crate::maps::alert_admit(cgroup, refusal::BIND, &[0; 16], port) {
+            emit_on(ctx, Lane::Alerts, sock_op::BIND, source, verdict::DENIED);
+        }
         return DENY;
     }
     let _ = BOUND.insert(&cookie, &1, 0);
@@ -75,10 +78,15 @@ fn bind(ctx: &SockContext, source: Source) -> i32 {
 /// A record of `op` on the socket of `ctx`, with the address `source` says the hook may read.
 #[inline(always)]
 fn emit(ctx: &SockContext, op: u32, source: Source, v: u8) {
+    emit_on(ctx, Lane::Events, op, source, v)
+}
+
+#[inline(always)]
+fn emit_on(ctx: &SockContext, lane: Lane, op: u32, source: Source, v: u8) {
     // SAFETY: the context pointer is valid for the program's run.
     let sk = unsafe { &*ctx.sock };
     let caller = if source == Source::None { Caller::Lite } else { Caller::Task };
-    sock::emit(ctx, caller, op, |ev| {
+    sock::emit_on(ctx, lane, caller, op, |ev| {
         ev.family = sk.family as u16;
         ev.protocol = sk.protocol as u8;
         ev.verdict = v;

@@ -13,7 +13,7 @@ use sidewall_common::{SYSCTL_NAME_MAX, SysctlEvent, enforce, kind, verdict};
 use super::{ALLOW, DENY};
 use crate::{
     kernel::fill_process_lite,
-    maps::{EVENTS, count_drop, wakeup},
+    maps::{ALERTS, EVENTS, alert_admit, count_alert_drop, count_drop, wakeup},
     policy,
 };
 
@@ -35,11 +35,40 @@ pub fn sysctl_write(ctx: SysctlContext) -> i32 {
     // SAFETY: helper without pointer arguments.
     let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
     let deny = policy::flags(cgroup) & enforce::SYSCTL != 0;
+    if deny {
+        crate::maps::count_refusal(sidewall_common::refusal::SYSCTL);
+        // A refusal goes on the alert lane, within its container's budget.
+        if alert_admit(cgroup, sidewall_common::refusal::SYSCTL, &[0; 16], 0) {
+            if let Some(mut entry) = ALERTS.reserve::<SysctlEvent>(0) {
+                // SAFETY: reservation of exactly size_of::<SysctlEvent>() bytes.
+                let ev = unsafe { &mut *entry.as_mut_ptr() };
+                fill_process_lite(&mut ev.hdr, kind::SYSCTL);
+                ev.verdict = verdict::DENIED;
+                ev._pad = [0; 7];
+                ev.name = [0; SYSCTL_NAME_MAX];
+                ev.value = [0; 16];
+                // SAFETY: destinations are the arrays of the reservation, with their sizes.
+                unsafe {
+                    bpf_sysctl_get_name(
+                        ctx.sysctl,
+                        ev.name.as_mut_ptr() as *mut _,
+                        SYSCTL_NAME_MAX as u64,
+                        0,
+                    );
+                    bpf_sysctl_get_new_value(ctx.sysctl, ev.value.as_mut_ptr() as *mut _, 16);
+                }
+                entry.submit(0);
+            } else {
+                count_alert_drop(kind::SYSCTL);
+            }
+        }
+        return DENY;
+    }
     if let Some(mut entry) = EVENTS.reserve::<SysctlEvent>(0) {
         // SAFETY: reservation of exactly size_of::<SysctlEvent>() bytes.
         let ev = unsafe { &mut *entry.as_mut_ptr() };
         fill_process_lite(&mut ev.hdr, kind::SYSCTL);
-        ev.verdict = if deny { verdict::DENIED } else { verdict::ALLOWED };
+        ev.verdict = verdict::ALLOWED;
         ev._pad = [0; 7];
         ev.name = [0; SYSCTL_NAME_MAX];
         ev.value = [0; 16];
@@ -51,10 +80,6 @@ pub fn sysctl_write(ctx: SysctlContext) -> i32 {
         entry.submit(wakeup());
     } else {
         count_drop(kind::SYSCTL);
-    }
-    if deny {
-        crate::maps::count_refusal(sidewall_common::refusal::SYSCTL);
-        return DENY;
     }
     ALLOW
 }
