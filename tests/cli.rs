@@ -40,17 +40,22 @@ async fn getevents_compact_prints_one_line_per_event() {
     let cg = TestCgroup::new("cli");
     let start = Instant::now();
     let mut lines = Vec::new();
-    // The stream may not be registered yet when the first echo runs: repeat until seen.
-    while start.elapsed() < Duration::from_secs(30) {
+    // The stream may not be registered yet when the first echo runs (or only between its exec
+    // and its exit): repeat until an exec line is seen.
+    'outer: while start.elapsed() < Duration::from_secs(30) {
         cg.command("/bin/echo").arg("from-cli-test").stdout(Stdio::null()).status().expect("echo");
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let exec = line.contains(" exec ");
             lines.push(line);
-            break;
+            if exec {
+                break 'outer;
+            }
         }
     }
     let _ = cli.kill();
     let _ = cli.wait();
-    let line = lines.first().expect("a compact line");
+    let line =
+        lines.iter().find(|l| l.contains(" exec ")).unwrap_or_else(|| panic!("no exec line in {lines:#?}"));
     assert!(line.contains("exec") && line.contains("/bin/echo from-cli-test"), "{line}");
     assert!(line.contains("host"), "not in a container: {line}");
     assert!(!line.contains('{'), "compact, not JSON: {line}");
