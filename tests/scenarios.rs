@@ -601,6 +601,7 @@ fn the_catalog_covers_every_rule() {
         .collect();
     for rule in [
         "loopback-egress",
+        "loopback-unix",
         "port-squatting",
         "egress",
         "namespace-transition",
