@@ -23,6 +23,10 @@
  *   swtool clone-userns                  clone3 a child into a new user namespace
  *   swtool ptrace-attach PID             PTRACE_ATTACH, then detach
  *   swtool vm-read PID ADDR              process_vm_readv 8 bytes at ADDR (hex) of PID
+ *
+ * With SWTOOL_HOLD=SECONDS in the environment, a command that returns stays alive that long
+ * after printing its line: what a kill after the fact (by the daemon, once it has seen the
+ * event) finds still running, as a longer-lived attacker would be.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -102,6 +106,7 @@ static int print_reply(int s) {
     ssize_t n = read(s, buf, sizeof(buf) - 1);
     buf[n > 0 ? n : 0] = 0;
     printf("ok %s\n", buf);
+    fflush(stdout);
     close(s);
     return 0;
 }
@@ -285,10 +290,11 @@ static int vm_read(const char *pid, const char *addr) {
     struct iovec local = {buf, sizeof(buf)}, remote = {(void *)strtoul(addr, NULL, 16), sizeof(buf)};
     if (process_vm_readv(atoi(pid), &local, 1, &remote, 1, 0) < 0) return fail("process_vm_readv");
     printf("ok read\n");
+    fflush(stdout);
     return 0;
 }
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
     const char *a = argc > 2 ? argv[2] : "", *b = argc > 3 ? argv[3] : "", *c = argc > 4 ? argv[4] : NULL;
     if (!strcmp(cmd, "serve-tcp")) return serve_tcp(a, b, c);
@@ -308,4 +314,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|flood-udp|connect-unix|serve-unix|"
                     "setns-pidfd|clone-userns|ptrace-attach|vm-read ...\n");
     return 2;
+}
+
+int main(int argc, char **argv) {
+    int rc = run(argc, argv);
+    const char *hold = getenv("SWTOOL_HOLD");
+    if (hold) {
+        fflush(stdout);
+        sleep(atoi(hold));
+    }
+    return rc;
 }
