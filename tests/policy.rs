@@ -491,6 +491,10 @@ async fn reading_another_containers_secrets_is_killed_in_the_kernel() {
     let (_, code) = out(&pod, "intruderm", &["/bin/sh", "-c", &format!("sleep 1; cat /proc/{own}/environ")]);
     assert_eq!(code, Some(0), "same container");
     assert_eq!(out(&pod, "intruderm", &["/bin/ps"]).1, Some(0), "ps reads what it needs, unharmed");
+    // A thread's stat (what `ps -T` reads) neither: held open long enough for the daemon to
+    // have acted had it judged otherwise.
+    let stat = format!("exec 3</proc/{web}/task/{web}/stat && cat <&3 >/dev/null && sleep 2");
+    assert_eq!(out(&pod, "intruderm", &["/bin/sh", "-c", &stat]).1, Some(0), "a thread's stat is harmless");
 
     // The app's files, by every way through procfs to its mounts: judged on the file opened
     // (whose mount namespace is the app's), not on the path typed.

@@ -265,6 +265,7 @@ impl Net {
             owner.process.namespaces.as_ref().map_or(0, |n| n.net)
         };
         self.netns.learn(e.netns_cookie, inode);
+        self.netns.seen(inode, owner.process.pid);
         let loopback = remote.is_some_and(|r| self.netns.is_local(inode, owner.process.pid, &r.ip()));
         let family_ip = remote.map_or_else(|| ip(e.family, &e.local_addr), |r| r.ip());
         pb::Socket {

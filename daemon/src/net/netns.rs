@@ -17,6 +17,9 @@ pub struct NetnsIndex {
     inode_of: HashMap<u64, u32>,
     cookie_of: HashMap<u32, u64>,
     addrs: HashMap<u32, (Instant, Vec<IpAddr>)>,
+    /// A process whose /proc view of the namespace could be read last time: short-lived
+    /// processes (a connect, then exit) are gone before their event is handled.
+    reader: HashMap<u32, u32>,
 }
 
 impl NetnsIndex {
@@ -41,6 +44,13 @@ impl NetnsIndex {
         self.cookie_of.get(&inode).copied()
     }
 
+    /// `pid` acts in the namespace `inode`: a process to read its addresses through later.
+    pub fn seen(&mut self, inode: u32, pid: u32) {
+        if inode != 0 && !self.reader.contains_key(&inode) {
+            self.reader.insert(inode, pid);
+        }
+    }
+
     /// Whether `ip` reaches the local stack of the namespace `pid` lives in.
     pub fn is_local(&mut self, inode: u32, pid: u32, ip: &IpAddr) -> bool {
         if super::addr::is_loopback(ip) {
@@ -55,8 +65,14 @@ impl NetnsIndex {
         if !fresh {
             if self.addrs.len() >= MAX_NETNS {
                 self.addrs.clear();
+                self.reader.clear();
             }
-            self.addrs.insert(inode, (now, local_addrs(pid)));
+            let via = |p: u32| read_local_addrs(p).map(|a| (p, a));
+            // A failed read is not an answer: a stale list, if any, stays in use.
+            if let Some((p, addrs)) = via(pid).or_else(|| self.reader.get(&inode).and_then(|p| via(*p))) {
+                self.addrs.insert(inode, (now, addrs));
+                self.reader.insert(inode, p);
+            }
         }
         self.addrs.get(&inode).is_some_and(|(_, a)| a.contains(ip))
     }
@@ -64,10 +80,16 @@ impl NetnsIndex {
 
 /// The addresses of the namespace `pid` is in, from its /proc view.
 pub fn local_addrs(pid: u32) -> Vec<IpAddr> {
-    let mut out =
-        parse_fib_trie_local(&fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default());
+    read_local_addrs(pid).unwrap_or_default()
+}
+
+/// The same, None when `pid`'s view cannot be read (it exited).
+fn read_local_addrs(pid: u32) -> Option<Vec<IpAddr>> {
+    let fib = fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).ok()?;
+    let mut out = parse_fib_trie_local(&fib);
+    // No IPv6 in the namespace: no such file.
     out.extend(parse_if_inet6(&fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default()));
-    out
+    Some(out)
 }
 
 /// The "/32 host LOCAL" entries of /proc/net/fib_trie: the IPv4 addresses of the namespace.
@@ -101,6 +123,23 @@ pub fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_process_gone_before_its_connect_is_judged_does_not_blind_the_namespace() {
+        let me = std::process::id();
+        let Some(ip) = local_addrs(me).into_iter().find(|ip| !ip.is_loopback()) else {
+            panic!("this machine's namespace has no address besides loopback");
+        };
+        let gone = u32::MAX - 1;
+        let mut idx = NetnsIndex::default();
+        // Nothing known of the namespace, and its process is gone: no answer, and none kept.
+        assert!(!idx.is_local(7, gone, &ip));
+        assert!(idx.is_local(7, me, &ip), "a failed read was kept as an empty list");
+        // Known through a process that was seen in it: a gone process is judged through it.
+        let mut idx = NetnsIndex::default();
+        idx.seen(8, me);
+        assert!(idx.is_local(8, gone, &ip));
+    }
+
     use super::*;
 
     #[test]

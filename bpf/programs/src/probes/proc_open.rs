@@ -1,6 +1,7 @@
-//! Opens of /proc/<pid>/{mem,maps,environ,root,cwd,ns,task}... of another process, from the
-//! path given to open/openat (strict set). The path is filtered in the kernel: other opens
-//! never leave it.
+//! Opens of /proc/<pid>/{mem,maps,environ,root,cwd,ns}... of another process, from the path
+//! given to open/openat (strict set), reported as typed, failed attempts included. The path
+//! is filtered in the kernel: other opens never leave it. Threads' copies under task/ are left
+//! to the open's exit, which judges the file itself (a thread's stat is what `ps -T` reads).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
@@ -44,17 +45,11 @@ fn proc_target(p: &[u8; ACCESS_PATH_MAX]) -> Option<u32> {
     if i == 6 || i >= 17 || p[i] != b'/' {
         return None;
     }
-    // mem, maps, environ, root, cwd, ns/, task/ (threads' copies of the same files).
+    // mem, maps, environ, root, cwd, ns/.
     let (a, b) = (p[i + 1], p[i + 2]);
     let sensitive = matches!(
         (a, b),
-        (b'm', b'e')
-            | (b'm', b'a')
-            | (b'e', b'n')
-            | (b'r', b'o')
-            | (b'c', b'w')
-            | (b'n', b's')
-            | (b't', b'a')
+        (b'm', b'e') | (b'm', b'a') | (b'e', b'n') | (b'r', b'o') | (b'c', b'w') | (b'n', b's')
     );
     sensitive.then_some(pid)
 }
