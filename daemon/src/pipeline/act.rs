@@ -111,14 +111,18 @@ fn enforced_by(ev: &pb::GetEventsResponse, rule: &str, action: &str) -> &'static
 /// Carries out what the alert says the daemon does: a kill the kernel did not make. A
 /// tracer killed as its PTRACE_ATTACH returned leaves its tracee with the attach's SIGSTOP:
 /// the tracee is resumed, so the attack costs the app nothing.
-pub fn execute(ev: &pb::GetEventsResponse, alert: &pb::PolicyAlert) {
+pub fn execute(ev: &pb::GetEventsResponse, alert: &mut pb::PolicyAlert) {
     tracing::info!(rule = %alert.rule_id, action = %alert.action, policy = %alert.policy, "{}", alert.message);
     if alert.action != "killed" {
         return;
     }
     if let Some(p) = alert.process.as_ref() {
         // SAFETY: kill(2) of the offending process, by the pid the kernel reported.
-        unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+        let missed = unsafe { libc::kill(p.pid as i32, libc::SIGKILL) } != 0;
+        // A kill after the fact that found the process gone did not happen: say so.
+        if missed && alert.enforced_by == "daemon" {
+            alert.message.push_str(" (the process had exited before the daemon's kill)");
+        }
     }
     if let Some(Event::ProcessAccess(a)) = &ev.event
         && a.access == "ptrace_attach"

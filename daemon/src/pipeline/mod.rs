@@ -117,8 +117,8 @@ impl Pipeline {
         let violations = self.engine.detect(&ev);
         self.publish.publish(&ev);
         for v in violations {
-            let alert = act::alert(&ev, &v);
-            act::execute(&ev, &alert);
+            let mut alert = act::alert(&ev, &v);
+            act::execute(&ev, &mut alert);
             let alert = self.publish.dress(Event::PolicyAlert(alert), ktime);
             self.publish.publish(&alert);
         }
