@@ -201,6 +201,11 @@ fn ensure_image(podman: &Podman, dir: &Path) -> String {
     image
 }
 
+/// The podman a pod is played with: the shared one, or one with the test's own containers.conf.
+fn podman_for(opts: &Options<'_>) -> Arc<Podman> {
+    opts.containers_conf.map_or_else(|| shared().clone(), Podman::with_conf)
+}
+
 /// A container of a pod manifest.
 #[derive(Clone, Copy, Default)]
 pub struct Spec<'a> {
@@ -235,21 +240,13 @@ impl Pod {
     }
 
     pub fn play_with(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> Self {
-        let (pod, out) = Self::try_play(prefix, containers, opts);
-        assert!(
-            out.status.success(),
-            "podman kube play {} failed: {}",
-            pod.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pod
+        Self::play_in(&podman_for(opts), prefix, containers, opts)
     }
 
     /// Plays the pod and returns podman's output whether it succeeded or not (a runtime hook
     /// may refuse the containers); the pod is removed on drop either way.
     pub fn try_play(prefix: &str, containers: &[Spec<'_>], opts: &Options<'_>) -> (Self, Output) {
-        let podman = opts.containers_conf.map_or_else(|| shared().clone(), Podman::with_conf);
-        Self::try_play_in(&podman, prefix, containers, opts)
+        Self::try_play_in(&podman_for(opts), prefix, containers, opts)
     }
 
     /// Plays the pod with `podman` (a private one, for instance).
