@@ -247,12 +247,7 @@ impl ApiServer {
     }
 
     fn kubeconfig(&self) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{}\n\
-             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
-             current-context: test\nusers:\n- name: test\n  user: {{}}\n",
-            self.port
-        )
+        harness::kubeconfig(self.port)
     }
 
     async fn next(&mut self) -> Request {

@@ -30,6 +30,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A kubeconfig for a scripted API server on 127.0.0.1:`port` (plain HTTP, no credentials).
+pub fn kubeconfig(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+         current-context: test\nusers:\n- name: test\n  user: {{}}\n"
+    )
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "these tests load eBPF programs and must run as root");
