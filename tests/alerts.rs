@@ -10,7 +10,7 @@ use harness::{
     Daemon, EventStream,
     pod::{Options, Pod, Spec},
 };
-use sidewall_proto::v1::{GetEventsRequest, PolicyAlert, get_events_response::Event};
+use sidewall_proto::v1::{EventType, Filter, GetEventsRequest, PolicyAlert, get_events_response::Event};
 
 const TRIALS: usize = 20;
 const WAIT: Duration = Duration::from_secs(30);
@@ -183,4 +183,99 @@ async fn no_flood_can_hide_an_alert() {
     assert_eq!(file.total(&app), seen.total(&app), "export file {file:?}, stream {seen:?}");
     assert_eq!(file.single.get(&app), seen.single.get(&app), "the app's alerts, one by one");
     assert_eq!(file.total(&flooder), flood_refused, "export file {file:?}");
+}
+
+/// noisy<tag> may connect to 9999 (telemetry only); intruder<tag> dies for any namespace change.
+fn kill_policy(tag: &str) -> String {
+    format!(
+        "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: kills\nspec:\n  mode: enforce\n  containers:\n    - name: noisy{tag}\n      loopback:\n        connect:\n          - ports: [9999]\n      action: block\n    - name: intruder{tag}\n      namespaceChanges: deny\n      action: kill\n"
+    )
+}
+
+/// Reads the stream until `kills` (the kills of `container` heard, aggregated ones by their
+/// count) reaches `want` (or panics after WAIT).
+async fn count_kills(events: &mut EventStream, container: &str, want: u64, kills: &mut u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while *kills < want {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match events.next(left).await {
+            Some(ev) => {
+                if let Some(Event::PolicyAlert(a)) = &ev.event
+                    && container_of(a) == container
+                    && a.action == "killed"
+                {
+                    *kills += a.count.max(1);
+                }
+            }
+            None => panic!("timed out waiting for {what}; {kills} kills heard"),
+        }
+    }
+}
+
+/// A container that fills the telemetry ring buffer cannot hide a kill: the record of a
+/// process the kernel killed travels on the alert lane, so each of the intruder's kills is
+/// heard while the noisy container's telemetry is being dropped at the kernel.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_telemetry_flood_cannot_hide_a_kill() {
+    let tag = "k";
+    let (noisy, intruder) = (format!("noisy{tag}"), format!("intruder{tag}"));
+    let dir = tempfile::tempdir().expect("policy dir");
+    fs::write(dir.path().join("kills.yaml"), kill_policy(tag)).expect("write policy");
+    // The smallest telemetry ring, so that the flood overruns it.
+    let d = Daemon::with_config(&format!("policy_dir = \"{}\"\nring_buffer_mb = 1\n", dir.path().display()))
+        .await;
+    // Alerts only: the test is about the kernel's ring, not this client's queue.
+    let alerts_only = Filter { event_set: vec![EventType::PolicyAlert as i32], ..Default::default() };
+    let mut events = d.events(GetEventsRequest { allow_list: vec![alerts_only], ..Default::default() }).await;
+    let pod = Pod::play_with(
+        "kills",
+        &[
+            Spec { name: &noisy, command: &["/bin/sleep", "3600"], ..Default::default() },
+            Spec { name: &intruder, command: &["/bin/sleep", "3600"], ..Default::default() },
+        ],
+        &Options::default(),
+    );
+    // The rule is in force once a first kill is heard.
+    let mut kills = 0u64;
+    let mut last = None;
+    for _ in 0..100 {
+        let o = pod.exec(&intruder, &["/bin/swtool", "clone-userns"]);
+        last = o.status.code();
+        if last == Some(137) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(last, Some(137), "the rule never killed: {}", d.log());
+    count_kills(&mut events, &intruder, 1, &mut kills, "the first kill's alert").await;
+    let before = kills;
+    let dropped_before = d.status().await.lost_by_stage.get("kernel_ringbuf").copied().unwrap_or(0);
+
+    let stop = "/stop-flood";
+    let flood =
+        pod.spawn(&noisy, &["/bin/swtool", "flood-connect", "127.0.0.1", "9999", FLOOD_SECONDS, stop]);
+    // The flood is on once the kernel drops telemetry.
+    for _ in 0..300 {
+        if d.status().await.lost_by_stage.get("kernel_ringbuf").copied().unwrap_or(0) > dropped_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for trial in 1..=TRIALS as u64 {
+        let o = pod.exec(&intruder, &["/bin/swtool", "clone-userns"]);
+        assert_eq!(o.status.code(), Some(137), "trial {trial}: {}", String::from_utf8_lossy(&o.stdout));
+        count_kills(&mut events, &intruder, before + trial, &mut kills, &format!("trial {trial}'s kill"))
+            .await;
+    }
+    let dropped = d.status().await.lost_by_stage.get("kernel_ringbuf").copied().unwrap_or(0);
+    let o = pod.exec(&noisy, &["/bin/touch", stop]);
+    assert!(o.status.success(), "stopping the flood: {}", String::from_utf8_lossy(&o.stderr));
+    let out = flood.wait_with_output().expect("flood output");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(text.starts_with("ok"), "flood: {text}");
+    // The proof holds only if telemetry was being dropped while the kills happened.
+    assert!(dropped > dropped_before, "the flood never filled the telemetry ring ({dropped}): {text}");
+    assert_eq!(kills, before + TRIALS as u64, "every kill heard once");
+    let lost = d.status().await.lost_by_stage;
+    assert_eq!(lost.get("kernel_alert_ringbuf").copied().unwrap_or(0), 0, "{lost:?}");
 }

@@ -201,9 +201,11 @@ impl Isolation {
         child: &Arc<ProcEntry>,
         parent_ns: &Namespaces,
         child_ns: &Namespaces,
+        killed: bool,
     ) -> Option<IsoEvent> {
         let parent_home = child.parent.as_ref().is_some_and(|p| self.home.contains(&p.process.pid));
-        if !parent_home || parent_ns.mnt == 0 || child_ns.mnt == 0 {
+        // A clone the kernel killed for is reported even from a parent not known to be at home.
+        if !(parent_home || killed) || parent_ns.mnt == 0 || child_ns.mnt == 0 {
             return None;
         }
         if parent_ns == child_ns {
@@ -410,10 +412,16 @@ mod tests {
         let child = entry(&mut c, 50, 49, 7);
         let mut child_ns = ns(100);
         child_ns.user = 9;
-        let ev = iso.fork(&child, &ns(100), &child_ns).expect("clone event");
+        let ev = iso.fork(&child, &ns(100), &child_ns, false).expect("clone event");
         let IsoEvent::Namespace { before, after, .. } = ev else { panic!() };
         assert_eq!(changed(&before, &after), ["user"]);
         let setup = entry(&mut c, 60, 1, 8);
-        assert!(iso.fork(&setup, &ns(100), &child_ns).is_none(), "parent never at home: runtime setup");
+        assert!(
+            iso.fork(&setup, &ns(100), &child_ns, false).is_none(),
+            "parent never at home: runtime setup"
+        );
+        // Unless the kernel killed the caller for it: the parent's history may have been lost.
+        let lost = entry(&mut c, 61, 1, 8);
+        assert!(iso.fork(&lost, &ns(100), &child_ns, true).is_some(), "a kill is always reported");
     }
 }

@@ -203,6 +203,26 @@ static int flood_udp(const char *ip, const char *port, const char *seconds, cons
     return 0;
 }
 
+/* TCP connects to IP:PORT (nobody listening) as fast as possible, each a new socket: a flood
+ * of telemetry, none of it refused by a rule. Until SECONDS pass or the file STOP exists. */
+static int flood_connect(const char *ip, const char *port, const char *seconds, const char *stop) {
+    struct sockaddr_storage ss;
+    socklen_t len = parse(ip, port, &ss);
+    if (!len || !seconds || !stop) return fail("arguments");
+    time_t end = time(NULL) + atoi(seconds);
+    unsigned long long tried = 0, refused = 0;
+    for (;;) {
+        if ((tried & 1023) == 0 && (time(NULL) >= end || access(stop, F_OK) == 0)) break;
+        int s = sock_for(&ss, SOCK_STREAM);
+        if (s < 0) return fail("socket");
+        if (connect(s, (struct sockaddr *)&ss, len) < 0 && errno == EPERM) refused++;
+        close(s);
+        tried++;
+    }
+    printf("ok tried %llu refused %llu\n", tried, refused);
+    return 0;
+}
+
 /* A unix address for PATH, or for the abstract name NAME of "@NAME"; its length. */
 static socklen_t unix_addr(const char *path, struct sockaddr_un *un) {
     size_t n = strlen(path);
@@ -305,13 +325,14 @@ static int run(int argc, char **argv) {
     if (!strcmp(cmd, "serve-udp")) return serve_udp(a, b);
     if (!strcmp(cmd, "send-udp")) return send_udp(a, b, c ? c : "x");
     if (!strcmp(cmd, "flood-udp")) return flood_udp(a, b, c, argc > 5 ? argv[5] : NULL);
+    if (!strcmp(cmd, "flood-connect")) return flood_connect(a, b, c, argc > 5 ? argv[5] : NULL);
     if (!strcmp(cmd, "connect-unix")) return connect_unix(a);
     if (!strcmp(cmd, "serve-unix")) return serve_unix(a);
     if (!strcmp(cmd, "setns-pidfd")) return setns_pidfd(a, b, argv + 4);
     if (!strcmp(cmd, "clone-userns")) return clone_userns();
     if (!strcmp(cmd, "ptrace-attach")) return ptrace_attach(a);
     if (!strcmp(cmd, "vm-read")) return vm_read(a, b);
-    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|flood-udp|connect-unix|serve-unix|"
+    fprintf(stderr, "usage: swtool serve-tcp|connect-tcp|fastopen-tcp|hold-tcp|bind-tcp|serve-udp|send-udp|flood-udp|flood-connect|connect-unix|serve-unix|"
                     "setns-pidfd|clone-userns|ptrace-attach|vm-read ...\n");
     return 2;
 }

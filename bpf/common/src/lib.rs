@@ -91,6 +91,9 @@ pub mod flags {
     /// The record was made outside the acting process's context (softirq, timers): the
     /// header's process fields are not meaningful; the daemon joins by socket cookie.
     pub const NO_PROCESS: u32 = 1 << 5;
+    /// The kernel killed the acting process for what the record reports (such records travel
+    /// on the alert lane): the daemon reports it whatever else it knows of the process.
+    pub const KILLED: u32 = 1 << 6;
 }
 
 /// Namespace inode numbers of a task (the numbers `ls -l /proc/PID/ns` shows).

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     macros::map,
-    maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf, ring_buf::RingBufEntry},
 };
 use sidewall_common::{AggCount, AggKey, AlertBudget, kind, refusal, ring_mode};
 
@@ -176,6 +176,49 @@ fn aggregate(cgroup: u64, kind: u32, addr: &[u8; 16], port: u16, now: u64) {
             }
         }
     }
+}
+
+/// Which ring a record goes on: telemetry, or the alert lane (records of refusals and kills,
+/// already admitted by `alert_admit`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Events,
+    Alerts,
+}
+
+/// The lane of the record of a process: `Events`, unless the kernel killed it for `kill`
+/// (a `refusal::KILL_*`), in which case the alert lane within its container's budget, so that
+/// no telemetry flood can take the room of a kill's record; None when over budget (the kill
+/// is then counted in `ALERT_AGG` and reported as an aggregated alert).
+#[inline(always)]
+pub fn record_lane(cgroup: u64, kill: Option<u32>) -> Option<Lane> {
+    match kill {
+        None => Some(Lane::Events),
+        Some(k) => alert_admit(cgroup, k, &[0; 16], 0).then_some(Lane::Alerts),
+    }
+}
+
+/// Reserves a `T` on the ring of `lane`; a full ring counts a drop of record `kind` (in
+/// `ALERT_DROPS` for the alert lane).
+#[inline(always)]
+pub fn reserve<T: 'static>(lane: Lane, kind: u32) -> Option<RingBufEntry<T>> {
+    let ring: &RingBuf = if lane == Lane::Alerts { &ALERTS } else { &EVENTS };
+    let entry = ring.reserve::<T>(0);
+    if entry.is_none() {
+        if lane == Lane::Alerts {
+            count_alert_drop(kind);
+        } else {
+            count_drop(kind);
+        }
+    }
+    entry
+}
+
+/// The flags to submit a record of `lane` with: the alert lane is never polled, each of its
+/// records wakes the reader (the budget bounds them).
+#[inline(always)]
+pub fn submit_flags(lane: Lane) -> u64 {
+    if lane == Lane::Alerts { 0 } else { wakeup() }
 }
 
 #[inline(always)]

@@ -182,7 +182,23 @@ impl Enricher {
                 result: denied,
                 ..Default::default()
             }),
-            // The kernel aggregates only the four refusals above; sysctl writes are the rest.
+            refusal::KILL_NAMESPACE => {
+                Event::ProcessNamespace(pb::ProcessNamespace { process: Some(process), ..Default::default() })
+            }
+            refusal::KILL_ACCESS => Event::ProcessAccess(pb::ProcessAccess {
+                process: Some(process),
+                cross_container: true,
+                ..Default::default()
+            }),
+            refusal::KILL_RUNTIME_SOCKET => Event::ProcessConnect(pb::ProcessConnect {
+                process: Some(process),
+                socket: Some(pb::Socket {
+                    protocol: "unix".into(),
+                    family: "unix".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             _ => Event::ProcessSysctl(pb::ProcessSysctl {
                 process: Some(process),
                 name: "a loopback-routing sysctl".into(),
@@ -249,12 +265,12 @@ impl Enricher {
             Record::Fork { hdr, parent_ns } => {
                 // Forks feed the process tree; only a clone into new namespaces is an event.
                 let child = self.cache.on_fork(&hdr);
-                let ie = self.iso.fork(&child, &parent_ns, &hdr.ns)?;
+                let ie = self.iso.fork(&child, &parent_ns, &hdr.ns, killed(&hdr))?;
                 self.iso_event(ie)
             }
             Record::Namespace(e) => {
                 let entry = self.cache.lookup(&e.hdr);
-                if !self.acts_as_container(&entry) {
+                if !killed(&e.hdr) && !self.acts_as_container(&entry) {
                     return None;
                 }
                 let op = if e.op == ns_op::SETNS { "setns" } else { "unshare" };
@@ -273,7 +289,7 @@ impl Enricher {
             }
             Record::Access { hdr, op, target_pid, target_cgroup, path } => {
                 let owner = self.cache.lookup(&hdr);
-                if !self.acts_as_container(&owner) {
+                if !killed(&hdr) && !self.acts_as_container(&owner) {
                     return None;
                 }
                 let target = match op {
@@ -446,4 +462,11 @@ fn diag_socket(s: &DiagSocket) -> pb::Socket {
         cookie: s.cookie,
         ..Default::default()
     }
+}
+
+/// Whether the kernel killed the record's process for what it reports: such a record is
+/// reported even when the daemon missed the process's earlier history (a flood of telemetry
+/// can drop it; the kill's own record travels on the alert lane).
+fn killed(hdr: &Header) -> bool {
+    hdr.flags & flags::KILLED != 0
 }

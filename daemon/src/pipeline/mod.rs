@@ -16,6 +16,7 @@ pub mod publish;
 
 use std::time::{Duration, Instant};
 
+use sidewall_common::refusal;
 use sidewall_proto::v1::get_events_response::Event;
 use tokio::sync::{mpsc, watch};
 
@@ -25,6 +26,7 @@ use self::{
 };
 use crate::{
     clock::Clock,
+    event,
     kernel::{
         alerts::{self, AlertLane, Drained},
         counters::KernelCounters,
@@ -149,10 +151,19 @@ impl Pipeline {
     pub fn aggregated(&mut self, drained: Drained) {
         for agg in drained.aggregates {
             let ev = self.publish.dress(self.enrich.aggregated(&agg), agg.first_ns);
-            let mut alert = match self.engine.detect(&ev).into_iter().next() {
+            let found = if agg.kind >= refusal::KILL_NAMESPACE {
+                event::subject(&ev).map(|p| self.engine.kernel_kill(p, agg.kind))
+            } else {
+                self.engine.detect(&ev).into_iter().next()
+            };
+            let mut alert = match found {
                 Some(v) => act::alert(&ev, &v),
                 None => act::unattributed(agg.kind),
             };
+            if agg.kind >= refusal::KILL_NAMESPACE && alert.action == "killed" {
+                // Counted by the kernel as it killed: nothing is left for the daemon to do.
+                alert.enforced_by = "kernel".into();
+            }
             act::aggregate(&mut alert, &agg, &self.publish);
             let alert = self.publish.dress(Event::PolicyAlert(alert), agg.last_ns);
             self.publish.publish(&alert);

@@ -337,3 +337,31 @@ fn refusals_over_budget_become_one_aggregated_alert_of_the_governing_rule() {
     let o = alert(&evs[1]);
     assert_eq!((o.rule_id.as_str(), o.action.as_str(), o.count), ("kernel-refusal", "blocked", 7));
 }
+
+#[test]
+fn kills_over_budget_become_one_aggregated_alert_of_the_rule_that_kills() {
+    use crate::kernel::alerts::{Aggregate, Drained};
+    let killer = GUARD.replace("action: block", "action: kill");
+    let mut r = rig(Some(&killer));
+    start_pod(&mut r);
+    r.events();
+    r.pipeline.aggregated(Drained {
+        aggregates: vec![Aggregate {
+            cgroup: PROXY_CGROUP,
+            kind: sidewall_common::refusal::KILL_NAMESPACE,
+            count: 40,
+            first_ns: 1_000,
+            last_ns: 2_000,
+            sample: Vec::new(),
+        }],
+        overflow: [0; crate::kernel::counters::REFUSALS],
+    });
+    let evs = r.events();
+    assert_eq!(evs.iter().map(kind_of).collect::<Vec<_>>(), ["policy_alert"], "{evs:#?}");
+    let a = alert(&evs[0]);
+    assert_eq!(
+        (a.rule_id.as_str(), a.action.as_str(), a.enforced_by.as_str(), a.policy.as_str(), a.count),
+        ("namespace-transition", "killed", "kernel", "default/guard", 40)
+    );
+    assert_eq!(a.process.as_ref().and_then(|p| p.container.as_ref()).map(|c| c.name.as_str()), Some("proxy"));
+}

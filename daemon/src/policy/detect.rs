@@ -151,6 +151,28 @@ pub fn refusal(found: Option<(&Policy, &ContainerRule)>, what: String) -> Violat
     }
 }
 
+/// The violation for a kill the kernel made but did not report one by one (its container
+/// had spent its alert budget): `kill` is a `refusal::KILL_*`, judged against the rule
+/// governing the container (`None`: no rule in this daemon's policies names it).
+pub fn kernel_kill(found: Option<(&Policy, &ContainerRule)>, kill: u32) -> Violation {
+    use sidewall_common::refusal;
+    let (id, what) = match kill {
+        refusal::KILL_NAMESPACE => ("namespace-transition", "changed namespaces"),
+        refusal::KILL_RUNTIME_SOCKET => ("runtime-socket", "reached a container runtime's socket"),
+        _ => ("process-access", "reached into another container's process or files"),
+    };
+    let message = format!("killed by the kernel: {what}");
+    match found {
+        Some((pol, rule)) => violation(pol, rule, id, message),
+        None => {
+            let mut v = refusal(None, what.to_string());
+            v.action = Action::Kill;
+            v.message = format!("{message} (no rule in force names it)");
+            v
+        }
+    }
+}
+
 /// Where `rule_for` found the rule: (policy, container rule) indices, for a cache that spares
 /// every event a walk over every rule.
 pub fn rule_index(policies: &[Policy], p: &pb::Process) -> Option<(usize, usize)> {

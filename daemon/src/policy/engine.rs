@@ -184,6 +184,12 @@ impl PolicyEngine {
         }
     }
 
+    /// The violation behind kills of `p`'s container the kernel counted over its budget
+    /// (`kill`: a `refusal::KILL_*`).
+    pub fn kernel_kill(&self, p: &pb::Process, kill: u32) -> Violation {
+        detect::kernel_kill(detect::rule_for(&self.snapshot, p), kill)
+    }
+
     /// The policy governing `p`'s container and its mode, if any.
     pub fn governing(&self, p: &pb::Process) -> Option<(String, &'static str)> {
         detect::rule_for(&self.snapshot, p).map(|(pol, _)| (pol.key(), store::mode_name(pol.spec.mode)))

@@ -9,7 +9,7 @@ use sidewall_common::{ForkEvent, Namespaces, flags, kind};
 
 use crate::{
     kernel::{fill_process_lite, off, read, read_namespaces},
-    maps::{EVENTS, count_drop, wakeup},
+    maps::{Lane, reserve, submit_flags},
 };
 
 // tp_btf/sched_process_fork: (struct task_struct *parent, struct task_struct *child); parent is current
@@ -35,18 +35,19 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let (mut parent_ns, mut child_ns) = (Namespaces::default(), Namespaces::default());
     let parent_known = read_namespaces(parent, &mut parent_ns);
     read_namespaces(child, &mut child_ns);
-    if parent_ns != child_ns {
-        super::namespace::kill_if_denied();
-    }
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count_drop(kind::FORK);
-        return 0;
-    };
+    let killed = parent_ns != child_ns && super::namespace::kill_if_denied();
+    // A killed caller's record goes on the alert lane. Not through the budget: the process
+    // cache needs every child, and each such record costs the attacker a process.
+    let lane = if killed { Lane::Alerts } else { Lane::Events };
+    let Some(mut entry) = reserve::<ForkEvent>(lane, kind::FORK) else { return 0 };
     // SAFETY: reservation of exactly size_of::<ForkEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     // Start from the parent (current), then describe the child.
     fill_process_lite(&mut ev.hdr, kind::FORK);
     ev.hdr.flags = if parent_known { 0 } else { flags::NS_UNKNOWN };
+    if killed {
+        ev.hdr.flags |= flags::KILLED;
+    }
     ev.hdr.ppid = ev.hdr.pid;
     ev.hdr.pid = child_tgid;
     ev.hdr.tid = child_pid;
@@ -54,6 +55,6 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     ev.hdr.ktime = unsafe { bpf_ktime_get_boot_ns() };
     ev.parent_ns = parent_ns;
     ev.hdr.ns = child_ns;
-    entry.submit(wakeup());
+    entry.submit(submit_flags(lane));
     0
 }

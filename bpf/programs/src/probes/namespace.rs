@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{NamespaceEvent, Namespaces, kind, ns_op};
+use sidewall_common::{NamespaceEvent, Namespaces, flags, kind, ns_op, refusal};
 
 use crate::{
     kernel::{fill_current, off, read_namespaces},
-    maps::{EVENTS, count_drop, wakeup},
+    maps::{record_lane, reserve, submit_flags},
 };
 
 #[repr(C)]
@@ -20,6 +20,9 @@ pub struct Pending {
     before: Namespaces,
     op: u32,
     flags: u32,
+    /// The caller was killed at the entry: its record goes on the alert lane.
+    killed: u32,
+    _pad: u32,
 }
 
 /// Calls in flight, by thread id.
@@ -52,27 +55,34 @@ pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn enter(ctx: &TracePointContext, op: u32, flags_off: usize) -> u32 {
-    kill_if_denied();
+    let killed = kill_if_denied() as u32;
     // SAFETY: read_at goes through bpf_probe_read; the offset is from the format file.
     let flags = unsafe { ctx.read_at::<u64>(flags_off) }.unwrap_or(0) as u32;
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let mut p = Pending { before: Namespaces::default(), op, flags };
+    let mut p = Pending { before: Namespaces::default(), op, flags, killed, _pad: 0 };
     read_namespaces(task, &mut p.before);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let _ = PENDING_NS.insert(&tid, &p, 0);
     0
 }
 
-/// A policy that kills on namespace changes: SIGKILL before the call can be used.
+/// A policy that kills on namespace changes: SIGKILL before the call can be used. Whether
+/// it killed.
 #[inline(always)]
-pub fn kill_if_denied() {
-    // SAFETY: helper without pointer arguments.
-    let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+pub fn kill_if_denied() -> bool {
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if crate::policy::kill_namespace_change(cgroup, tgid) {
-        crate::maps::kill_current(sidewall_common::refusal::KILL_NAMESPACE);
+    let kill = crate::policy::kill_namespace_change(current_cgroup(), tgid);
+    if kill {
+        crate::maps::kill_current(refusal::KILL_NAMESPACE);
     }
+    kill
+}
+
+#[inline(always)]
+fn current_cgroup() -> u64 {
+    // SAFETY: helper without pointer arguments.
+    unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
 }
 
 #[inline(always)]
@@ -86,19 +96,22 @@ fn exit(ctx: &TracePointContext) -> u32 {
     let ret_off = off!(tp_exit_ret);
     // SAFETY: as in enter().
     let ret = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(0);
-    let Some(mut entry) = EVENTS.reserve::<NamespaceEvent>(0) else {
-        count_drop(kind::NAMESPACE);
-        return 0;
-    };
+    // A killed caller's record goes on the alert lane, within its container's budget.
+    let kill = (p.killed != 0).then_some(refusal::KILL_NAMESPACE);
+    let Some(lane) = record_lane(current_cgroup(), kill) else { return 0 };
+    let Some(mut entry) = reserve::<NamespaceEvent>(lane, kind::NAMESPACE) else { return 0 };
     // SAFETY: reservation of exactly size_of::<NamespaceEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     // SAFETY: helper without pointer arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     fill_current(&mut ev.hdr, kind::NAMESPACE, task);
+    if p.killed != 0 {
+        ev.hdr.flags |= flags::KILLED;
+    }
     ev.before = p.before;
     ev.op = p.op;
     ev.flags = p.flags;
     ev.ret = ret;
-    entry.submit(wakeup());
+    entry.submit(submit_flags(lane));
     0
 }

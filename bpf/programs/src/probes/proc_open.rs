@@ -1,5 +1,6 @@
 //! Opens of /proc/<pid>/{mem,maps,environ,root,cwd,ns}... of another process, from the path
-//! given to open/openat (strict set), reported as typed, failed attempts included. The path
+//! given to open/openat (strict set), kept as typed for the open's exit to report, failed
+//! attempts included. The path
 //! is filtered in the kernel: other opens never leave it. Threads' copies under task/ are left
 //! to the open's exit, which judges the file itself (a thread's stat is what `ps -T` reads).
 
@@ -8,9 +9,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sidewall_common::{ACCESS_PATH_MAX, access_op};
+use sidewall_common::ACCESS_PATH_MAX;
 
-use super::access::{OPEN_REPORTED, emit};
+use super::access::{TYPED_OPENS, TypedOpen};
 use crate::kernel::off;
 
 // syscalls/sys_enter_openat: long openat(int dfd, const char *filename, int flags, umode_t mode)
@@ -69,8 +70,8 @@ fn proc_open(ctx: &TracePointContext, name_off: usize) -> u32 {
         return 0;
     }
     let Some(pid) = proc_target(&path) else { return 0 };
-    emit(access_op::PROC_OPEN, pid, 0, Some((&path, n as u32 - 1)));
+    // Reported by the exit, which knows whether the open was killed (alert lane) or not.
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = OPEN_REPORTED.insert(&tid, &1, 0);
+    let _ = TYPED_OPENS.insert(&tid, &TypedOpen { pid, len: n as u32 - 1, path }, 0);
     0
 }

@@ -11,10 +11,13 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sidewall_common::{ACCESS_PATH_MAX, access_op, wire::PROC_SUPER_MAGIC};
+use sidewall_common::{ACCESS_PATH_MAX, access_op, refusal, wire::PROC_SUPER_MAGIC};
 
-use super::access::{OPEN_REPORTED, emit};
-use crate::kernel::{cgroup_of_pid, fd_file, mnt_ns_inum, off, read, read_ptr};
+use super::access::{TYPED_OPENS, emit_on};
+use crate::{
+    kernel::{cgroup_of_pid, fd_file, mnt_ns_inum, off, read, read_ptr},
+    maps::record_lane,
+};
 
 // syscalls/sys_exit_openat: long ret of openat(int dfd, const char *filename, int flags, umode_t mode): fd or -errno
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
@@ -38,38 +41,57 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
 fn opened(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    // SAFETY: a lookup in our own map.
-    let reported = unsafe { OPEN_REPORTED.get(&tid) }.is_some();
-    if reported {
-        let _ = OPEN_REPORTED.remove(&tid);
+    // SAFETY: a copy out of our own map, before the entry is removed.
+    let typed = unsafe { TYPED_OPENS.get(&tid) }.copied();
+    if typed.is_some() {
+        let _ = TYPED_OPENS.remove(&tid);
     }
     let ret_off = off!(tp_exit_ret);
     // SAFETY: read_at goes through bpf_probe_read; offset from the format file.
     let fd = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(-1);
-    if fd < 0 {
-        return 0;
-    }
-    // SAFETY: helper without pointer arguments.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Some(file) = fd_file(task, fd as u32) else { return 0 };
     let mut name = [0u8; ACCESS_PATH_MAX];
-    let (op, pid, target_cgroup, len) = if let Some((pid, len, cgroup)) = proc_file(file, &mut name) {
-        (access_op::PROC_FILE, pid, cgroup, len)
-    } else if let Some((cgroup, len)) = foreign_file(task, file, &mut name) {
-        (access_op::FOREIGN_FILE, 0, cgroup, len)
-    } else {
-        return 0;
-    };
+    let judged = if fd >= 0 { judge(fd as u32, &mut name) } else { None };
     // SAFETY: helper without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, target_cgroup) {
+    let mut killed = false;
+    if let Some(j) = &judged
+        && crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, j.target_cgroup)
+    {
         // The file is open but never read: SIGKILL lands on the way back to user space.
-        crate::maps::kill_current(sidewall_common::refusal::KILL_ACCESS);
+        crate::maps::kill_current(refusal::KILL_ACCESS);
+        killed = true;
     }
-    if !reported {
-        emit(op, pid, target_cgroup, Some((&name, len)));
+    // A killed caller's record goes on the alert lane, within its container's budget.
+    let Some(lane) = record_lane(cgroup, killed.then_some(refusal::KILL_ACCESS)) else { return 0 };
+    let target_cgroup = judged.as_ref().map_or(0, |j| j.target_cgroup);
+    // The path as typed names the target best; the file itself when the path did not.
+    if let Some(t) = &typed {
+        emit_on(lane, access_op::PROC_OPEN, t.pid, target_cgroup, Some((&t.path, t.len)));
+    } else if let Some(j) = judged {
+        emit_on(lane, j.op, j.pid, j.target_cgroup, Some((&name, j.len)));
     }
     0
+}
+
+/// An opened file that reaches into another process or container.
+struct Judged {
+    op: u32,
+    pid: u32,
+    target_cgroup: u64,
+    len: u32,
+}
+
+/// What the file behind the current task's `fd` reaches into, if anything (its name in `name`).
+#[inline(always)]
+fn judge(fd: u32, name: &mut [u8; ACCESS_PATH_MAX]) -> Option<Judged> {
+    // SAFETY: helper without pointer arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let file = fd_file(task, fd)?;
+    if let Some((pid, len, target_cgroup)) = proc_file(file, name) {
+        return Some(Judged { op: access_op::PROC_FILE, pid, target_cgroup, len });
+    }
+    let (target_cgroup, len) = foreign_file(task, file, name)?;
+    Some(Judged { op: access_op::FOREIGN_FILE, pid: 0, target_cgroup, len })
 }
 
 /// For a file of another mount namespace's tree than the caller's (reached through

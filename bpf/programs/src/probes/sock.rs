@@ -6,13 +6,12 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    maps::RingBuf,
 };
 use sidewall_common::{SockEvent, fin, kind, verdict};
 
 use crate::{
     kernel::{fill_current, fill_no_process, fill_process_lite},
-    maps::{ALERTS, EVENTS, count_alert_drop, count_drop, wakeup},
+    maps::{reserve, submit_flags},
 };
 
 /// Who the record's header describes.
@@ -27,13 +26,7 @@ pub enum Caller {
     None,
 }
 
-/// Which ring a record goes on: telemetry, or the alert lane (records of refusals, already
-/// admitted by `maps::alert_admit`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    Events,
-    Alerts,
-}
+pub use crate::maps::Lane;
 
 /// Reserves a `SockEvent`, fills the fields every hook fills alike, lets `fill` set the
 /// hook's own, and submits it. A full ring buffer counts a drop of `kind::SOCK`.
@@ -51,15 +44,7 @@ pub fn emit_on<C: EbpfContext>(
     op: u32,
     fill: impl FnOnce(&mut SockEvent),
 ) {
-    let ring: &RingBuf = if lane == Lane::Alerts { &ALERTS } else { &EVENTS };
-    let Some(mut entry) = ring.reserve::<SockEvent>(0) else {
-        if lane == Lane::Alerts {
-            count_alert_drop(kind::SOCK);
-        } else {
-            count_drop(kind::SOCK);
-        }
-        return;
-    };
+    let Some(mut entry) = reserve::<SockEvent>(lane, kind::SOCK) else { return };
     // SAFETY: reservation of exactly size_of::<SockEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     match caller {
@@ -91,8 +76,7 @@ pub fn emit_on<C: EbpfContext>(
     ev.count = 1;
     ev._pad2 = 0;
     fill(ev);
-    // The alert lane is never polled: each record wakes the reader (the budget bounds them).
-    entry.submit(if lane == Lane::Alerts { 0 } else { wakeup() });
+    entry.submit(submit_flags(lane));
 }
 
 /// An IPv4 address as the context gives it (network byte order in a `u32`) into the first

@@ -14,11 +14,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, kind, wire::AF_UNIX};
+use sidewall_common::{UNIX_PATH_MAX, UnixConnectEvent, flags, kind, refusal, wire::AF_UNIX};
 
 use crate::{
     kernel::{cgroup_of_pid, fd_file, fill_process_lite, off, read, read_ptr},
-    maps::{EVENTS, count_drop, wakeup},
+    maps::{record_lane, reserve, submit_flags},
     policy::kill_runtime_socket,
 };
 
@@ -28,6 +28,9 @@ use crate::{
 pub struct Pending {
     fd: u32,
     len: u32,
+    /// The caller was killed at the entry (the path typed is a runtime's).
+    killed: u32,
+    _pad: u32,
     path: [u8; UNIX_PATH_MAX],
 }
 
@@ -56,7 +59,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if n > UNIX_PATH_MAX {
         n = UNIX_PATH_MAX;
     }
-    let mut p = Pending { fd: fd as u32, len: 0, path: [0u8; UNIX_PATH_MAX] };
+    let mut p = Pending { fd: fd as u32, len: 0, killed: 0, _pad: 0, path: [0u8; UNIX_PATH_MAX] };
     // SAFETY: destination is the UNIX_PATH_MAX-byte array; n <= UNIX_PATH_MAX.
     let rc = unsafe { read_user_raw(p.path.as_mut_ptr() as *mut _, n as u32, (addr + 2) as *const _) };
     if rc == 0 {
@@ -64,7 +67,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     }
     // The path as typed is the runtime's own: no need to wait for the exit to kill.
     if rc == 0 && kill_runtime_socket(current_cgroup(), current_tgid(), &p.path) {
-        crate::maps::kill_current(sidewall_common::refusal::KILL_RUNTIME_SOCKET);
+        crate::maps::kill_current(refusal::KILL_RUNTIME_SOCKET);
+        p.killed = 1;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = PENDING.insert(&tid, &p, 0);
@@ -85,21 +89,27 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let ret = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(-1);
     let mut peer = [0u8; UNIX_PATH_MAX];
     let mut reached = Reached::default();
+    let mut killed = pending.killed != 0;
     if ret == 0 {
         reached = resolve(pending.fd, &mut peer);
         // What the caller reached, not what it typed: SIGKILL is delivered on the way back to
         // user space, before the connection can carry a byte.
-        if reached.peer_len > 0 && kill_runtime_socket(current_cgroup(), current_tgid(), &peer) {
-            crate::maps::kill_current(sidewall_common::refusal::KILL_RUNTIME_SOCKET);
+        if !killed && reached.peer_len > 0 && kill_runtime_socket(current_cgroup(), current_tgid(), &peer) {
+            crate::maps::kill_current(refusal::KILL_RUNTIME_SOCKET);
+            killed = true;
         }
     }
-    let Some(mut entry) = EVENTS.reserve::<UnixConnectEvent>(0) else {
-        count_drop(kind::UNIX_CONNECT);
+    // A killed caller's record goes on the alert lane, within its container's budget.
+    let Some(lane) = record_lane(current_cgroup(), killed.then_some(refusal::KILL_RUNTIME_SOCKET)) else {
         return 0;
     };
+    let Some(mut entry) = reserve::<UnixConnectEvent>(lane, kind::UNIX_CONNECT) else { return 0 };
     // SAFETY: reservation of exactly size_of::<UnixConnectEvent>() bytes.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_process_lite(&mut ev.hdr, kind::UNIX_CONNECT);
+    if killed {
+        ev.hdr.flags |= flags::KILLED;
+    }
     ev.path_len = pending.len;
     ev.path = pending.path;
     ev.ret = ret as i32;
@@ -107,7 +117,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     ev.peer = peer;
     ev.peer_pid = reached.peer_pid;
     ev.peer_cgroup = reached.peer_cgroup;
-    entry.submit(wakeup());
+    entry.submit(submit_flags(lane));
     0
 }
 
