@@ -80,7 +80,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let kube = kube_client(&cfg).await?;
     let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, kube.clone());
     start_policy_sources(&cfg, kube, &policies);
-    let export_file = start_export(&cfg, &hub)?;
+    let export_file = start_export(&cfg, &hub);
     let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| {
         tracing::info!(endpoint = %cfg.otlp_endpoint, "exporting events as OTLP logs");
         let h = otlp::start(&hub, stats.clone(), cfg.otlp_endpoint.clone(), node.clone(), cfg.export_queue);
@@ -161,9 +161,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<jsonl::Health>)>> {
+/// The JSON-lines export. A file that cannot be opened (a read-only root filesystem, a
+/// missing directory) does not stop the daemon: sensors, enforcement and the API matter more
+/// than one consumer. It is logged and shown by `sidewall status` as failing, with the cause.
+fn start_export(cfg: &Config, hub: &Hub) -> Option<(String, Arc<jsonl::Health>)> {
     if cfg.export_file.is_empty() {
-        return Ok(None);
+        return None;
     }
     let jc = JsonlConfig {
         path: cfg.export_file.clone().into(),
@@ -171,9 +174,22 @@ fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<j
         keep: cfg.export_file_keep,
         queue: cfg.export_queue,
     };
-    let health = jsonl::start(hub, jc).with_context(|| format!("opening export file {}", cfg.export_file))?;
-    tracing::info!(path = %cfg.export_file, "exporting events as JSON lines");
-    Ok(Some((cfg.export_file.clone(), health)))
+    let health = match jsonl::start(hub, jc) {
+        Ok(health) => {
+            tracing::info!(path = %cfg.export_file, "exporting events as JSON lines");
+            health
+        }
+        Err(e) => {
+            let why = format!(
+                "cannot open the export file: {e}; no JSON-lines export (in a container, put it under a writable mount such as /run/sidewall)"
+            );
+            tracing::error!(path = %cfg.export_file, "{why}");
+            let health = Arc::new(jsonl::Health::default());
+            *health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            health
+        }
+    };
+    Some((cfg.export_file.clone(), health))
 }
 
 /// A Kubernetes client when the configuration asks for the API.
