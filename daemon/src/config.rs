@@ -113,6 +113,7 @@ pub struct Overrides {
     pub tls_client_ca: Option<String>,
     /// `--insecure-tcp`: true when given.
     pub insecure_tcp: Option<bool>,
+    pub bpf_pin_dir: Option<String>,
 }
 
 impl Config {
@@ -155,8 +156,11 @@ impl Config {
             tls_cert,
             tls_key,
             tls_client_ca,
-            insecure_tcp
+            insecure_tcp,
+            bpf_pin_dir
         );
+        // Daemons sharing a bpffs (kind nodes on one host) each need their own pins.
+        self.bpf_pin_dir = self.bpf_pin_dir.replace("{node}", &self.node());
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -210,6 +214,9 @@ impl Config {
         }
         if self.subscriber_queue == 0 || self.export_queue == 0 {
             return bad("subscriber_queue", "queues must hold at least one event".into());
+        }
+        if !self.bpf_pin_dir.is_empty() && !Path::new(&self.bpf_pin_dir).is_absolute() {
+            return bad("bpf_pin_dir", format!("{:?} is not an absolute path", self.bpf_pin_dir));
         }
         for name in &self.sensors_off {
             if let Err(e) = crate::kernel::loader::can_be_off(name) {
@@ -379,6 +386,21 @@ mod tests {
         let f = file("sensors_off = [\"cgroup_mkdri\"]\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("\"cgroup_mkdri\" is not a sensor"), "{e}");
+    }
+
+    #[test]
+    fn pin_dir_takes_the_node_name() {
+        let f = file("node_name = \"kind-worker2\"\nbpf_pin_dir = \"/sys/fs/bpf/sidewall/{node}\"\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        assert_eq!(c.bpf_pin_dir, "/sys/fs/bpf/sidewall/kind-worker2");
+        let flags = Overrides { bpf_pin_dir: Some("/sys/fs/bpf/x-{node}".into()), ..Default::default() };
+        assert_eq!(
+            Config::load(Some(f.path()), &flags).expect("valid").bpf_pin_dir,
+            "/sys/fs/bpf/x-kind-worker2"
+        );
+        let flags = Overrides { bpf_pin_dir: Some("pins".into()), ..Default::default() };
+        let e = Config::load(None, &flags).unwrap_err().to_string();
+        assert!(e.contains("bpf_pin_dir: \"pins\" is not an absolute path"), "{e}");
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct Loaded {
     pub links: Vec<FdLink>,
     /// The same, for links made outside aya (see `sysctl_link`).
     pub raw_links: Vec<OwnedFd>,
+    /// The lock on the pin directory (see `lock_pin_dir`).
+    _pin_lock: Option<File>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
@@ -200,6 +202,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
         .override_global("OFFSETS", &offsets, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("ALERTS", opts.alert_ring_buffer_bytes);
+    let pin_lock = opts.pin_dir.map(lock_pin_dir).transpose()?;
     let map_pins: Vec<(&str, PathBuf)> = match opts.pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir.join("maps"))
@@ -238,7 +241,27 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
             },
         })
         .collect();
-    Ok(Loaded { ebpf, sensors, links, raw_links })
+    Ok(Loaded { ebpf, sensors, links, raw_links, _pin_lock: pin_lock })
+}
+
+/// Takes the pin directory for this daemon alone (an exclusive flock on it, held while the
+/// daemon runs): a second daemon pinning the same names would replace, and so detach, the
+/// first one's programs.
+fn lock_pin_dir(dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            anyhow::bail!(
+                "bpf_pin_dir {} is in use by another running sidewalld: give each daemon on a host its own (e.g. bpf_pin_dir = \"/sys/fs/bpf/sidewall/{{node}}\")",
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("locking {}", dir.display()));
+    }
+    Ok(f)
 }
 
 /// Whether a sensor may be turned off: one whose programs enforce or arm may not, or a
