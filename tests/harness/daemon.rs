@@ -23,6 +23,15 @@ pub struct Daemon {
     /// Where this daemon pins what outlives it; removed on drop.
     pub pins: PathBuf,
     config: PathBuf,
+    launch: Launch,
+}
+
+/// How a daemon is started besides its config: a command it runs under (e.g. `unshare ...`,
+/// which must exec it) and extra flags.
+#[derive(Clone, Default)]
+pub struct Launch {
+    pub wrapper: Vec<String>,
+    pub flags: Vec<String>,
 }
 
 /// Loading and verifying the programs takes a few seconds on a busy 2-core machine.
@@ -40,6 +49,11 @@ impl Daemon {
 
     /// Also listening on `addresses` (e.g. `tcp://127.0.0.1:port`), besides its socket.
     pub async fn with_listeners(addresses: &[String], extra: &str) -> Self {
+        Self::launched(addresses, extra, Launch::default()).await
+    }
+
+    /// Started as `launch` says (under a wrapper command, with extra flags).
+    pub async fn launched(addresses: &[String], extra: &str, launch: Launch) -> Self {
         crate::require_root();
         let dir = tempfile::Builder::new().prefix("sidewall-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("sidewall.sock");
@@ -62,8 +76,8 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let child = spawn(&config, &dir.path().join("daemon.log"));
-        let mut d = Self { child, dir, socket, export, pins, config };
+        let child = spawn(&config, &dir.path().join("daemon.log"), &launch);
+        let mut d = Self { child, dir, socket, export, pins, config, launch };
         d.wait_ready().await;
         d
     }
@@ -77,7 +91,7 @@ impl Daemon {
     /// Starts the daemon again with the same configuration, after a crash.
     pub async fn restart(&mut self) {
         self.crash();
-        self.child = spawn(&self.config, &self.dir.path().join("daemon.log"));
+        self.child = spawn(&self.config, &self.dir.path().join("daemon.log"), &self.launch);
         self.wait_ready().await;
     }
 
@@ -153,11 +167,20 @@ impl Daemon {
     }
 }
 
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn(config: &std::path::Path, log: &std::path::Path, launch: &Launch) -> Child {
     let log = fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-    Command::new(crate::bin("sidewalld"))
-        .arg("--config")
+    let daemon = crate::bin("sidewalld");
+    let mut cmd = match launch.wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&daemon);
+            c
+        }
+        None => Command::new(&daemon),
+    };
+    cmd.arg("--config")
         .arg(config)
+        .args(&launch.flags)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log fd"))
         .stderr(log)

@@ -11,14 +11,13 @@ use sidewall_proto::v1 as pb;
 
 use kube::{
     Api, Client, ResourceExt as _,
-    runtime::{
-        WatchStreamExt as _,
-        watcher::{self, Event},
-    },
+    runtime::watcher::{self, Event},
 };
 use tokio_stream::StreamExt as _;
 
 use serde::de::DeserializeOwned;
+
+use crate::identity::kubernetes::Backoff;
 
 use super::{
     audit,
@@ -89,11 +88,13 @@ pub async fn watch(client: Client, store: Arc<PolicyStore>) {
 async fn watch_kind<K: PolicyObject>(api: Api<K>, store: Arc<PolicyStore>) {
     let mut known = Known::new();
     let mut relist: Option<Known> = None;
-    // Backoff (0.8 s doubling to 30 s, reset after two quiet minutes): a missing CRD or a
-    // forbidding RBAC must not turn into a request loop against the apiserver.
-    let mut stream = std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+    let mut stream = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
     let kind = K::kind(&());
+    let mut backoff = Backoff::default();
     while let Some(ev) = stream.next().await {
+        if matches!(ev, Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) {
+            backoff = Backoff::default();
+        }
         // Objects this event removed, with who removed them.
         let mut gone: BTreeMap<String, pb::PolicyActor> = BTreeMap::new();
         match ev {
@@ -115,7 +116,10 @@ async fn watch_kind<K: PolicyObject>(api: Api<K>, store: Arc<PolicyStore>) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "{kind} watch failed{}; retrying with backoff", hint(&kind, &e));
+                let delay = backoff.next_delay();
+                let hint = hint(&kind, &K::plural(&()), &e);
+                tracing::warn!(error = %e, ?delay, "{kind} watch failed{hint}; retrying");
+                tokio::time::sleep(delay).await;
                 continue;
             }
         }
@@ -124,7 +128,7 @@ async fn watch_kind<K: PolicyObject>(api: Api<K>, store: Arc<PolicyStore>) {
 }
 
 /// What an operator should look at for the usual failures: the CRD not installed, or RBAC.
-fn hint(kind: &str, e: &watcher::Error) -> String {
+fn hint(kind: &str, plural: &str, e: &watcher::Error) -> String {
     let code = match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
@@ -134,10 +138,9 @@ fn hint(kind: &str, e: &watcher::Error) -> String {
     };
     match code {
         404 => format!(" (the {kind} CRD is not installed: kubectl apply -f deploy/crds/)"),
-        401 | 403 => format!(
-            " (access refused: the daemon's service account needs list and watch on {}s)",
-            kind.to_lowercase()
-        ),
+        401 | 403 => {
+            format!(" (access refused: the daemon's service account needs list and watch on {plural})")
+        }
         _ => String::new(),
     }
 }
