@@ -412,3 +412,53 @@ async fn only_a_cluster_policy_may_select_other_namespaces() {
         );
     }
 }
+
+fn daemonset(deleting: bool) -> Answer {
+    let mut ds = serde_json::json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "sidewall", "namespace": "sidewall", "uid": "ds-uid", "resourceVersion": "5"}});
+    if deleting {
+        ds["metadata"]["deletionTimestamp"] = "2026-12-04T20:00:00Z".into();
+    }
+    Answer::List(ds.to_string())
+}
+
+/// At SIGTERM the daemon asks for its DaemonSet: deleted (404) or being deleted means an
+/// uninstall, and the enforcement it pinned goes with it; still there (a rolling update, a
+/// drain) means the pins stay for the next daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn enforcement_is_removed_when_the_daemonset_is_uninstalled_and_kept_otherwise() {
+    const DAEMONSET: &str = "/apis/apps/v1/namespaces/sidewall/daemonsets/sidewall";
+    for (case, answer, removed) in [
+        ("deleted", Answer::Fail(404, "NotFound"), true),
+        ("being deleted", daemonset(true), true),
+        ("still there", daemonset(false), false),
+    ] {
+        let api = ScriptedApi::start(HashMap::from([
+            ("/api/v1/pods", empty_pods()),
+            (POLICIES, policy_list("SidecarPolicy", &[])),
+            (CLUSTER_POLICIES, policy_list("ClusterSidecarPolicy", &[])),
+            (DAEMONSET, answer),
+        ]))
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = api.kubeconfig(dir.path());
+        let mut d = Daemon::with_config(&format!(
+            "kubernetes = \"on\"\nkubeconfig = \"{}\"\nuninstall_daemonset = \"sidewall/sidewall\"\n",
+            kubeconfig.display()
+        ))
+        .await;
+        let pins = d.pins.clone();
+        pinned_link(&pins);
+        d.stop();
+        let asked = api.lists.lock().await.get(DAEMONSET).map_or(0, Vec::len);
+        assert_eq!(asked, 1, "{case}: the DaemonSet was asked for {asked} times\n{}", d.log());
+        assert_eq!(
+            !pins.exists(),
+            removed,
+            "{case}: {} exists: {}\n{}",
+            pins.display(),
+            pins.exists(),
+            d.log()
+        );
+    }
+}

@@ -75,6 +75,9 @@ pub struct Config {
     pub alert_queue: usize,
     pub alert_rate: u64,
     pub alert_burst: u64,
+    /// "namespace/name" of the DaemonSet this daemon runs in: when it is gone or being
+    /// deleted at shutdown, the pins are removed too. Empty: enforcement always outlives.
+    pub uninstall_daemonset: String,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -114,6 +117,7 @@ pub struct Overrides {
     /// `--insecure-tcp`: true when given.
     pub insecure_tcp: Option<bool>,
     pub bpf_pin_dir: Option<String>,
+    pub uninstall_daemonset: Option<String>,
 }
 
 impl Config {
@@ -157,7 +161,8 @@ impl Config {
             tls_key,
             tls_client_ca,
             insecure_tcp,
-            bpf_pin_dir
+            bpf_pin_dir,
+            uninstall_daemonset
         );
         // Daemons sharing a bpffs (kind nodes on one host) each need their own pins.
         self.bpf_pin_dir = self.bpf_pin_dir.replace("{node}", &self.node());
@@ -217,6 +222,14 @@ impl Config {
         }
         if !self.bpf_pin_dir.is_empty() && !Path::new(&self.bpf_pin_dir).is_absolute() {
             return bad("bpf_pin_dir", format!("{:?} is not an absolute path", self.bpf_pin_dir));
+        }
+        if !self.uninstall_daemonset.is_empty()
+            && crate::uninstall::parse(&self.uninstall_daemonset).is_none()
+        {
+            return bad(
+                "uninstall_daemonset",
+                format!("{:?} is not namespace/name", self.uninstall_daemonset),
+            );
         }
         for name in &self.sensors_off {
             if let Err(e) = crate::kernel::loader::can_be_off(name) {

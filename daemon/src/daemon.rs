@@ -78,6 +78,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (audit, changes) = AuditSink::channel(audit::QUEUE, stats.clone());
     let policies = PolicyStore::audited(audit);
     let kube = kube_client(&cfg).await?;
+    let kube_at_exit = kube.clone();
     let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, kube.clone());
     start_policy_sources(&cfg, kube, &policies);
     let export_file = start_export(&cfg, &hub);
@@ -157,8 +158,41 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     // Give the API a moment to remove its socket.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let uninstalled = uninstalled(&cfg, kube_at_exit).await;
     drop(loaded);
+    if uninstalled && !cfg.bpf_pin_dir.is_empty() {
+        loader::cleanup(Path::new(&cfg.bpf_pin_dir))
+            .with_context(|| format!("removing {}", cfg.bpf_pin_dir))?;
+        tracing::info!(dir = %cfg.bpf_pin_dir, "enforcement removed with the daemon");
+    }
     Ok(())
+}
+
+/// Whether this daemon stops for an uninstall of its DaemonSet (see `uninstall`).
+async fn uninstalled(cfg: &Config, kube: Option<kube::Client>) -> bool {
+    let Some((ns, name)) = crate::uninstall::parse(&cfg.uninstall_daemonset) else { return false };
+    let Some(client) = kube else {
+        tracing::warn!(
+            "uninstall_daemonset is set but the Kubernetes API is not used: enforcement stays pinned"
+        );
+        return false;
+    };
+    let asked = tokio::time::timeout(Duration::from_secs(10), crate::uninstall::verdict(client, ns, name));
+    match asked.await {
+        Ok(Ok(crate::uninstall::Verdict::Uninstalled)) => {
+            tracing::info!(daemonset = %cfg.uninstall_daemonset, "DaemonSet deleted: uninstall");
+            true
+        }
+        Ok(Ok(crate::uninstall::Verdict::Present)) => false,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot ask for the DaemonSet: enforcement stays pinned");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("no answer about the DaemonSet in 10 s: enforcement stays pinned");
+            false
+        }
+    }
 }
 
 /// The JSON-lines export. A file that cannot be opened (a read-only root filesystem, a

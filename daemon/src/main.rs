@@ -60,6 +60,10 @@ struct Args {
     /// "{node}" stands for the node name, so daemons sharing a bpffs (kind nodes) keep apart.
     #[arg(long)]
     bpf_pin_dir: Option<String>,
+    /// "namespace/name" of this daemon's DaemonSet: when it is deleted (an uninstall), the
+    /// daemon removes its pinned enforcement as it stops.
+    #[arg(long)]
+    uninstall_daemonset: Option<String>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         tls_client_ca: args.tls_client_ca,
         insecure_tcp: args.insecure_tcp.then_some(true),
         bpf_pin_dir: args.bpf_pin_dir,
+        uninstall_daemonset: args.uninstall_daemonset,
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {
         Ok(c) => c,

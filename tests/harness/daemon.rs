@@ -197,7 +197,8 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn stop(&mut self) {
+    /// Stops the daemon with SIGTERM, as the kubelet does (SIGKILL after 5 s).
+    pub fn stop(&mut self) {
         stop_child(&mut self.child);
     }
 }
