@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use harness::{Daemon, daemon::Launch};
+use harness::{Daemon, TestCgroup, daemon::Launch};
 use sidewall_proto::v1::ListPoliciesRequest;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -461,4 +461,54 @@ async fn enforcement_is_removed_when_the_daemonset_is_uninstalled_and_kept_other
             d.log()
         );
     }
+}
+
+/// sidewalld in a pid namespace and a cgroup namespace of its own, as in a kind node (whose
+/// pid namespace is not the kernel's) or a container with a private cgroup namespace: a
+/// process already running in a container's cgroup when the daemon starts is seeded under the
+/// pid the kernel reports, so its events name its binary, arguments and parent, not an
+/// unknown process; and its cgroup, which /proc shows there as `/../<cgroup>`, is its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_in_its_own_pid_and_cgroup_namespaces_knows_the_processes_already_running() {
+    let node = TestCgroup::new("node"); // the daemon's cgroup: the root of its cgroup namespace
+    let app = TestCgroup::new("app"); // a container's, outside that root
+    let procs = |cg: &TestCgroup| cg.path.join("cgroup.procs").display().to_string();
+    // The node's first process starts the container's, then becomes the daemon.
+    let inner = format!("(echo 0 > {} && exec sleep 1000) & exec \"$0\" \"$@\"", procs(&app));
+    let outer = format!(
+        "echo 0 > {} && exec unshare --pid --fork --mount-proc --cgroup --kill-child sh -c '{inner}' \"$0\" \"$@\"",
+        procs(&node)
+    );
+    let launch = Launch { wrapper: ["sh", "-c", &outer].map(String::from).to_vec(), flags: Vec::new() };
+    let mut d = Daemon::launched(&[], "", launch).await;
+
+    let pids = app.pids();
+    let &[sleeper] = pids.as_slice() else { panic!("one process in the container cgroup: {pids:?}") };
+    let sleeper = sleeper as u32;
+    let status = std::fs::read_to_string(format!("/proc/{sleeper}/status")).expect("status");
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap_or_default().to_string();
+    assert_eq!(nspid.split_whitespace().count(), 3, "in a pid namespace of its own: {nspid}");
+    let seen_there = Command::new("nsenter")
+        .args(["--target", &sleeper.to_string(), "--cgroup", "cat", &format!("/proc/{sleeper}/cgroup")])
+        .output()
+        .expect("run nsenter");
+    let seen_there = String::from_utf8_lossy(&seen_there.stdout);
+    assert!(seen_there.contains("0::/../"), "relative in the daemon's cgroup namespace: {seen_there}");
+
+    let mut events = d.events(Default::default()).await;
+    // SAFETY: kill(2) of the process this test started, in its own cgroup.
+    unsafe { libc::kill(sleeper as i32, libc::SIGKILL) };
+    let ev = events
+        .find("the exit of the process seeded at start", Duration::from_secs(60), |e| {
+            harness::events::exit_of(e, sleeper).is_some()
+        })
+        .await;
+    let exit = harness::events::exit_of(&ev, sleeper).expect("exit");
+    let p = exit.process.as_ref().expect("process");
+    assert!(p.binary.ends_with("/sleep") && p.arguments == ["1000"], "{p:#?}\n{}", d.log());
+    assert_eq!(p.cgroup_id, app.id, "{p:#?}");
+    let c = p.container.as_ref().expect("container");
+    assert!(c.cgroup_path.ends_with(app.path.file_name().and_then(|n| n.to_str()).unwrap_or("?")), "{c:#?}");
+    assert!(!p.parent_exec_id.is_empty(), "its parent, the daemon, is known too: {p:#?}");
+    d.stop();
 }

@@ -72,7 +72,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let counters = KernelCounters::take(&mut loaded.ebpf)?;
     // Seed after attaching, so a process started in between is seen by one or the other.
     let mut cache = ProcessCache::new(node.clone(), clock, Duration::from_secs(cfg.process_grace_seconds));
-    cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
+    cache.seed(seeds(&loaded, cgroups.as_ref().map(|c| c.root())));
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
     let (audit, changes) = AuditSink::channel(audit::QUEUE, stats.clone());
@@ -192,6 +192,20 @@ async fn uninstalled(cfg: &Config, kube: Option<kube::Client>) -> bool {
             tracing::warn!("no answer about the DaemonSet in 10 s: enforcement stays pinned");
             false
         }
+    }
+}
+
+/// The processes already running: read from /proc, renumbered with the kernel's pids and
+/// cgroups when the task iterator runs (see `kernel::tasks`).
+fn seeds(loaded: &loader::Loaded, cgroup_root: Option<&Path>) -> Vec<crate::process::cache::Seed> {
+    let seeds = procfs::scan("/proc".as_ref(), cgroup_root);
+    match loaded.tasks.as_ref().map(|t| t.read()) {
+        Some(Ok(tasks)) => crate::kernel::tasks::renumber(seeds, &tasks),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "task iterator failed: processes seeded from /proc alone");
+            seeds
+        }
+        None => seeds,
     }
 }
 

@@ -446,6 +446,7 @@ pub struct Offsets {
     pub pid_numbers: u32,
     pub upid_size: u32,
     pub upid_ns: u32,
+    pub upid_nr: u32,
 
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
@@ -555,6 +556,17 @@ pub struct AggCount {
     pub count: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+}
+
+/// One record of the `task_pids` iterator: a process (thread-group leader) as the kernel
+/// numbers it (initial pid namespace), as the daemon's pid namespace numbers it (0: not
+/// visible there), and its cgroup v2 id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskPids {
+    pub kernel_pid: u32,
+    pub ns_pid: u32,
+    pub cgroup_id: u64,
 }
 
 #[cfg(feature = "user")]
