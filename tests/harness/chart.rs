@@ -89,8 +89,6 @@ pub struct DaemonPod {
     pub args: Vec<String>,
     /// The readiness and liveness probes' command.
     pub probe: Vec<String>,
-    /// The preStop hook's command, when the chart has one.
-    pub pre_stop: Option<Vec<String>>,
     /// The container's config.toml as the ConfigMap holds it.
     pub config: String,
 }
@@ -211,9 +209,7 @@ pub fn daemon_pod(
 
     let probe = strings(&c["readinessProbe"]["exec"]["command"]);
     assert_eq!(probe, strings(&c["livenessProbe"]["exec"]["command"]), "one health check");
-    let pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
-        .as_sequence()
-        .map(|_| strings(&c["lifecycle"]["preStop"]["exec"]["command"]));
+    assert!(c["lifecycle"].is_null(), "lifecycle hooks: the test does not know how to run them under podman");
     let config = s(&config_map["data"]["config.toml"]).to_string();
-    DaemonPod { options: o, args, probe, pre_stop, config }
+    DaemonPod { options: o, args, probe, config }
 }

@@ -24,6 +24,7 @@ pub struct Daemon {
     /// Where this daemon pins what outlives it; removed on drop.
     pub pins: PathBuf,
     config: PathBuf,
+    launch: Launch,
     /// Run in the daemon's image as the chart's pod spec says, instead of on the host.
     container: Option<Container>,
 }
@@ -34,6 +35,14 @@ struct Container {
     pod: crate::chart::DaemonPod,
     /// Every container started under `name` (one more per restart), for their cgroups.
     ids: Vec<String>,
+}
+
+/// How a daemon is started besides its config: a command it runs under (e.g. `unshare ...`,
+/// which must exec it) and extra flags.
+#[derive(Clone, Default)]
+pub struct Launch {
+    pub wrapper: Vec<String>,
+    pub flags: Vec<String>,
 }
 
 /// Loading and verifying the programs takes a few seconds on a busy 2-core machine.
@@ -51,6 +60,11 @@ impl Daemon {
 
     /// Also listening on `addresses` (e.g. `tcp://127.0.0.1:port`), besides its socket.
     pub async fn with_listeners(addresses: &[String], extra: &str) -> Self {
+        Self::launched(addresses, extra, Launch::default()).await
+    }
+
+    /// Started as `launch` says (under a wrapper command, with extra flags).
+    pub async fn launched(addresses: &[String], extra: &str, launch: Launch) -> Self {
         crate::require_root();
         let dir = tempfile::Builder::new().prefix("sidewall-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("sidewall.sock");
@@ -73,8 +87,8 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let child = spawn(&config, &dir.path().join("daemon.log"));
-        let mut d = Self { child, dir, socket, export, pins, config, container: None };
+        let child = spawn(&config, &dir.path().join("daemon.log"), &launch);
+        let mut d = Self { child, dir, socket, export, pins, config, launch, container: None };
         d.wait_ready().await;
         d
     }
@@ -112,6 +126,8 @@ impl Daemon {
                 pins.display().to_string()
             ),
             "export: {file: /run/sidewall/events.json}".to_string(),
+            // No API server here to tell an uninstall from an update (tests/node.rs has one).
+            "enforcement: {keepOnUninstall: true}".to_string(),
             format!(
                 "extraVolumes: [{{name: podman-storage, hostPath: {{path: {storage}, type: Directory}}}}, \
                  {{name: policies, hostPath: {{path: {:?}, type: Directory}}}}]",
@@ -139,15 +155,11 @@ impl Daemon {
             pins,
             config: etc.join("config.toml"),
             dir,
+            launch: Launch::default(),
             container: Some(container),
         };
         d.wait_ready().await;
         d
-    }
-
-    /// Stops the daemon as a node stops a pod (SIGTERM, then SIGKILL).
-    pub fn shutdown(&mut self) {
-        self.stop();
     }
 
     /// The host directory the daemon in its image reads policies from (its `policy_dir`).
@@ -159,12 +171,6 @@ impl Daemon {
     pub fn probe(&self) -> std::process::Output {
         let c = self.container.as_ref().expect("a daemon in its image");
         self.exec(&c.pod.probe)
-    }
-
-    /// The chart's preStop hook, when it has one, run in the daemon's container.
-    pub fn pre_stop(&self) -> Option<std::process::Output> {
-        let c = self.container.as_ref().expect("a daemon in its image");
-        c.pod.pre_stop.as_ref().map(|cmd| self.exec(cmd))
     }
 
     /// The daemon container's podman options and config.toml, as the chart rendered them.
@@ -197,7 +203,7 @@ impl Daemon {
         let log = self.dir.path().join("daemon.log");
         self.child = match &self.container {
             Some(c) => spawn_container(c, &log),
-            None => spawn(&self.config, &log),
+            None => spawn(&self.config, &log, &self.launch),
         };
         self.wait_ready().await;
     }
@@ -300,11 +306,20 @@ fn spawn_container(c: &Container, log: &std::path::Path) -> Child {
     cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn(config: &std::path::Path, log: &std::path::Path, launch: &Launch) -> Child {
     let log = fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-    Command::new(crate::bin("sidewalld"))
-        .arg("--config")
+    let daemon = crate::bin("sidewalld");
+    let mut cmd = match launch.wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&daemon);
+            c
+        }
+        None => Command::new(&daemon),
+    };
+    cmd.arg("--config")
         .arg(config)
+        .args(&launch.flags)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log fd"))
         .stderr(log)
@@ -321,7 +336,8 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn stop(&mut self) {
+    /// Stops the daemon with SIGTERM, as the kubelet does (SIGKILL after 5 s).
+    pub fn stop(&mut self) {
         let Some(c) = &self.container else {
             stop_child(&mut self.child);
             return;

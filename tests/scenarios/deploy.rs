@@ -191,12 +191,15 @@ fn the_chart_takes_the_values_operators_set() {
     ] {
         assert!(text.contains(want), "{want}:\n{text}");
     }
-    // enforcement.outlivesDaemon: no preStop cleanup; crds.install false: no CRD.
-    assert!(!text.contains("--cleanup") && !text.contains("kind: CustomResourceDefinition"), "{text}");
+    // enforcement.keepOnUninstall: the daemons never remove their pins; crds.install false.
+    for absent in ["uninstall_daemonset", "kind: Role\n", "kind: CustomResourceDefinition"] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
 
     // The defaults: no priority class (GKE's quota refuses system-node-critical outside
     // kube-system), the node's confinement lifted as Cilium and Tetragon do, probes that fail
-    // on a missing sensor, a config checksum that rolls the pods, cleanup on stop, the CRD kept.
+    // on a missing sensor, a config checksum that rolls the pods, enforcement that leaves with
+    // an uninstall (the daemon may read its DaemonSet), the CRDs kept.
     let out = Command::new(python())
         .arg(root().join("deploy/validate.py"))
         .arg("--render-only")
@@ -210,8 +213,10 @@ fn the_chart_takes_the_values_operators_set() {
         "type: spc_t",
         "- --healthy",
         "checksum/config:",
-        "--cleanup",
+        "uninstall_daemonset = \"sidewall-system/sidewall\"",
+        "resources:\n  - daemonsets\n  resourceNames:\n  - sidewall",
         "helm.sh/resource-policy: keep",
+        "name: clustersidecarpolicies.sidewall.io",
     ] {
         assert!(text.contains(want), "{want}:\n{text}");
     }
