@@ -73,6 +73,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Seed after attaching, so a process started in between is seen by one or the other.
     let mut cache = ProcessCache::new(node.clone(), clock, Duration::from_secs(cfg.process_grace_seconds));
     cache.seed(seeds(&loaded, cgroups.as_ref().map(|c| c.root())));
+    if let Some(tasks) = loaded.tasks.take() {
+        crate::kernel::tasks::install(tasks);
+    }
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
     let (audit, changes) = AuditSink::channel(audit::QUEUE, stats.clone());

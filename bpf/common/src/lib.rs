@@ -55,6 +55,9 @@ pub mod wire {
     /// `super_block.s_magic` of procfs (include/uapi/linux/magic.h).
     pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
+    /// The inode of the initial pid namespace (`PROC_PID_INIT_INO`, include/linux/proc_ns.h).
+    pub const PROC_PID_INIT_INO: u32 = 0xEFFF_FFFC;
+
     /// The signal the programs send with `bpf_send_signal`.
     pub const SIGKILL: u32 = 9;
 }

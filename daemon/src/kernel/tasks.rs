@@ -10,6 +10,7 @@ use std::{
     io::Read as _,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     os::unix::fs::MetadataExt as _,
+    sync::{Mutex, OnceLock},
 };
 
 use anyhow::Context as _;
@@ -21,6 +22,54 @@ use crate::process::cache::Seed;
 /// The inode of the daemon's own pid namespace.
 pub fn own_pid_ns() -> u32 {
     std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino() as u32)
+}
+
+/// Kernel pids to this daemon's, when its pid namespace is not the initial one.
+struct Pids {
+    iter: TaskIter,
+    map: Mutex<HashMap<u32, u32>>,
+}
+
+static PIDS: OnceLock<Pids> = OnceLock::new();
+
+/// Translates pids from now on, if this daemon's pid namespace is not the kernel's initial one.
+pub fn install(iter: TaskIter) {
+    if own_pid_ns() != sidewall_common::wire::PROC_PID_INIT_INO {
+        tracing::info!("pid namespace of its own: kernel pids are translated for /proc and kill");
+        let _ = PIDS.set(Pids { iter, map: Mutex::new(HashMap::new()) });
+    }
+}
+
+/// The pid this daemon's /proc and kill(2) know the process by, that the kernel reports as
+/// `kernel_pid`; None when it is not visible from here (or gone): nothing must then be read
+/// or killed in its name, since that number may be another process here.
+pub fn local_pid(kernel_pid: u32) -> Option<u32> {
+    let Some(pids) = PIDS.get() else { return Some(kernel_pid) };
+    pids.find(|map| map.get(&kernel_pid).copied())
+}
+
+/// The other way: the kernel's pid of a process this daemon knows as `local` (from
+/// cgroup.procs or /proc), as records and the process cache name it.
+pub fn kernel_pid(local: u32) -> Option<u32> {
+    let Some(pids) = PIDS.get() else { return Some(local) };
+    pids.find(|map| map.iter().find(|(_, l)| **l == local).map(|(k, _)| *k))
+}
+
+impl Pids {
+    /// `lookup` in the map, read again once when it misses (a process born since).
+    fn find(&self, lookup: impl Fn(&HashMap<u32, u32>) -> Option<u32>) -> Option<u32> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = lookup(&map) {
+            return Some(found);
+        }
+        match self.iter.read() {
+            Ok(tasks) => {
+                *map = tasks.iter().filter(|t| t.ns_pid != 0).map(|t| (t.kernel_pid, t.ns_pid)).collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "task iterator failed: a pid is not translated"),
+        }
+        lookup(&map)
+    }
 }
 
 /// The loaded iterator program; each `read` runs it once over every task.
