@@ -132,10 +132,9 @@ pub fn execute(ev: &pb::GetEventsResponse, alert: &mut pb::PolicyAlert) {
     if let Some(Event::ProcessAccess(a)) = &ev.event
         && a.access == "ptrace_attach"
         && let Some(t) = a.target.as_ref()
+        && let Some(pid) = local_pid(t.pid)
     {
-        if let Some(pid) = local_pid(t.pid) {
-            // SAFETY: kill(2) of the traced process, by the pid the kernel resolved.
-            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-        }
+        // SAFETY: kill(2) of the traced process, by the pid the kernel resolved.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     }
 }
