@@ -799,7 +799,20 @@ async fn attack_scenarios_against_the_daemon_in_its_image_as_the_chart_runs_it()
     let mut feed = Feed::start(&d).await;
     wait_policy(&d, &sc.policy_key(), "enforce").await.unwrap_or_else(|e| panic!("{e}"));
     for step in &sc.steps {
-        let mut row = run.step(&mut feed, step).await;
+        // Listeners bound before the restart are not attributed to their container again (the
+        // daemon learns port owners from bind records, and seeds none): the alert names the
+        // port, not the peer. Recorded as a known limit; blocked and alerted all the same.
+        let mut step = step.clone();
+        for a in &mut step.enforce.alerts {
+            if a.peer.take().is_some() {
+                step.enforce.gap = Some(
+                    "after a daemon restart, a listener bound before it is not attributed to its \
+                     container: the alert names the port, not the peer"
+                        .into(),
+                );
+            }
+        }
+        let mut row = run.step(&mut feed, &step).await;
         row.step = format!("{} (after restart)", row.step);
         out.rows.push(row);
     }
