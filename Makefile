@@ -40,8 +40,9 @@ uninstall-oci-hook:
 		/usr/local/bin/sidewall-oci-hook uninstall --hooks-dir $(OCI_HOOKS_DIR) --bin-dir /usr/local/bin; \
 	else rm -f $(OCI_HOOKS_DIR)/sidewall.json; fi
 
-## Everything: lint, unit tests, and the privileged tests that load the real eBPF programs.
-test: lint build
+## Everything: lint, the deploy checks, unit tests, and the privileged tests that load the
+## real eBPF programs (the image test runs the image deploy-check built).
+test: lint build deploy-check
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 ## The attack-scenario catalog (tests/scenarios/) on real pods, in monitor and enforce mode,
@@ -49,6 +50,17 @@ test: lint build
 .PHONY: scenarios
 scenarios: build
 	$(CARGO) test -p sidewall-tests --test scenarios -- --nocapture --test-threads=1
+
+## The daemon's image, localhost/sidewall:dev, from the binaries `make release` built, on a
+## Debian base made with mmdebstrap (made once, then kept): scripts/image.sh.
+.PHONY: image deploy-check
+image: release
+	bash scripts/image.sh
+
+## The image, and the Helm chart rendered by helm with its defaults and each values file of
+## deploy/helm/sidewall/ci/, every object validated against the Kubernetes schemas.
+deploy-check: image
+	/opt/sidewall-venv/bin/python deploy/validate.py
 
 unit: build
 	$(CARGO) test --workspace --lib --bins

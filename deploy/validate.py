@@ -1,35 +1,35 @@
 #!/usr/bin/env python3
 """Schema validation of everything sidewall deploys, offline.
 
-- Kubernetes objects (deploy/manifests, the Helm chart rendered with its default values, the
-  CRDs, and the scenario catalog's Pod manifests) against the Kubernetes JSON schemas bundled
-  in the PyPI package `kubernetes-validate`, in strict mode (unknown fields are errors), for
-  the oldest and the newest Kubernetes version checked here.
+- The Helm chart, rendered by a real `helm template` (scripts/setup.sh installs helm) with its
+  default values and with each values file of deploy/helm/sidewall/ci/ (metrics, TLS, runtime
+  hook, what operators set), each for the oldest Kubernetes the chart supports (Chart.yaml
+  kubeVersion) and for the newest schema set here (`--kube-version`, as a cluster of that
+  version would render it). Every object is validated against the Kubernetes JSON schemas
+  bundled in the PyPI package `kubernetes-validate`, in strict mode (unknown fields are
+  errors), for that same version.
+- deploy/manifests, the CRDs and the scenario catalog's Pod manifests, the same way.
 - SidecarPolicy documents (the scenario catalog's policy.yaml files) against the
   openAPIV3Schema of the CRD, with `jsonschema`.
-- The chart's templates are rendered here, without helm (helm is not installable from the
-  package registries this project uses). The renderer knows plain references only:
-  {{ .Values.a.b }}, {{ .Release.Name }}, {{ .Release.Namespace }}, {{ .Chart.Name }},
-  {{ .Chart.Version }}, {{ .Chart.AppVersion }}, each optionally `| quote` or `| toJson`;
-  and {{ if REFERENCE }} ... {{ else }} ... {{ end }} on Go's truthiness (false, 0, "", empty
-  lists and maps are false); `{{-` and `-}}` trim whitespace as in Go. Anything else is an
-  error, which keeps the templates simple enough for this to be faithful.
-- Objects of cert-manager's API (cert-manager.io/v1 Certificate), which the Kubernetes
-  schemas do not cover, against deploy/schemas/ (the fields the chart uses, strict).
+- Objects of other projects' APIs the chart may create (cert-manager.io/v1 Certificate,
+  monitoring.coreos.com/v1 ServiceMonitor), which the Kubernetes schemas do not cover,
+  against deploy/schemas/ (the fields the chart uses, strict).
 - deploy/manifests/*.yaml must be the chart rendered with its default values (release
-  `sidewall` in namespace `sidewall-system`), plus the Namespace.
+  `sidewall` in namespace `sidewall-system`, newest Kubernetes), plus the Namespace.
 
-Usage: validate.py [--render-only] [--set key=value ...]
-With --set, the chart rendered with those values is validated (and not compared with
-deploy/manifests).
+Usage: validate.py [--render-only] [-f values.yaml ...] [--set key=value ...]
+With -f or --set, only the chart rendered with those values is validated.
 Exit status 0 when everything validates; 1 with the reasons otherwise; 3 when the
-`kubernetes-validate` package is missing.
+`kubernetes-validate` package or helm is missing.
 """
 
 import argparse
 import json
+import os
 import pathlib
 import re
+import shutil
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -53,114 +53,44 @@ except ImportError as e:  # pragma: no cover - reported to the test
     )
     sys.exit(3)
 
-ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.S)
-REFERENCE = re.compile(r"^\s*\.(Values|Release|Chart)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*(?:\|\s*(quote|toJson)\s*)?$")
-CONDITION = re.compile(r"^\s*if\s+(.*?)\s*$", re.S)
 SCHEMAS = DEPLOY / "schemas"
 # API groups of other projects' CRDs that the chart may create, validated against SCHEMAS.
-EXTENSIONS = {"cert-manager.io"}
+EXTENSIONS = {"cert-manager.io", "monitoring.coreos.com"}
+# The values files of the chart's CI runs, besides its defaults.
+VALUES_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
+SOURCE = re.compile(r"^# Source: (\S+)", re.M)
 
 
-def scalar(value):
-    """A value as Go's text/template prints it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        raise ValueError(f"{value!r} is not a scalar: templates may reference scalars only")
-    return str(value)
+def helm():
+    """helm: $HELM, the one scripts/setup.sh installs, or the PATH's."""
+    for candidate in (os.environ.get("HELM"), "/opt/sidewall-tools/helm", shutil.which("helm")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    print("helm is missing: scripts/setup.sh installs it into /opt/sidewall-tools", file=sys.stderr)
+    sys.exit(3)
 
 
-def lookup(ref, values, chart, origin, action):
-    root, path = ref.group(1), ref.group(2).split(".")[1:]
-    node = {"Values": values, "Release": RELEASE, "Chart": chart}[root]
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            raise ValueError(f"{origin}: {action!r}: no such value")
-        node = node[key]
-    return node
-
-
-def tokens(text, origin):
-    """Text and actions, with `{{-` and `-}}` trimming the whitespace beside them."""
-    out, pos = [], 0
-    for m in ACTION.finditer(text):
-        out.append(["text", text[pos : m.start()]])
-        if m.group(1) == "-" and out[-1][0] == "text":
-            out[-1][1] = out[-1][1].rstrip()
-        out.append(["action", m.group(2), m.group(3) == "-", m.group(0)])
-        pos = m.end()
-    out.append(["text", text[pos:]])
-    for i, t in enumerate(out):
-        if t[0] == "action" and t[2] and i + 1 < len(out):
-            out[i + 1][1] = out[i + 1][1].lstrip()
-    return out
-
-
-def render_text(text, values, chart, origin):
-    out = []
-    # One entry per open `if`: (rendering this branch?, was the whole if rendered?)
-    stack = []
-    for t in tokens(text, origin):
-        live = all(on for on, _ in stack)
-        if t[0] == "text":
-            if live:
-                out.append(t[1])
-            continue
-        body, whole = t[1].strip(), t[3]
-        cond = CONDITION.match(body)
-        if cond:
-            ref = REFERENCE.match(cond.group(1))
-            if not ref or ref.group(3):
-                raise ValueError(f"{origin}: unsupported condition {whole!r}")
-            stack.append((bool(lookup(ref, values, chart, origin, whole)), live))
-        elif body == "else":
-            if not stack:
-                raise ValueError(f"{origin}: {whole!r} without if")
-            on, outer = stack.pop()
-            stack.append((not on, outer))
-        elif body == "end":
-            if not stack:
-                raise ValueError(f"{origin}: {whole!r} without if")
-            stack.pop()
-        else:
-            ref = REFERENCE.match(body)
-            if not ref:
-                raise ValueError(f"{origin}: unsupported template construct {whole!r}")
-            node = lookup(ref, values, chart, origin, whole)
-            if not live:
-                continue
-            if ref.group(3) == "toJson":
-                out.append(json.dumps(node, separators=(",", ":")))
-            elif ref.group(3) == "quote":
-                out.append(json.dumps(scalar(node)))
-            else:
-                out.append(scalar(node))
-    if stack:
-        raise ValueError(f"{origin}: {len(stack)} if without end")
-    return "".join(out)
-
-
-def set_value(values, assignment):
-    key, _, raw = assignment.partition("=")
-    node = values
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = yaml.safe_load(raw)
-
-
-def render_chart(overrides=()):
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
+def render_chart(overrides=(), values_files=(), kube_version=None):
+    """The chart as `helm template` renders it: (origin, object) pairs."""
+    version = kube_version or kubernetes_validate.latest_version()
+    cmd = [helm(), "template", RELEASE["Name"], str(CHART), "--namespace", RELEASE["Namespace"]]
+    cmd += ["--kube-version", version]
+    for f in values_files:
+        cmd += ["--values", str(f)]
     for o in overrides:
-        set_value(values, o)
-    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    chart = {"Name": meta["name"], "Version": meta["version"], "AppVersion": meta.get("appVersion", "")}
+        # Lists and maps as JSON (`--set a=[x]` would be a string to helm).
+        raw = o.partition("=")[2].lstrip()
+        cmd += ["--set-json" if raw[:1] in ("[", "{") else "--set", o]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(f"helm template {' '.join(cmd[3:])}: {out.stderr.strip()}")
     docs = []
-    for path in sorted((CHART / "templates").glob("*.yaml")):
-        text = render_text(path.read_text(), values, chart, path.relative_to(ROOT))
-        docs += [(f"{path.relative_to(ROOT)} (rendered)", d) for d in yaml.safe_load_all(text) if d]
+    for text in re.split(r"(?m)^---\s*$", out.stdout):
+        source = SOURCE.search(text)
+        doc = yaml.safe_load(text)
+        if doc:
+            origin = f"deploy/helm/{source.group(1) if source else 'sidewall'} (rendered, Kubernetes {version})"
+            docs.append((origin, doc))
     return docs
 
 
@@ -185,14 +115,14 @@ def validate_extension(origin, doc, errors):
         errors.append(f"{origin}: {doc.get('kind')} {key(doc)[2]}: {where}: {e.message}")
 
 
-def validate_kubernetes(docs, errors):
+def validate_kubernetes(docs, errors, versions=VERSIONS):
     count = 0
     for origin, doc in docs:
         if doc.get("apiVersion", "").split("/")[0] in EXTENSIONS:
             validate_extension(origin, doc, errors)
             count += 1
             continue
-        for version in VERSIONS:
+        for version in versions:
             v = version or kubernetes_validate.latest_version()
             try:
                 kubernetes_validate.validate(doc, v, strict=True)
@@ -232,45 +162,85 @@ def compare_manifests(rendered, errors):
     for path in sorted((DEPLOY / "manifests").glob("*.yaml")):
         plain += load(path)
     plain_by_key = {key(d): (o, d) for o, d in plain if d.get("kind") != "Namespace"}
-    rendered_by_key = {key(d): (o, d) for o, d in rendered}
+    # The CRDs are applied from deploy/crds/.
+    rendered_by_key = {key(d): (o, d) for o, d in rendered if d.get("kind") != "CustomResourceDefinition"}
     for k in sorted(set(plain_by_key) | set(rendered_by_key), key=str):
         if k not in rendered_by_key:
             errors.append(f"{plain_by_key[k][0]}: {k} is not in the chart")
         elif k not in plain_by_key:
             errors.append(f"deploy/manifests: {k} of the chart is missing")
         elif plain_by_key[k][1] != rendered_by_key[k][1]:
-            errors.append(f"{plain_by_key[k][0]}: {k} differs from the chart rendered with its default values")
+            errors.append(
+                f"{plain_by_key[k][0]}: {k} differs from the chart rendered with its default values "
+                "(deploy/validate.py --write-manifests writes it again)"
+            )
     if not any(d.get("kind") == "Namespace" and d["metadata"]["name"] == RELEASE["Namespace"] for _, d in plain):
         errors.append(f"deploy/manifests: no Namespace {RELEASE['Namespace']}")
+
+
+MANIFESTS_HEADER = """\
+# sidewall without helm: the chart (deploy/helm/sidewall) rendered with its default values,
+# release "sidewall" in namespace "sidewall-system" (deploy/validate.py --write-manifests
+# writes it; the tests check that both agree), for Kubernetes 1.30 and later (before 1.30 the
+# AppArmor profile is an annotation: install the chart, which renders it for the cluster's version).
+#   kubectl apply -f deploy/crds/ -f deploy/manifests/namespace.yaml -f deploy/manifests/sidewall.yaml
+"""
+
+
+def write_manifests(rendered):
+    docs = [d for _, d in rendered if d.get("kind") != "CustomResourceDefinition"]
+    text = "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+    (DEPLOY / "manifests" / "sidewall.yaml").write_text(MANIFESTS_HEADER + text)
+
+
+def render_runs(values_files, overrides):
+    """(name, files) of each rendering to check: the given values, or the defaults and each
+    values file of the chart's ci/."""
+    if values_files or overrides:
+        return [("the given values", values_files)]
+    return [("defaults", [])] + [(f.name, [f]) for f in VALUES_FILES]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--render-only", action="store_true", help="print the rendered chart and exit")
+    ap.add_argument("--write-manifests", action="store_true", help="write deploy/manifests/sidewall.yaml")
+    ap.add_argument("-f", "--values", action="append", default=[], help="a values file")
     ap.add_argument("--set", action="append", default=[], help="override a value: key.path=value")
     args = ap.parse_args()
 
-    errors = []
+    errors, n, default = [], 0, None
     try:
-        rendered = render_chart(args.set)
+        if args.render_only:
+            rendered = render_chart(args.set, args.values)
+            print("\n---\n".join(yaml.safe_dump(d, sort_keys=False) for _, d in rendered), end="")
+            return 0
+        if args.write_manifests:
+            write_manifests(render_chart())
+            return 0
+        runs = render_runs(args.values, args.set)
+        for name, files in runs:
+            for version in VERSIONS:
+                rendered = render_chart(args.set, files, version)
+                n += validate_kubernetes(rendered, errors, [version])
+                if name == "defaults" and version is None:
+                    default = rendered
     except ValueError as e:
         print(f"rendering the chart: {e}", file=sys.stderr)
         return 1
-    if args.render_only:
-        print("\n---\n".join(yaml.safe_dump(d, sort_keys=False) for _, d in rendered), end="")
-        return 0
 
-    docs = list(rendered)
-    if not args.set:
+    if default is not None:
+        # Rendered for the newest Kubernetes: the AppArmor field needs 1.30 (older: the chart).
+        manifests = []
         for path in sorted((DEPLOY / "manifests").glob("*.yaml")):
-            docs += load(path)
-        docs += load(CRD) + load(CHART / "crds" / CRD.name)
+            manifests += load(path)
+        n += validate_kubernetes(manifests, errors, [None])
+        docs = load(CRD) + load(CHART / "files" / "crds" / CRD.name)
         for path in sorted(SCENARIOS.glob("*/pod.yaml")):
             docs += load(path)
-    n = validate_kubernetes(docs, errors)
+        n += validate_kubernetes(docs, errors)
+        compare_manifests(default, errors)
     p = validate_policies(errors)
-    if not args.set:
-        compare_manifests(rendered, errors)
     kind = yaml.safe_load((DEPLOY / "kind" / "cluster.yaml").read_text())
     if (kind.get("apiVersion"), kind.get("kind")) != ("kind.x-k8s.io/v1alpha4", "Cluster") or not kind.get("nodes"):
         errors.append("deploy/kind/cluster.yaml: not a kind.x-k8s.io/v1alpha4 Cluster with nodes")
@@ -280,7 +250,11 @@ def main():
         print("\n".join(errors), file=sys.stderr)
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return 1
-    print(f"ok: {n} Kubernetes objects (Kubernetes {versions}, strict) and {p} SidecarPolicy documents valid")
+    rendered_with = ", ".join(name for name, _ in runs)
+    print(
+        f"ok: {n} Kubernetes objects (Kubernetes {versions}, strict; the chart rendered by helm with "
+        f"{rendered_with}) and {p} SidecarPolicy documents valid"
+    )
     return 0
 
 

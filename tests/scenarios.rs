@@ -25,7 +25,7 @@ use harness::{
 };
 use sidewall_proto::v1::{
     AddPolicyRequest, DeletePolicyRequest, EventType, Filter, GetEventsRequest, GetEventsResponse,
-    PolicyAlert, Process, SetPolicyModeRequest, get_events_response::Event,
+    ListPoliciesRequest, PolicyAlert, Process, SetPolicyModeRequest, get_events_response::Event,
 };
 use tokio::sync::mpsc;
 
@@ -694,4 +694,152 @@ async fn attack_scenarios_in_monitor_and_enforce_mode() {
     );
     let failures = out.failures;
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Scenarios run against the daemon in its image: the strict sensor set's /proc, ptrace,
+/// namespace and unix socket attacks, which the container reaches only through the host's PID
+/// namespace, the chart's capabilities and its mounts; and the benign baseline.
+const IN_IMAGE: &[&str] = &["benign-mesh-and-logs", "host-escape", "proc-environ", "unix-channel"];
+/// The scenario whose pod keeps running while the daemon's container restarts.
+const ACROSS_RESTART: &str = "loopback-probe";
+
+/// Waits until the daemon holds policy `key` in `mode`.
+async fn wait_policy(d: &Daemon, key: &str, mode: &str) -> Result<(), String> {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        let list = d.client().await.list_policies(ListPoliciesRequest {}).await.map_err(|e| e.to_string())?;
+        let list = list.into_inner().policies;
+        if list.iter().any(|p| p.name == key && p.mode == mode) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let names: Vec<_> = list.iter().map(|p| format!("{} ({})", p.name, p.mode)).collect();
+            return Err(format!("the daemon never loaded {key} in {mode} mode; it holds {names:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// sidewalld in the image `make image` built, run under podman exactly as the chart's
+/// DaemonSet says (harness::chart): the attack scenarios pass against it; a pod keeps its
+/// rules while the daemon's container is killed, after the container starts again, and once
+/// it is stopped as an update stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_scenarios_against_the_daemon_in_its_image_as_the_chart_runs_it() {
+    let mut d = Daemon::in_image("sensorSet: strict\n").await;
+    let (options, config) = d.pod_spec().expect("a daemon in its image");
+    for want in ["--read-only", "--cap-drop", "--pid", "--cgroupns"] {
+        assert!(options.iter().any(|o| o == want), "{want}: {options:?}");
+    }
+    assert!(!options.iter().any(|o| o.contains("privileged")), "{options:?}");
+    assert!(config.contains("sensor_set = \"strict\""), "{config}");
+    let probe = d.probe();
+    assert!(
+        probe.status.success(),
+        "the chart's probe fails on a healthy daemon: {}{}",
+        String::from_utf8_lossy(&probe.stdout),
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    let catalog = scenario::catalog();
+    let mut feed = Feed::start(&d).await;
+    let mut out = Outcome::default();
+    for sc in catalog.iter().filter(|s| IN_IMAGE.contains(&s.name.as_str())) {
+        run_scenario(&d, &mut feed, sc, &mut out).await;
+    }
+
+    // A pod started under one daemon container keeps its rules while the container is down
+    // and after it starts again. Its policy comes from a source that outlives the daemon (a
+    // cluster's objects; here the policy directory the chart's extra volume mounts).
+    let sc = catalog.iter().find(|s| s.name == ACROSS_RESTART).expect("the scenario");
+    let doc = sc.policy().replace("  mode: monitor\n", "  mode: enforce\n");
+    std::fs::write(d.policy_dir().join(format!("{}.yaml", sc.name)), doc).expect("write policy");
+    wait_policy(&d, &sc.policy_key(), "enforce").await.unwrap_or_else(|e| panic!("{e}"));
+    let pod = ManifestPod::play(PREFIX, &sc.manifest()).unwrap_or_else(|e| panic!("{}: {e}", sc.name));
+    let mut run =
+        Run { sc, mode: "enforce", pod, log: Vec::new(), used: BTreeSet::new(), failures: Vec::new() };
+    run.wait_ready(&mut feed).await;
+    assert!(run.failures.is_empty(), "{:?}", run.failures);
+    for step in &sc.steps {
+        out.rows.push(run.step(&mut feed, step).await);
+    }
+
+    drop(feed);
+    d.crash();
+    let blocked: Vec<&Step> = sc.steps.iter().filter(|s| !s.enforce.alerts.is_empty()).collect();
+    assert!(!blocked.is_empty(), "{}: a step the policy blocks", sc.name);
+    for step in &blocked {
+        let got = run
+            .pod
+            .exec_command(&step.container, &step.argv(std::process::id()))
+            .output()
+            .expect("podman exec");
+        let stdout = String::from_utf8_lossy(&got.stdout).trim().to_string();
+        if step.enforce.exit.is_some_and(|e| Some(e) != got.status.code())
+            || step.enforce.stdout.as_ref().is_some_and(|p| !stdout.starts_with(p.as_str()))
+        {
+            out.failures.push(format!(
+                "{} {:?} while the daemon's container was down: {:?} {stdout:?}, expected {:?} {:?}",
+                sc.name,
+                step.name,
+                got.status.code(),
+                step.enforce.exit,
+                step.enforce.stdout
+            ));
+        }
+    }
+
+    d.restart().await;
+    let probe = d.probe();
+    assert!(
+        probe.status.success(),
+        "the probe after the restart: {}",
+        String::from_utf8_lossy(&probe.stdout)
+    );
+    let mut feed = Feed::start(&d).await;
+    wait_policy(&d, &sc.policy_key(), "enforce").await.unwrap_or_else(|e| panic!("{e}"));
+    for step in &sc.steps {
+        // Listeners bound before the restart are not attributed to their container again (the
+        // daemon learns port owners from bind records, and seeds none): the alert names the
+        // port, not the peer. Recorded as a known limit; blocked and alerted all the same.
+        let mut step = step.clone();
+        for a in &mut step.enforce.alerts {
+            if a.peer.take().is_some() {
+                step.enforce.gap = Some(
+                    "after a daemon restart, a listener bound before it is not attributed to its \
+                     container: the alert names the port, not the peer"
+                        .into(),
+                );
+            }
+        }
+        let mut row = run.step(&mut feed, &step).await;
+        row.step = format!("{} (after restart)", row.step);
+        out.rows.push(row);
+    }
+    out.failures.append(&mut run.failures);
+
+    // A daemon pod stopped as an update or a drain stops it (SIGTERM) leaves enforcement in
+    // place for the next one.
+    drop(feed);
+    d.stop();
+    assert!(d.pins.exists(), "{} is gone after a stop", d.pins.display());
+    for step in &blocked {
+        let got = run
+            .pod
+            .exec_command(&step.container, &step.argv(std::process::id()))
+            .output()
+            .expect("podman exec");
+        if step.enforce.exit.is_some_and(|e| Some(e) != got.status.code()) {
+            out.failures.push(format!(
+                "{} {:?} once the daemon's container stopped: exit {:?}, expected {:?}",
+                sc.name,
+                step.name,
+                got.status.code(),
+                step.enforce.exit
+            ));
+        }
+    }
+
+    println!("\n{}", table(&out.rows));
+    assert!(out.failures.is_empty(), "{} failure(s):\n{}", out.failures.len(), out.failures.join("\n"));
 }

@@ -87,6 +87,10 @@ enum Command {
     Status {
         #[arg(short, long, value_enum, default_value_t)]
         output: StatusFormat,
+        /// Health probe: print "healthy", or each problem (a sensor the configuration asks
+        /// for that is not attached), and exit 1 when there is one
+        #[arg(long)]
+        healthy: bool,
     },
     /// Show the loopback flow graph: per pod, which container reaches which sibling's port
     Flows {
@@ -131,9 +135,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = client(&cli.server).await?;
             events::stream(&mut client, filters.request(), output).await
         }
-        Command::Status { output } => {
+        Command::Status { output, healthy } => {
             let mut client = client(&cli.server).await?;
             let status = client.get_status(GetStatusRequest {}).await?.into_inner();
+            if healthy {
+                return status::health(&status);
+            }
             print(status::render(&status, output)?.trim_end())
         }
         Command::Flows { namespace, pod, output } => {

@@ -18,6 +18,17 @@ pub fn render(status: &GetStatusResponse, format: StatusFormat) -> anyhow::Resul
     }
 }
 
+/// `--healthy`: "healthy" on stdout, or an error listing the problems (exit 1).
+pub fn health(s: &GetStatusResponse) -> anyhow::Result<()> {
+    if s.healthy {
+        println!("healthy");
+        return Ok(());
+    }
+    let problems =
+        if s.health_problems.is_empty() { "unhealthy".to_string() } else { s.health_problems.join("; ") };
+    anyhow::bail!("not healthy: {problems}")
+}
+
 pub fn text(s: &GetStatusResponse) -> String {
     let mut node = or_unknown(&s.node_name).to_string();
     if !s.identity_source.is_empty() {
@@ -230,6 +241,8 @@ mod tests {
                 since: None,
             }],
             api: None,
+            healthy: true,
+            health_problems: vec![],
         };
         let want = "\
 version:        0.1.0

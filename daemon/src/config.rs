@@ -75,6 +75,9 @@ pub struct Config {
     pub alert_queue: usize,
     pub alert_rate: u64,
     pub alert_burst: u64,
+    /// "namespace/name" of the DaemonSet this daemon runs in: when it is gone or being
+    /// deleted at shutdown, the pins are removed too. Empty: enforcement always outlives.
+    pub uninstall_daemonset: String,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -113,6 +116,8 @@ pub struct Overrides {
     pub tls_client_ca: Option<String>,
     /// `--insecure-tcp`: true when given.
     pub insecure_tcp: Option<bool>,
+    pub bpf_pin_dir: Option<String>,
+    pub uninstall_daemonset: Option<String>,
 }
 
 impl Config {
@@ -155,8 +160,12 @@ impl Config {
             tls_cert,
             tls_key,
             tls_client_ca,
-            insecure_tcp
+            insecure_tcp,
+            bpf_pin_dir,
+            uninstall_daemonset
         );
+        // Daemons sharing a bpffs (kind nodes on one host) each need their own pins.
+        self.bpf_pin_dir = self.bpf_pin_dir.replace("{node}", &self.node());
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -210,6 +219,17 @@ impl Config {
         }
         if self.subscriber_queue == 0 || self.export_queue == 0 {
             return bad("subscriber_queue", "queues must hold at least one event".into());
+        }
+        if !self.bpf_pin_dir.is_empty() && !Path::new(&self.bpf_pin_dir).is_absolute() {
+            return bad("bpf_pin_dir", format!("{:?} is not an absolute path", self.bpf_pin_dir));
+        }
+        if !self.uninstall_daemonset.is_empty()
+            && crate::uninstall::parse(&self.uninstall_daemonset).is_none()
+        {
+            return bad(
+                "uninstall_daemonset",
+                format!("{:?} is not namespace/name", self.uninstall_daemonset),
+            );
         }
         for name in &self.sensors_off {
             if let Err(e) = crate::kernel::loader::can_be_off(name) {
@@ -379,6 +399,21 @@ mod tests {
         let f = file("sensors_off = [\"cgroup_mkdri\"]\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("\"cgroup_mkdri\" is not a sensor"), "{e}");
+    }
+
+    #[test]
+    fn pin_dir_takes_the_node_name() {
+        let f = file("node_name = \"kind-worker2\"\nbpf_pin_dir = \"/sys/fs/bpf/sidewall/{node}\"\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        assert_eq!(c.bpf_pin_dir, "/sys/fs/bpf/sidewall/kind-worker2");
+        let flags = Overrides { bpf_pin_dir: Some("/sys/fs/bpf/x-{node}".into()), ..Default::default() };
+        assert_eq!(
+            Config::load(Some(f.path()), &flags).expect("valid").bpf_pin_dir,
+            "/sys/fs/bpf/x-kind-worker2"
+        );
+        let flags = Overrides { bpf_pin_dir: Some("pins".into()), ..Default::default() };
+        let e = Config::load(None, &flags).unwrap_err().to_string();
+        assert!(e.contains("bpf_pin_dir: \"pins\" is not an absolute path"), "{e}");
     }
 
     #[test]

@@ -72,15 +72,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let counters = KernelCounters::take(&mut loaded.ebpf)?;
     // Seed after attaching, so a process started in between is seen by one or the other.
     let mut cache = ProcessCache::new(node.clone(), clock, Duration::from_secs(cfg.process_grace_seconds));
-    cache.seed(procfs::scan("/proc".as_ref(), cgroups.as_ref().map(|c| c.root())));
+    cache.seed(seeds(&loaded, cgroups.as_ref().map(|c| c.root())));
+    if let Some(tasks) = loaded.tasks.take() {
+        crate::kernel::tasks::install(tasks);
+    }
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
 
     let (audit, changes) = AuditSink::channel(audit::QUEUE, stats.clone());
     let policies = PolicyStore::audited(audit);
     let kube = kube_client(&cfg).await?;
+    let kube_at_exit = kube.clone();
     let (sources, identity_source) = identity_sources(&cfg, cgroups, &node, kube.clone());
     start_policy_sources(&cfg, kube, &policies);
-    let export_file = start_export(&cfg, &hub)?;
+    let export_file = start_export(&cfg, &hub);
     let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| {
         tracing::info!(endpoint = %cfg.otlp_endpoint, "exporting events as OTLP logs");
         let h = otlp::start(&hub, stats.clone(), cfg.otlp_endpoint.clone(), node.clone(), cfg.export_queue);
@@ -157,13 +161,63 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     // Give the API a moment to remove its socket.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let uninstalled = uninstalled(&cfg, kube_at_exit).await;
     drop(loaded);
+    if uninstalled && !cfg.bpf_pin_dir.is_empty() {
+        loader::cleanup(Path::new(&cfg.bpf_pin_dir))
+            .with_context(|| format!("removing {}", cfg.bpf_pin_dir))?;
+        tracing::info!(dir = %cfg.bpf_pin_dir, "enforcement removed with the daemon");
+    }
     Ok(())
 }
 
-fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<jsonl::Health>)>> {
+/// Whether this daemon stops for an uninstall of its DaemonSet (see `uninstall`).
+async fn uninstalled(cfg: &Config, kube: Option<kube::Client>) -> bool {
+    let Some((ns, name)) = crate::uninstall::parse(&cfg.uninstall_daemonset) else { return false };
+    let Some(client) = kube else {
+        tracing::warn!(
+            "uninstall_daemonset is set but the Kubernetes API is not used: enforcement stays pinned"
+        );
+        return false;
+    };
+    let asked = tokio::time::timeout(Duration::from_secs(10), crate::uninstall::verdict(client, ns, name));
+    match asked.await {
+        Ok(Ok(crate::uninstall::Verdict::Uninstalled)) => {
+            tracing::info!(daemonset = %cfg.uninstall_daemonset, "DaemonSet deleted: uninstall");
+            true
+        }
+        Ok(Ok(crate::uninstall::Verdict::Present)) => false,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot ask for the DaemonSet: enforcement stays pinned");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("no answer about the DaemonSet in 10 s: enforcement stays pinned");
+            false
+        }
+    }
+}
+
+/// The processes already running: read from /proc, renumbered with the kernel's pids and
+/// cgroups when the task iterator runs (see `kernel::tasks`).
+fn seeds(loaded: &loader::Loaded, cgroup_root: Option<&Path>) -> Vec<crate::process::cache::Seed> {
+    let seeds = procfs::scan("/proc".as_ref(), cgroup_root);
+    match loaded.tasks.as_ref().map(|t| t.read()) {
+        Some(Ok(tasks)) => crate::kernel::tasks::renumber(seeds, &tasks),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "task iterator failed: processes seeded from /proc alone");
+            seeds
+        }
+        None => seeds,
+    }
+}
+
+/// The JSON-lines export. A file that cannot be opened (a read-only root filesystem, a
+/// missing directory) does not stop the daemon: sensors, enforcement and the API matter more
+/// than one consumer. It is logged and shown by `sidewall status` as failing, with the cause.
+fn start_export(cfg: &Config, hub: &Hub) -> Option<(String, Arc<jsonl::Health>)> {
     if cfg.export_file.is_empty() {
-        return Ok(None);
+        return None;
     }
     let jc = JsonlConfig {
         path: cfg.export_file.clone().into(),
@@ -171,9 +225,22 @@ fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<j
         keep: cfg.export_file_keep,
         queue: cfg.export_queue,
     };
-    let health = jsonl::start(hub, jc).with_context(|| format!("opening export file {}", cfg.export_file))?;
-    tracing::info!(path = %cfg.export_file, "exporting events as JSON lines");
-    Ok(Some((cfg.export_file.clone(), health)))
+    let health = match jsonl::start(hub, jc) {
+        Ok(health) => {
+            tracing::info!(path = %cfg.export_file, "exporting events as JSON lines");
+            health
+        }
+        Err(e) => {
+            let why = format!(
+                "cannot open the export file: {e}; no JSON-lines export (in a container, put it under a writable mount such as /run/sidewall)"
+            );
+            tracing::error!(path = %cfg.export_file, "{why}");
+            let health = Arc::new(jsonl::Health::default());
+            *health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            health
+        }
+    };
+    Some((cfg.export_file.clone(), health))
 }
 
 /// A Kubernetes client when the configuration asks for the API.

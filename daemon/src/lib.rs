@@ -21,3 +21,4 @@ pub mod stats;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod uninstall;

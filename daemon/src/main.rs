@@ -56,6 +56,14 @@ struct Args {
     /// `sidewall status`; every peer gets api_insecure_tcp_role).
     #[arg(long)]
     insecure_tcp: bool,
+    /// bpffs directory of what outlives the daemon (pinned policy maps and enforcing programs);
+    /// "{node}" stands for the node name, so daemons sharing a bpffs (kind nodes) keep apart.
+    #[arg(long)]
+    bpf_pin_dir: Option<String>,
+    /// "namespace/name" of this daemon's DaemonSet: when it is deleted (an uninstall), the
+    /// daemon removes its pinned enforcement as it stops.
+    #[arg(long)]
+    uninstall_daemonset: Option<String>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -66,6 +74,9 @@ struct Args {
     /// Print the SidecarPolicy CustomResourceDefinition (generated from the types) and exit.
     #[arg(long)]
     print_crd: bool,
+    /// Print the ClusterSidecarPolicy CustomResourceDefinition and exit.
+    #[arg(long)]
+    print_cluster_crd: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +84,17 @@ fn main() -> ExitCode {
     if args.print_crd {
         use kube::CustomResourceExt as _;
         match serde_yaml_ng::to_string(&sidewalld::policy::model::SidecarPolicy::crd()) {
+            Ok(y) => print!("{y}"),
+            Err(e) => {
+                eprintln!("sidewalld: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if args.print_cluster_crd {
+        use kube::CustomResourceExt as _;
+        match serde_yaml_ng::to_string(&sidewalld::policy::model::ClusterSidecarPolicy::crd()) {
             Ok(y) => print!("{y}"),
             Err(e) => {
                 eprintln!("sidewalld: {e}");
@@ -100,6 +122,8 @@ fn main() -> ExitCode {
         tls_key: args.tls_key,
         tls_client_ca: args.tls_client_ca,
         insecure_tcp: args.insecure_tcp.then_some(true),
+        bpf_pin_dir: args.bpf_pin_dir,
+        uninstall_daemonset: args.uninstall_daemonset,
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {
         Ok(c) => c,

@@ -54,7 +54,21 @@ impl NodeStatus {
             kernel_refusals: stats.kernel_refusals().into_iter().map(|(k, n)| (k.into(), n)).collect(),
             containers: self.protections.snapshot(),
             api: Some(self.api.snapshot()),
+            healthy: self.health_problems().is_empty(),
+            health_problems: self.health_problems(),
         }
+    }
+
+    /// What makes this node unhealthy for a probe: a sensor the configuration asks for that
+    /// is not attached (a skipped one was not asked for). Empty: healthy.
+    pub fn health_problems(&self) -> Vec<String> {
+        self.sensors
+            .iter()
+            .filter_map(|s| match &s.state {
+                SensorState::Failed(why) => Some(format!("sensor {} failed: {why}", s.name)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn exporters(&self) -> Vec<pb::ExporterStatus> {

@@ -3,15 +3,16 @@
 # expectations as `make scenarios` runs on local podman pods:
 #
 #   1. creates the kind cluster (deploy/kind/cluster.yaml) unless it exists;
-#   2. builds the daemon image (deploy/Dockerfile) and the scenario image (busybox + swtool,
-#      deploy/kind/test-image.Dockerfile) and loads both into the cluster;
+#   2. builds the daemon image (make image: podman, deploy/Containerfile over the release
+#      binaries) and the scenario image (busybox + swtool, deploy/kind/test-image.Dockerfile)
+#      and loads both into the cluster;
 #   3. installs the Helm chart (deploy/helm/sidewall) with the strict sensor set;
 #   4. for each scenario and each mode: applies its SidecarPolicy (kubectl; the CRD) and its
 #      Pod, `kubectl exec`s the attack steps, reads the alerts with `sidewall getevents` run in
 #      the sidewall pod of the scenario pod's node, and checks rule, action and the command's
 #      result; then prints the same table as the tests.
 #
-# Needs: docker, kind, kubectl, helm, jq. Not run in this project's CI (no Docker or kind on
+# Needs: docker, kind, kubectl, helm, jq, and podman and mmdebstrap for the daemon's image. Not run in this project's CI (no Docker or kind on
 # its machines); `bash -n` is checked there.
 #
 # Environment: CLUSTER (default sidewall), IMAGE (localhost/sidewall:dev), NS (the scenarios'
@@ -23,6 +24,9 @@
 #   in scenario.json). The exfiltration scenario runs in enforce mode only, where the kernel
 #   refuses the TEST-NET connect before routing; in monitor mode it would leave the node.
 # - the host process whose namespaces host-escape enters is the node's pid 1.
+# - kind nodes are containers on one host and share its bpffs (cluster.yaml mounts it): each
+#   daemon pins under a directory named after its node (bpfPinDir .../{node}), or the second
+#   daemon would replace the first one's pins. Their PID namespace is not the kernel's.
 # - latencies are measured by polling the alert stream every 100 ms.
 set -euo pipefail
 
@@ -49,7 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in docker kind kubectl helm jq; do
+for tool in docker kind kubectl helm jq podman; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
 
@@ -62,17 +66,22 @@ fi
 # 2. The images.
 if [ -z "${SKIP_BUILD:-}" ]; then
   log "building $IMAGE and $TEST_IMAGE"
-  docker build -f "$ROOT/deploy/Dockerfile" -t "$IMAGE" "$ROOT"
+  make -C "$ROOT" release
+  IMAGE=$IMAGE bash "$ROOT/scripts/image.sh"
   docker build -f "$ROOT/deploy/kind/test-image.Dockerfile" -t "$TEST_IMAGE" "$ROOT"
 fi
-kind load docker-image --name "$CLUSTER" "$IMAGE" "$TEST_IMAGE"
+podman save --format docker-archive -o "$WORK/sidewall.tar" "$IMAGE"
+kind load image-archive --name "$CLUSTER" "$WORK/sidewall.tar"
+kind load docker-image --name "$CLUSTER" "$TEST_IMAGE"
 
-# 3. The chart: the CRD comes with it (crds/), the namespace admits privileged pods.
+# 3. The chart: the CRD comes with it (crds.install), the namespace admits privileged pods.
+# One pin directory per node: the nodes share the host's bpffs.
 k apply -f "$ROOT/deploy/manifests/namespace.yaml"
 helm upgrade --install sidewall "$ROOT/deploy/helm/sidewall" \
   --kube-context "kind-$CLUSTER" --namespace "$SYSTEM_NS" \
   --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
   --set image.pullPolicy=Never --set sensorSet=strict \
+  --set-json 'bpfPinDir="/sys/fs/bpf/sidewall/{node}"' \
   --wait --timeout 5m
 k -n "$SYSTEM_NS" rollout status ds/sidewall --timeout=5m
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f -

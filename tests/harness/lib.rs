@@ -3,6 +3,7 @@
 //! Tests must run as root.
 
 pub mod cgroup;
+pub mod chart;
 pub mod daemon;
 pub mod events;
 pub mod hook;

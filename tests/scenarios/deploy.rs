@@ -1,7 +1,8 @@
 //! deploy/: the Kubernetes manifests, the Helm chart and the kind runner, checked without a
-//! cluster. Schema validation uses the PyPI package `kubernetes-validate` (bundled Kubernetes
-//! JSON schemas, offline) through deploy/validate.py, which also renders the chart (helm is
-//! not installable from the package registries this project uses).
+//! cluster. deploy/validate.py renders the chart with helm (scripts/setup.sh installs it) for
+//! its default values and each values file of its ci/, and validates every object with the PyPI
+//! package `kubernetes-validate` (bundled Kubernetes JSON schemas, offline). The daemon's image
+//! and the chart's pod spec run for real in the image test of tests/scenarios.rs.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,8 +14,9 @@ fn root() -> PathBuf {
 }
 
 /// What scripts/setup.sh installs for these checks.
-const SETUP_HINT: &str = "scripts/setup.sh installs it: `python3-venv` and `shellcheck` (apt), and \
-     `/opt/sidewall-venv/bin/pip install kubernetes-validate==1.37.0` (PyPI) into /opt/sidewall-venv";
+const SETUP_HINT: &str = "scripts/setup.sh installs it: `python3-venv` and `shellcheck` (apt), \
+     `/opt/sidewall-venv/bin/pip install kubernetes-validate==1.37.0` (PyPI) into /opt/sidewall-venv, \
+     and helm into /opt/sidewall-tools";
 
 /// A Python that has `kubernetes_validate`: $SIDEWALL_PYTHON, the venv scripts/setup.sh makes,
 /// or python3 on the PATH.
@@ -55,7 +57,7 @@ fn the_chart_renders_with_other_values() {
     let out = Command::new(python())
         .arg(root().join("deploy/validate.py"))
         .args(["--render-only", "--set", "sensorSet=strict", "--set", "image.tag=v9"])
-        .args(["--set", "ociHook.failMode=closed"])
+        .args(["--set", "ociHook.enabled=true", "--set", "ociHook.failMode=closed"])
         .output()
         .expect("run deploy/validate.py");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -76,28 +78,20 @@ fn the_charts_crd_is_the_generated_one() {
         "{} is not what `sidewalld --print-crd` prints: generate it again",
         generated.display()
     );
-    let copy = root().join("deploy/helm/sidewall/crds/sidecarpolicies.sidewall.io.yaml");
-    let (a, b) =
-        (std::fs::read(&generated).expect("generated CRD"), std::fs::read(&copy).expect("chart CRD"));
-    assert!(
-        a == b,
-        "{} differs from {}: copy it again (`cp {} {}`)",
-        copy.display(),
-        generated.display(),
-        generated.display(),
-        copy.display()
-    );
-}
-
-#[test]
-fn the_kind_runner_is_valid_bash() {
-    let script = root().join("deploy/kind/run-scenarios.sh");
-    let out = Command::new("bash").arg("-n").arg(&script).output().expect("bash");
-    assert!(out.status.success(), "bash -n: {}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("shellcheck").arg(&script).output().unwrap_or_else(|e| {
-        panic!("shellcheck is missing ({e}); {SETUP_HINT}");
-    });
-    assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
+    // The chart installs copies of every CRD of deploy/crds/.
+    for entry in std::fs::read_dir(root().join("deploy/crds")).expect("deploy/crds") {
+        let crd = entry.expect("entry").path();
+        let copy = root().join("deploy/helm/sidewall/files/crds").join(crd.file_name().expect("name"));
+        let (a, b) = (std::fs::read(&crd).expect("CRD"), std::fs::read(&copy).unwrap_or_default());
+        assert!(
+            a == b,
+            "{} differs from {}: copy it again (`cp {} {}`)",
+            copy.display(),
+            crd.display(),
+            crd.display(),
+            copy.display()
+        );
+    }
 }
 
 /// The daemon's config.toml of the chart rendered with `sets`.
@@ -163,24 +157,107 @@ fn the_chart_serves_the_socket_by_default_and_mutual_tls_when_asked() {
     }
 }
 
-/// The Dockerfile cannot be built here (no Docker daemon): check that what it names exists.
+/// Helm renders the chart's values into the pod spec an operator expects.
 #[test]
-fn the_dockerfile_names_real_packages_and_files() {
-    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
-    let build =
-        dockerfile.lines().find(|l| l.trim_start().starts_with("cargo build")).expect("a cargo build");
-    let words: Vec<&str> = build.split_whitespace().collect();
-    let packages: Vec<&str> = words.windows(2).filter(|w| w[0] == "-p").map(|w| w[1]).collect();
-    assert_eq!(packages, ["sidewalld", "sidewall-cli"], "cargo build -p ...");
-    for (package, manifest) in [("sidewalld", "daemon/Cargo.toml"), ("sidewall-cli", "cli/Cargo.toml")] {
-        let text = std::fs::read_to_string(root().join(manifest)).expect("Cargo.toml");
-        assert!(text.contains(&format!("name = \"{package}\"")), "{manifest} is not {package}");
+fn the_chart_takes_the_values_operators_set() {
+    let out = Command::new(python())
+        .arg(root().join("deploy/validate.py"))
+        .args(["--render-only", "-f"])
+        .arg(root().join("deploy/helm/sidewall/ci/operator-values.yaml"))
+        .output()
+        .expect("render");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "priorityClassName: system-node-critical",
+        "sidewall.io/enabled: 'true'",
+        "example.com/owner: security",
+        "team: security",
+        "maxUnavailable: 10%",
+        "- name: registry-credentials",
+        "- --metrics-address=127.0.0.1:9090",
+        "name: RUST_BACKTRACE",
+        "mountPath: /etc/sidewall-policies",
+        "policy_dir = \"/etc/sidewall-policies\"",
+        "alert_rate = 50",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
     }
+    // enforcement.keepOnUninstall: the daemons never remove their pins; crds.install false.
+    for absent in ["uninstall_daemonset", "kind: Role\n", "kind: CustomResourceDefinition"] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
+
+    // The defaults: no priority class (GKE's quota refuses system-node-critical outside
+    // kube-system), the node's confinement lifted as Cilium and Tetragon do, probes that fail
+    // on a missing sensor, a config checksum that rolls the pods, enforcement that leaves with
+    // an uninstall (the daemon may read its DaemonSet), the CRDs kept.
+    let out = Command::new(python())
+        .arg(root().join("deploy/validate.py"))
+        .arg("--render-only")
+        .output()
+        .expect("render");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("priorityClassName"), "{text}");
+    for want in [
+        "type: Unconfined",
+        "type: spc_t",
+        "- --healthy",
+        "checksum/config:",
+        "uninstall_daemonset = \"sidewall-system/sidewall\"",
+        "resources:\n  - daemonsets\n  resourceNames:\n  - sidewall",
+        "helm.sh/resource-policy: keep",
+        "name: clustersidecarpolicies.sidewall.io",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+}
+
+/// A changed configuration changes the pods' checksum annotation, so the DaemonSet rolls.
+#[test]
+fn a_config_change_rolls_the_pods() {
+    let checksum = |sets: &[&str]| {
+        let docs = harness_render(sets);
+        let ds = docs.iter().find(|d| d["kind"].as_str() == Some("DaemonSet")).expect("DaemonSet");
+        ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .expect("checksum")
+            .to_string()
+    };
+    assert_eq!(checksum(&[]), checksum(&[]));
+    assert_ne!(checksum(&[]), checksum(&["logLevel: debug"]));
+    assert_ne!(checksum(&[]), checksum(&["config: {alert_rate: 10}"]));
+}
+
+/// Values that cannot work are refused by name: the export file on the read-only root.
+#[test]
+fn the_chart_refuses_an_export_file_outside_run_sidewall() {
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), "export: {file: /var/log/sidewall/events.json}\n").expect("write");
+    let e = harness::chart::render(&[file.path()]).expect_err("refused");
+    assert!(e.contains("export.file: \"/var/log/sidewall/events.json\" is not under /run/sidewall/"), "{e}");
+}
+
+/// The chart rendered by helm with values given as YAML lines.
+fn harness_render(lines: &[&str]) -> Vec<serde_yaml_ng::Value> {
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), lines.join("\n") + "\n").expect("write");
+    harness::chart::render(&[file.path()]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Containerfile takes the binaries `make release` built, on the base scripts/image.sh
+/// makes (the image test of tests/scenarios.rs runs the image itself).
+#[test]
+fn the_containerfile_copies_the_three_binaries() {
+    let file = std::fs::read_to_string(root().join("deploy/Containerfile")).expect("Containerfile");
+    let copy = file.lines().find(|l| l.starts_with("COPY ")).expect("a COPY");
     for bin in ["sidewalld", "sidewall", "sidewall-oci-hook"] {
-        assert!(dockerfile.contains(&format!("target/release/{bin} /out/{bin}")), "{bin} is copied");
+        assert!(copy.contains(&format!("bin/{bin} ")), "{bin} is copied: {copy}");
     }
-    assert!(dockerfile.contains("bash scripts/setup.sh") && root().join("scripts/setup.sh").exists());
-    assert!(dockerfile.contains("FROM docker.io/library/debian:12-slim"), "the run stage");
+    assert!(!file.lines().any(|l| l.starts_with("RUN ")), "no build step inside the image");
+    let script = std::fs::read_to_string(root().join("scripts/image.sh")).expect("image.sh");
+    assert!(script.contains("mmdebstrap") && script.contains("podman import"), "the base");
     let test_image =
         std::fs::read_to_string(root().join("deploy/kind/test-image.Dockerfile")).expect("test image");
     assert!(test_image.contains("COPY tests/tools/swtool.c") && root().join("tests/tools/swtool.c").exists());

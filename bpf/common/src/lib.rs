@@ -55,6 +55,9 @@ pub mod wire {
     /// `super_block.s_magic` of procfs (include/uapi/linux/magic.h).
     pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
+    /// The inode of the initial pid namespace (`PROC_PID_INIT_INO`, include/linux/proc_ns.h).
+    pub const PROC_PID_INIT_INO: u32 = 0xEFFF_FFFC;
+
     /// The signal the programs send with `bpf_send_signal`.
     pub const SIGKILL: u32 = 9;
 }
@@ -449,6 +452,7 @@ pub struct Offsets {
     pub pid_numbers: u32,
     pub upid_size: u32,
     pub upid_ns: u32,
+    pub upid_nr: u32,
 
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
@@ -558,6 +562,17 @@ pub struct AggCount {
     pub count: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+}
+
+/// One record of the `task_pids` iterator: a process (thread-group leader) as the kernel
+/// numbers it (initial pid namespace), as the daemon's pid namespace numbers it (0: not
+/// visible there), and its cgroup v2 id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskPids {
+    pub kernel_pid: u32,
+    pub ns_pid: u32,
+    pub cgroup_id: u64,
 }
 
 #[cfg(feature = "user")]

@@ -407,11 +407,19 @@ async fn scrape(State(s): State<MetricsState>) -> impl IntoResponse {
 }
 
 /// Serves /metrics (and /healthz) on `addr` until the process ends.
+/// 200 "ok" when every sensor the configuration asks for is attached; 503 with the
+/// problems, one per line, otherwise (what the DaemonSet's probes check).
+async fn healthz(State(state): State<MetricsState>) -> (axum::http::StatusCode, String) {
+    let problems = state.status.health_problems();
+    if problems.is_empty() {
+        (axum::http::StatusCode::OK, "ok\n".into())
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
 pub async fn serve(addr: SocketAddr, state: MetricsState) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(state);
+    let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(healthz)).with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding metrics address {addr}: {e}"))?;

@@ -14,6 +14,7 @@ use std::{
         Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -21,7 +22,7 @@ use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 use kube::{
     Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{WatchStreamExt as _, watcher},
+    runtime::watcher,
 };
 use sidewall_proto::v1 as pb;
 use tokio_stream::StreamExt as _;
@@ -292,16 +293,56 @@ pub async fn watch(client: Client, node_name: String, index: Arc<KubeIndex>) {
         // fit in one response, and kube only sends resourceVersion=0 for an unpaged list.
         .any_semantic();
     config.page_size = None;
-    let mut events = pin!(watcher(api, config).default_backoff());
+    let mut events = pin!(watcher(api, config));
     let mut relist = Relist::default();
+    let mut backoff = Backoff::default();
     while let Some(event) = events.next().await {
         match event {
-            Ok(event) => relist.handle(&index, event),
-            Err(e) => warn!(node = %node_name, error = %e, "Kubernetes pod watch failed, retrying"),
+            Ok(event) => {
+                if matches!(
+                    event,
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)
+                ) {
+                    backoff = Backoff::default();
+                }
+                relist.handle(&index, event);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(node = %node_name, error = %e, ?delay, "Kubernetes pod watch failed, retrying");
+                tokio::time::sleep(delay).await;
+            }
         }
     }
     // The watcher retries forever; it only ends if kube changes that.
     warn!(node = %node_name, "Kubernetes pod watch ended");
+}
+
+/// Delays between failed attempts, so that a missing CRD or a forbidding RBAC does not turn
+/// into a request loop against the apiserver: 0.8 s doubling up to 30 s, plus up to as much
+/// again at random (daemons started together do not call in step); from the start again once
+/// a list completes (or an object arrives). Not the watcher's own backoff: the `Init` event it yields before every
+/// attempt resets that one.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Duration::from_millis(800) }
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (base * 2).min(Self::MAX);
+        // The clock's nanoseconds are random enough to spread daemons apart.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        base + base.mul_f64(f64::from(nanos.subsec_nanos() % 1000) / 1000.0)
+    }
 }
 
 /// The pods seen since the current (re)list began.
@@ -354,6 +395,16 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds_and_jitters_upwards() {
+        let mut b = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let base = (Duration::from_millis(800) * 2u32.pow(i as u32)).min(Backoff::MAX);
+            assert!(*d >= base && *d < base * 2, "attempt {i}: {d:?} not in [{base:?}, {:?})", base * 2);
+        }
+    }
 
     /// A pod from the API's JSON, as the watcher would deliver it.
     fn pod(json: serde_json::Value) -> Pod {

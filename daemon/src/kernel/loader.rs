@@ -186,6 +186,10 @@ pub struct Loaded {
     pub links: Vec<FdLink>,
     /// The same, for links made outside aya (see `sysctl_link`).
     pub raw_links: Vec<OwnedFd>,
+    /// Every process with its kernel pid, its pid here and its cgroup (see `tasks`).
+    pub tasks: Option<super::tasks::TaskIter>,
+    /// The lock on the pin directory (see `lock_pin_dir`).
+    _pin_lock: Option<File>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
@@ -194,12 +198,15 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     tracing::debug!(?offsets, "kernel offsets resolved");
     let btf = Btf::parse_file(opts.btf_path, aya::Endianness::default())
         .with_context(|| format!("parsing {}", opts.btf_path.display()))?;
+    let pidns = super::tasks::own_pid_ns();
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         .override_global("OFFSETS", &offsets, true)
+        .override_global("PIDNS_INUM", &pidns, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("ALERTS", opts.alert_ring_buffer_bytes);
+    let pin_lock = opts.pin_dir.map(lock_pin_dir).transpose()?;
     let map_pins: Vec<(&str, PathBuf)> = match opts.pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir.join("maps"))
@@ -238,7 +245,30 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
             },
         })
         .collect();
-    Ok(Loaded { ebpf, sensors, links, raw_links })
+    let tasks = super::tasks::TaskIter::load(&mut ebpf, &btf)
+        .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "no task iterator: processes are seeded from /proc alone"))
+        .ok();
+    Ok(Loaded { ebpf, sensors, links, raw_links, tasks, _pin_lock: pin_lock })
+}
+
+/// Takes the pin directory for this daemon alone (an exclusive flock on it, held while the
+/// daemon runs): a second daemon pinning the same names would replace, and so detach, the
+/// first one's programs.
+fn lock_pin_dir(dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            anyhow::bail!(
+                "bpf_pin_dir {} is in use by another running sidewalld: give each daemon on a host its own (e.g. bpf_pin_dir = \"/sys/fs/bpf/sidewall/{{node}}\")",
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("locking {}", dir.display()));
+    }
+    Ok(f)
 }
 
 /// Whether a sensor may be turned off: one whose programs enforce or arm may not, or a
@@ -296,7 +326,11 @@ fn sysctl_link(ebpf: &mut Ebpf, name: &str, cgroup: Option<&File>) -> anyhow::Re
 }
 
 /// `bpf(BPF_LINK_CREATE)`: prog_fd, target_fd, attach_type, flags; the rest zero.
-fn bpf_link_create(prog_fd: RawFd, target_fd: RawFd, attach_type: u32) -> std::io::Result<OwnedFd> {
+pub(super) fn bpf_link_create(
+    prog_fd: RawFd,
+    target_fd: RawFd,
+    attach_type: u32,
+) -> std::io::Result<OwnedFd> {
     let mut attr = [0u32; 16];
     (attr[0], attr[1], attr[2]) = (prog_fd as u32, target_fd as u32, attach_type);
     // SAFETY: a zeroed bpf_attr of the size passed, filled for BPF_LINK_CREATE.

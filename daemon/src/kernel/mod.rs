@@ -6,3 +6,4 @@ pub mod decode;
 pub mod loader;
 pub mod offsets;
 pub mod ringbuf;
+pub mod tasks;

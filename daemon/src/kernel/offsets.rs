@@ -112,6 +112,7 @@ impl Resolver<'_> {
             pid_numbers: f("pid", "numbers")?,
             upid_size: self.struct_size("upid")?,
             upid_ns: f("upid", "ns")?,
+            upid_nr: f("upid", "nr")?,
             mm_arg_start: f("mm_struct", "arg_start")?,
             mm_arg_end: f("mm_struct", "arg_end")?,
             bprm_filename: f("linux_binprm", "filename")?,
@@ -271,7 +272,7 @@ mod tests {
         // qstr's name pointer follows the 8-byte hash_len union.
         assert!(o.dentry_name_ptr > 0);
         // struct upid is { int nr; struct pid_namespace *ns; }.
-        assert_eq!((o.upid_size, o.upid_ns), (16, 8));
+        assert_eq!((o.upid_size, o.upid_nr, o.upid_ns), (16, 0, 8));
         // mm->arg_end follows arg_start (both unsigned long) inside an anonymous struct.
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
         assert_ne!(o.nsproxy_time, UNRESOLVED);

@@ -68,8 +68,12 @@ impl NetnsIndex {
                 self.reader.clear();
             }
             let via = |p: u32| read_local_addrs(p).map(|a| (p, a));
+            // The event's pid is the kernel's; /proc here may number it otherwise.
+            let here = crate::kernel::tasks::local_pid(pid);
             // A failed read is not an answer: a stale list, if any, stays in use.
-            if let Some((p, addrs)) = via(pid).or_else(|| self.reader.get(&inode).and_then(|p| via(*p))) {
+            if let Some((p, addrs)) =
+                here.and_then(via).or_else(|| self.reader.get(&inode).and_then(|p| via(*p)))
+            {
                 self.addrs.insert(inode, (now, addrs));
                 self.reader.insert(inode, p);
             }

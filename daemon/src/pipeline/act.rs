@@ -6,7 +6,10 @@ use sidewall_proto::v1::{self as pb, get_events_response::Event};
 use super::publish::Publisher;
 use crate::{
     event,
-    kernel::alerts::{self, Aggregate},
+    kernel::{
+        alerts::{self, Aggregate},
+        tasks::local_pid,
+    },
     policy::{detect::Violation, engine::Forbidden, store},
 };
 
@@ -117,8 +120,10 @@ pub fn execute(ev: &pb::GetEventsResponse, alert: &mut pb::PolicyAlert) {
         return;
     }
     if let Some(p) = alert.process.as_ref() {
-        // SAFETY: kill(2) of the offending process, by the pid the kernel reported.
-        let missed = unsafe { libc::kill(p.pid as i32, libc::SIGKILL) } != 0;
+        // By the pid the kernel reported, as this daemon's pid namespace numbers it.
+        let local = local_pid(p.pid);
+        // SAFETY: kill(2) of the offending process.
+        let missed = local.is_none_or(|pid| unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0);
         // A kill after the fact that found the process gone did not happen: say so.
         if missed && alert.enforced_by == "daemon" {
             alert.message.push_str(" (the process had exited before the daemon's kill)");
@@ -127,8 +132,9 @@ pub fn execute(ev: &pb::GetEventsResponse, alert: &mut pb::PolicyAlert) {
     if let Some(Event::ProcessAccess(a)) = &ev.event
         && a.access == "ptrace_attach"
         && let Some(t) = a.target.as_ref()
+        && let Some(pid) = local_pid(t.pid)
     {
         // SAFETY: kill(2) of the traced process, by the pid the kernel resolved.
-        unsafe { libc::kill(t.pid as i32, libc::SIGCONT) };
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     }
 }

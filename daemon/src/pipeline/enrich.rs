@@ -218,13 +218,20 @@ impl Enricher {
             .by_start()
             .into_iter()
             .filter(|e| e.process.namespaces.as_ref().is_some_and(|n| n.pid == pidns))
-            .find(|e| procfs::innermost_pid(e.process.pid) == Some(vpid))
+            .find(|e| {
+                crate::kernel::tasks::local_pid(e.process.pid).and_then(procfs::innermost_pid) == Some(vpid)
+            })
     }
 
     /// A process of `cgroup` (its oldest one the cache knows).
     fn process_of(&self, cgroup: u64) -> Option<Arc<ProcEntry>> {
         let pids = self.identity.procs_of(cgroup);
-        pids.iter().filter_map(|p| self.cache.get(*p)).min_by_key(|e| e.process.pid).cloned()
+        // cgroup.procs numbers them as this daemon's pid namespace does; the cache as the kernel.
+        pids.iter()
+            .filter_map(|p| crate::kernel::tasks::kernel_pid(*p))
+            .filter_map(|p| self.cache.get(p))
+            .min_by_key(|e| e.process.pid)
+            .cloned()
     }
 
     /// Host processes, and container processes seen inside their container (or children of

@@ -31,6 +31,20 @@ pub struct SidecarPolicySpec {
     pub containers: Vec<ContainerRule>,
 }
 
+/// The cluster-scoped kind: the same spec, but it may select pods of any namespace (an empty
+/// `selector.namespaces` selects every namespace). A namespaced `SidecarPolicy` selects pods of
+/// its own namespace only, so whoever may create one in a namespace cannot reach others.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sidewall.io",
+    version = "v1alpha1",
+    kind = "ClusterSidecarPolicy",
+    shortname = "cswp",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#
+)]
+#[serde(transparent)]
+pub struct ClusterSidecarPolicySpec(pub SidecarPolicySpec);
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {

@@ -7,6 +7,10 @@ use super::model::{ContainerRule, SidecarPolicySpec};
 
 pub const API_VERSION: &str = "sidewall.io/v1alpha1";
 pub const KIND: &str = "SidecarPolicy";
+/// The cluster-scoped kind (see `model::ClusterSidecarPolicy`).
+pub const CLUSTER_KIND: &str = "ClusterSidecarPolicy";
+/// The namespace of a cluster-scoped policy in its key ("*/name"): no namespace is named so.
+pub const CLUSTER_SCOPE: &str = "*";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{origin}: {field}: {reason}")]
@@ -32,12 +36,22 @@ impl Policy {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// A ClusterSidecarPolicy: it may select pods of any namespace.
+    pub fn is_cluster(&self) -> bool {
+        self.namespace == CLUSTER_SCOPE
+    }
+
     /// The policy as a document again (what ListPolicies shows, and what the CRD holds).
     pub fn to_document(&self) -> String {
+        let (kind, metadata) = if self.is_cluster() {
+            (CLUSTER_KIND, serde_json::json!({"name": self.name}))
+        } else {
+            (KIND, serde_json::json!({"name": self.name, "namespace": self.namespace}))
+        };
         let doc = serde_json::json!({
             "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            "kind": kind,
+            "metadata": metadata,
             "spec": self.spec,
         });
         serde_yaml_ng::to_string(&doc).unwrap_or_default()
@@ -82,8 +96,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
     if doc.api_version != API_VERSION {
         return Err(err("apiVersion", format!("{:?} is not {API_VERSION:?}", doc.api_version)));
     }
-    if doc.kind != KIND {
-        return Err(err("kind", format!("{:?} is not {KIND:?}", doc.kind)));
+    if doc.kind != KIND && doc.kind != CLUSTER_KIND {
+        return Err(err("kind", format!("{:?} is not {KIND:?} or {CLUSTER_KIND:?}", doc.kind)));
     }
     if !is_dns_label(&doc.metadata.name) {
         return Err(err(
@@ -91,9 +105,44 @@ pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             format!("{:?} is not a valid name (lowercase letters, digits and '-')", doc.metadata.name),
         ));
     }
+    if doc.kind == CLUSTER_KIND {
+        if doc.metadata.namespace.is_some() {
+            return Err(err("metadata.namespace", format!("a {CLUSTER_KIND} has no namespace")));
+        }
+        return cluster_spec(&doc.metadata.name, doc.spec, origin);
+    }
     let namespace = doc.metadata.namespace.unwrap_or_else(|| "default".into());
     validate_spec(&doc.spec).map_err(|(field, reason)| err(&format!("spec.{field}"), reason))?;
     Ok(Policy { namespace, name: doc.metadata.name, spec: doc.spec })
+}
+
+/// A cluster-scoped policy, validated like a document; an empty `selector.namespaces`
+/// selects every namespace.
+pub fn cluster_spec(name: &str, mut spec: SidecarPolicySpec, origin: &str) -> Result<Policy, PolicyError> {
+    if spec.selector.namespaces.is_empty() {
+        spec.selector.namespaces = vec![CLUSTER_SCOPE.into()];
+    }
+    from_spec(CLUSTER_SCOPE, name, spec, origin)
+}
+
+/// A namespaced SidecarPolicy object's policy: it may select pods of its own namespace only
+/// (else whoever may create one in a namespace could block or kill pods in kube-system).
+pub fn namespaced_spec(
+    namespace: &str,
+    name: &str,
+    spec: SidecarPolicySpec,
+    origin: &str,
+) -> Result<Policy, PolicyError> {
+    if let Some((i, other)) = spec.selector.namespaces.iter().enumerate().find(|(_, n)| *n != namespace) {
+        return Err(PolicyError {
+            origin: origin.into(),
+            field: format!("spec.selector.namespaces[{i}]"),
+            reason: format!(
+                "a SidecarPolicy selects pods of its own namespace {namespace:?} only, not {other:?}; a {CLUSTER_KIND} may select other namespaces"
+            ),
+        });
+    }
+    from_spec(namespace, name, spec, origin)
 }
 
 /// A policy from an already-typed spec (a Kubernetes object), validated like a document.

@@ -18,6 +18,7 @@ mod sock_addr;
 mod sock_bind;
 mod sock_ops;
 mod sysctl;
+mod task_iter;
 mod unix_connect;
 
 /// What a cgroup hook returns to let the operation proceed.
