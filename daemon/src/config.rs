@@ -75,6 +75,24 @@ pub struct Config {
     pub alert_queue: usize,
     pub alert_rate: u64,
     pub alert_burst: u64,
+    /// Alertmanager base URLs that receive every policy alert.
+    #[serde(deserialize_with = "api::one_or_many")]
+    pub alertmanager_url: Vec<String>,
+    /// Syslog (RFC 5424) output: tcp://host:port or tls://host:port, what it carries
+    /// ("alerts" or "all"), and the CA that signs a TLS server's certificate.
+    pub syslog_address: String,
+    pub syslog_events: SyslogEvents,
+    pub syslog_tls_ca: String,
+    /// Retries of a batch an output (Alertmanager, syslog) could not deliver, with backoff.
+    pub output_retries: u32,
+}
+
+/// Which events the syslog output carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogEvents {
+    Alerts,
+    All,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -113,6 +131,8 @@ pub struct Overrides {
     pub tls_client_ca: Option<String>,
     /// `--insecure-tcp`: true when given.
     pub insecure_tcp: Option<bool>,
+    /// Replaces the configured Alertmanager URLs when given (the flag may be repeated).
+    pub alertmanager_url: Option<Vec<String>>,
 }
 
 impl Config {
@@ -155,7 +175,8 @@ impl Config {
             tls_cert,
             tls_key,
             tls_client_ca,
-            insecure_tcp
+            insecure_tcp,
+            alertmanager_url
         );
     }
 
@@ -201,6 +222,16 @@ impl Config {
                 "otlp_endpoint",
                 format!("{:?} must start with http:// or https://", self.otlp_endpoint),
             );
+        }
+        for url in &self.alertmanager_url {
+            if let Err(e) = crate::export::alertmanager::alerts_url(url) {
+                return bad("alertmanager_url", e);
+            }
+        }
+        if !self.syslog_address.is_empty()
+            && let Err(e) = crate::export::syslog::Target::parse(&self.syslog_address)
+        {
+            return bad("syslog_address", e);
         }
         if let Err(e) = LabelFilter::parse(&self.metrics_labels) {
             return bad("metrics_labels", e);

@@ -4,17 +4,22 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sidewall_common::AlertBudget;
+use sidewall_proto::v1::EventType;
 use tokio::sync::watch;
 
 use crate::{
     api::{listen, service::SensorsService},
     clock::Clock,
-    config::{Config, LabelFilter, SensorSet},
+    config::{Config, LabelFilter, SensorSet, SyslogEvents},
     export::{
+        alertmanager::{self, Alertmanager},
+        delivery::{self, Retry},
+        filter::EventFilter,
         hub::Hub,
         jsonl::{self, JsonlConfig},
         metrics::{self, Metrics, MetricsState},
         otlp, otlp_metrics,
+        syslog::{self, Syslog},
     },
     identity::{
         Identity, Sources,
@@ -38,7 +43,7 @@ use crate::{
     },
     process::{ProcessCache, procfs},
     runtime,
-    stats::Stats,
+    stats::{Stage, Stats},
     status::NodeStatus,
 };
 
@@ -88,6 +93,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let otlp_metrics =
         otlp.as_ref().map(|(endpoint, _)| (endpoint.clone(), Arc::new(otlp::Health::default())));
+    let outputs = start_outputs(&cfg, &hub, &stats, &node)?;
     let engine = PolicyEngine::new(policies.clone(), Some(Enforcer::take(&mut loaded.ebpf)?));
     let protections = engine.protections();
     let status = Arc::new(NodeStatus {
@@ -100,6 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         otlp,
         otlp_metrics: otlp_metrics.clone(),
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
+        outputs,
         identity_source,
         protections,
         api: api.report.clone(),
@@ -174,6 +181,55 @@ fn start_export(cfg: &Config, hub: &Hub) -> anyhow::Result<Option<(String, Arc<j
     let health = jsonl::start(hub, jc).with_context(|| format!("opening export file {}", cfg.export_file))?;
     tracing::info!(path = %cfg.export_file, "exporting events as JSON lines");
     Ok(Some((cfg.export_file.clone(), health)))
+}
+
+/// The outputs with their own delivery: each Alertmanager, and syslog. Each has its own
+/// subscription, so one that is down loses only its own events.
+fn start_outputs(
+    cfg: &Config,
+    hub: &Hub,
+    stats: &Arc<Stats>,
+    node: &str,
+) -> anyhow::Result<Vec<(String, String, Arc<delivery::Health>)>> {
+    let retry = Retry::new(cfg.output_retries);
+    let mut out = Vec::new();
+    for base in &cfg.alertmanager_url {
+        let url = alertmanager::alerts_url(base).map_err(anyhow::Error::msg).context("alertmanager_url")?;
+        tracing::info!(%url, "posting policy alerts to Alertmanager");
+        let h = delivery::start(
+            hub,
+            "alertmanager",
+            Stage::Alertmanager,
+            EventFilter::only(EventType::PolicyAlert),
+            cfg.export_queue,
+            retry,
+            stats.clone(),
+            Alertmanager::new(url),
+        );
+        out.push(("alertmanager".to_string(), base.clone(), h));
+    }
+    if !cfg.syslog_address.is_empty() {
+        let target = syslog::Target::parse(&cfg.syslog_address)
+            .map_err(anyhow::Error::msg)
+            .context("syslog_address")?;
+        let ca = (!cfg.syslog_tls_ca.is_empty()).then(|| Path::new(&cfg.syslog_tls_ca));
+        let all = cfg.syslog_events == SyslogEvents::All;
+        let output = Syslog::new(target, ca, all, node.to_string())?;
+        let filter = if all { EventFilter::default() } else { EventFilter::only(EventType::PolicyAlert) };
+        tracing::info!(address = %cfg.syslog_address, all, "sending events to syslog");
+        let h = delivery::start(
+            hub,
+            "syslog",
+            Stage::Syslog,
+            filter,
+            cfg.export_queue,
+            retry,
+            stats.clone(),
+            output,
+        );
+        out.push(("syslog".to_string(), cfg.syslog_address.clone(), h));
+    }
+    Ok(out)
 }
 
 /// A Kubernetes client when the configuration asks for the API.

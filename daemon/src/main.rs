@@ -56,6 +56,10 @@ struct Args {
     /// `sidewall status`; every peer gets api_insecure_tcp_role).
     #[arg(long)]
     insecure_tcp: bool,
+    /// Post every policy alert to this Alertmanager (base URL, e.g. http://alertmanager:9093);
+    /// repeat it for several.
+    #[arg(long)]
+    alertmanager_url: Vec<String>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         tls_key: args.tls_key,
         tls_client_ca: args.tls_client_ca,
         insecure_tcp: args.insecure_tcp.then_some(true),
+        alertmanager_url: (!args.alertmanager_url.is_empty()).then_some(args.alertmanager_url),
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {
         Ok(c) => c,
