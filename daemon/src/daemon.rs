@@ -13,7 +13,7 @@ use crate::{
     config::{Config, LabelFilter, SensorSet, SyslogEvents},
     export::{
         alertmanager::{self, Alertmanager},
-        delivery::{self, Retry},
+        delivery::{self, Plan, Retry},
         filter::EventFilter,
         hub::Hub,
         jsonl::{self, JsonlConfig},
@@ -196,16 +196,14 @@ fn start_outputs(
     for base in &cfg.alertmanager_url {
         let url = alertmanager::alerts_url(base).map_err(anyhow::Error::msg).context("alertmanager_url")?;
         tracing::info!(%url, "posting policy alerts to Alertmanager");
-        let h = delivery::start(
-            hub,
-            "alertmanager",
-            Stage::Alertmanager,
-            EventFilter::only(EventType::PolicyAlert),
-            cfg.export_queue,
+        let plan = Plan {
+            name: "alertmanager",
+            stage: Stage::Alertmanager,
+            filter: EventFilter::only(EventType::PolicyAlert),
+            queue: cfg.export_queue,
             retry,
-            stats.clone(),
-            Alertmanager::new(url),
-        );
+        };
+        let h = delivery::start(hub, plan, stats.clone(), Alertmanager::new(url));
         out.push(("alertmanager".to_string(), base.clone(), h));
     }
     if !cfg.syslog_address.is_empty() {
@@ -217,16 +215,8 @@ fn start_outputs(
         let output = Syslog::new(target, ca, all, node.to_string())?;
         let filter = if all { EventFilter::default() } else { EventFilter::only(EventType::PolicyAlert) };
         tracing::info!(address = %cfg.syslog_address, all, "sending events to syslog");
-        let h = delivery::start(
-            hub,
-            "syslog",
-            Stage::Syslog,
-            filter,
-            cfg.export_queue,
-            retry,
-            stats.clone(),
-            output,
-        );
+        let plan = Plan { name: "syslog", stage: Stage::Syslog, filter, queue: cfg.export_queue, retry };
+        let h = delivery::start(hub, plan, stats.clone(), output);
         out.push(("syslog".to_string(), cfg.syslog_address.clone(), h));
     }
     Ok(out)

@@ -167,7 +167,6 @@ mod tests {
             })),
             node_name: "n1".into(),
             time: Some(sidewall_proto::Timestamp { seconds: 1_700_000_000, nanos: 5_000_000 }),
-            ..Default::default()
         };
         let a = alert(&ev).expect("an alert");
         let l = &a["labels"];

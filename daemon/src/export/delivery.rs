@@ -81,18 +81,20 @@ pub trait Output: Send + Sync + 'static {
     fn send(&mut self, batch: &[Self::Item]) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// Subscribes `output` to the hub (events `filter` lets through, `queue` of them at most)
-/// and delivers until the hub goes away.
-pub fn start<O: Output>(
-    hub: &Hub,
-    name: &str,
-    stage: Stage,
-    filter: EventFilter,
-    queue: usize,
-    retry: Retry,
-    stats: Arc<Stats>,
-    output: O,
-) -> Arc<Health> {
+/// What an output takes from the hub, and how hard it tries.
+pub struct Plan<'a> {
+    pub name: &'a str,
+    /// Where its losses are counted.
+    pub stage: Stage,
+    pub filter: EventFilter,
+    /// Events queued for it at most.
+    pub queue: usize,
+    pub retry: Retry,
+}
+
+/// Subscribes `output` to the hub as `plan` says and delivers until the hub goes away.
+pub fn start<O: Output>(hub: &Hub, plan: Plan<'_>, stats: Arc<Stats>, output: O) -> Arc<Health> {
+    let Plan { name, stage, filter, queue, retry } = plan;
     let (subscriber, rx) = hub.subscribe(name, stage, filter, queue);
     let health = Arc::new(Health {
         sent: AtomicU64::new(0),
@@ -227,7 +229,9 @@ mod tests {
         let retry = Retry { attempts: 2, first: Duration::from_millis(1), max: Duration::from_millis(1) };
         // Three refusals: the first batch is lost after two retries, the next one goes through.
         let out = Flaky { refuse: 3, got: got.clone() };
-        let h = start(&hub, "t", Stage::Alertmanager, EventFilter::default(), 8, retry, stats.clone(), out);
+        let plan =
+            Plan { name: "t", stage: Stage::Alertmanager, filter: EventFilter::default(), queue: 8, retry };
+        let h = start(&hub, plan, stats.clone(), out);
         hub.publish(&ev("a"));
         settle(&h, |h| h.failed.load(Relaxed) == 1).await;
         assert_eq!((h.retries.load(Relaxed), stats.lost(Stage::Alertmanager)), (2, 1));

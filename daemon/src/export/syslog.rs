@@ -256,7 +256,6 @@ mod tests {
             })),
             node_name: "n1".into(),
             time: Some(sidewall_proto::Timestamp { seconds: 1_700_000_000, nanos: 5_000 }),
-            ..Default::default()
         }
     }
 
