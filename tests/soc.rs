@@ -199,8 +199,9 @@ async fn alerts_reach_a_real_alertmanager_grouped_silenced_and_after_an_outage()
     let port = free_port();
     let am = Alertmanager::start(port);
     let policies = policy_dir();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let d = Daemon::with_config(&format!(
-        "alertmanager_url = \"{}\"\noutput_retries = 1\npolicy_dir = \"{}\"",
+        "alertmanager_url = \"{}\"\noutput_retries = 1\npolicy_dir = \"{}\"\nmetrics_address = \"{metrics}\"",
         am.url(),
         policies.path().display()
     ))
@@ -307,6 +308,16 @@ async fn alerts_reach_a_real_alertmanager_grouped_silenced_and_after_an_outage()
     assert_eq!(down.state, "failing", "{down:?}");
     let status = d.status().await;
     assert!(status.lost_by_stage.get("alertmanager").is_some_and(|n| *n >= down.lost), "{status:?}");
+    // The same on /metrics: the output down, and what it lost.
+    let (_, text) = http_get(&metrics, "/metrics").expect("/metrics");
+    let value = |series: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    assert_eq!(value("sidewall_exporter_up{exporter=\"alertmanager\"}"), 0.0);
+    assert!(value("sidewall_exporter_lost_total{exporter=\"alertmanager\"}") >= 1.0);
+    assert!(value("sidewall_exporter_sent_total{exporter=\"alertmanager\"}") >= 1.0);
 
     // Back on the same address: delivery resumes.
     let am = Alertmanager::start(port);

@@ -193,18 +193,20 @@ fn start_outputs(
 ) -> anyhow::Result<Vec<(String, String, Arc<delivery::Health>)>> {
     let retry = Retry::new(cfg.output_retries);
     let mut out = Vec::new();
-    for base in &cfg.alertmanager_url {
+    for (i, base) in cfg.alertmanager_url.iter().enumerate() {
         let url = alertmanager::alerts_url(base).map_err(anyhow::Error::msg).context("alertmanager_url")?;
         tracing::info!(%url, "posting policy alerts to Alertmanager");
+        // One name per Alertmanager in status and /metrics: alertmanager, alertmanager_2, ...
+        let name = if i == 0 { "alertmanager".to_string() } else { format!("alertmanager_{}", i + 1) };
         let plan = Plan {
-            name: "alertmanager",
+            name: &name,
             stage: Stage::Alertmanager,
             filter: EventFilter::only(EventType::PolicyAlert),
             queue: cfg.export_queue,
             retry,
         };
         let h = delivery::start(hub, plan, stats.clone(), Alertmanager::new(url));
-        out.push(("alertmanager".to_string(), base.clone(), h));
+        out.push((name, base.clone(), h));
     }
     if !cfg.syslog_address.is_empty() {
         let target = syslog::Target::parse(&cfg.syslog_address)
