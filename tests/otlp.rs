@@ -119,6 +119,10 @@ async fn alerts_reach_an_otlp_receiver_with_their_fields() {
         (service["key"].as_str(), service["value"]["stringValue"].as_str()),
         (Some("service.name"), Some("sidewalld"))
     );
+    let node = alert["resource"]["attributes"].as_array().and_then(|a| {
+        a.iter().find(|kv| kv["key"] == "k8s.node.name").and_then(|kv| kv["value"]["stringValue"].as_str())
+    });
+    assert_eq!(node, Some("test-node"));
 
     // The alert counted in the metrics, pushed as a cumulative monotonic sum.
     let deadline = Instant::now() + Duration::from_secs(20);

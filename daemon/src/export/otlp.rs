@@ -4,7 +4,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -104,12 +104,74 @@ async fn send(
     Ok(())
 }
 
-/// What every export says it comes from: sidewalld on this node.
+/// What every export says it comes from: sidewalld on this node (`host.name`,
+/// `k8s.node.name`), then the attributes of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`
+/// as the OpenTelemetry SDKs read them (e.g. `k8s.cluster.name=prod`), which win.
 pub(crate) fn resource(node: &str) -> Resource {
-    Resource {
-        attributes: vec![kv("service.name", "sidewalld"), kv("host.name", node)],
-        ..Default::default()
+    static FROM_ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    let env = FROM_ENV.get_or_init(|| {
+        let attrs = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+        let service = std::env::var("OTEL_SERVICE_NAME").ok();
+        env_attributes(&attrs, service.as_deref()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "OTEL_RESOURCE_ATTRIBUTES ignored");
+            Vec::new()
+        })
+    });
+    Resource { attributes: resource_attributes(node, env), ..Default::default() }
+}
+
+fn resource_attributes(node: &str, env: &[(String, String)]) -> Vec<KeyValue> {
+    let mut attrs: Vec<(String, String)> = vec![
+        ("service.name".into(), "sidewalld".into()),
+        ("host.name".into(), node.into()),
+        ("k8s.node.name".into(), node.into()),
+    ];
+    for (k, v) in env {
+        match attrs.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => attrs.push((k.clone(), v.clone())),
+        }
     }
+    attrs.iter().map(|(k, v)| kv(k, v)).collect()
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (the OpenTelemetry resource SDK
+/// specification), then `OTEL_SERVICE_NAME` as `service.name`. One malformed entry discards
+/// the whole variable, as the specification says.
+fn env_attributes(attrs: &str, service: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for entry in attrs.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (k, v) = entry.split_once('=').ok_or_else(|| format!("{entry:?} is not key=value"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("{entry:?} has no key"));
+        }
+        out.push((
+            k.to_string(),
+            percent_decode(v.trim()).ok_or_else(|| format!("{entry:?}: bad percent-encoding"))?,
+        ));
+    }
+    if let Some(s) = service.filter(|s| !s.is_empty()) {
+        out.push(("service.name".into(), s.into()));
+    }
+    Ok(out)
+}
+
+fn percent_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 pub(crate) fn scope() -> InstrumentationScope {
@@ -201,6 +263,33 @@ pub fn record(ev: &pb::GetEventsResponse) -> LogRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_attributes_follow_the_opentelemetry_variables() {
+        let env =
+            env_attributes("k8s.cluster.name=prod, team=sec%20ops ,host.name=h2", Some("sw")).expect("valid");
+        let attrs: Vec<(String, String)> = resource_attributes("n1", &env)
+            .into_iter()
+            .map(|a| {
+                let v = match a.value.and_then(|v| v.value) {
+                    Some(Value::StringValue(s)) => s,
+                    _ => String::new(),
+                };
+                (a.key, v)
+            })
+            .collect();
+        let want = [
+            ("service.name", "sw"),
+            ("host.name", "h2"),
+            ("k8s.node.name", "n1"),
+            ("k8s.cluster.name", "prod"),
+            ("team", "sec ops"),
+        ];
+        assert_eq!(attrs, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        assert!(env_attributes("a=1,broken", None).unwrap_err().contains("\"broken\" is not key=value"));
+        assert!(env_attributes("a=%zz", None).is_err());
+        assert_eq!(env_attributes("", None), Ok(Vec::new()));
+    }
 
     #[test]
     fn alerts_carry_their_fields_as_attributes() {
