@@ -48,6 +48,8 @@ pub struct Config {
     pub metrics_max_series: usize,
     pub otlp_endpoint: String,
     pub otlp_metrics_interval_seconds: u64,
+    /// gRPC metadata of every OTLP export, "key=value" each.
+    pub otlp_headers: Vec<String>,
     pub bpf_pin_dir: String,
     pub log: String,
     /// Where the runtime hook leaves the record of a container it let start unguarded.
@@ -152,9 +154,44 @@ impl Config {
             origin: origin.clone(),
             message: e.message().to_string(),
         })?;
+        cfg.apply_otel_env(|name| std::env::var(name).ok());
         cfg.apply(flags);
         cfg.validate(&origin)?;
         Ok(cfg)
+    }
+
+    /// The OpenTelemetry exporter variables, under the file's keys: the endpoint
+    /// (`OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`) when none is
+    /// configured, and the headers of `OTEL_EXPORTER_OTLP_HEADERS` the file does not set.
+    fn apply_otel_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if self.otlp_endpoint.is_empty()
+            && let Some(e) =
+                var("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        {
+            self.otlp_endpoint = e;
+        }
+        let Some(text) = var("OTEL_EXPORTER_OTLP_HEADERS") else { return };
+        match crate::export::otlp::parse_pairs(&text) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    if !self.otlp_headers().iter().any(|(key, _)| key.eq_ignore_ascii_case(&k)) {
+                        self.otlp_headers.push(format!("{k}={v}"));
+                    }
+                }
+            }
+            // Kept as it is, so that validation names the problem.
+            Err(_) => self.otlp_headers.push(text),
+        }
+    }
+
+    /// `otlp_headers` as (lowercase name, value) pairs; malformed entries left out (validate
+    /// refuses them).
+    pub fn otlp_headers(&self) -> Vec<(String, String)> {
+        self.otlp_headers
+            .iter()
+            .filter_map(|h| h.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect()
     }
 
     fn apply(&mut self, o: &Overrides) {
@@ -222,6 +259,20 @@ impl Config {
                 "otlp_endpoint",
                 format!("{:?} must start with http:// or https://", self.otlp_endpoint),
             );
+        }
+        for h in &self.otlp_headers {
+            let ok = h.split_once('=').is_some_and(|(k, v)| {
+                let probe = [(k.trim().to_ascii_lowercase(), v.trim().to_string())];
+                !k.trim().is_empty() && crate::export::otlp::request((), &probe).is_ok()
+            });
+            if !ok {
+                // The value may be a secret: name the header only.
+                let name = h.split_once('=').map_or("(no name)", |(k, _)| k);
+                return bad(
+                    "otlp_headers",
+                    format!("{name:?}: expected name=value with a valid gRPC header name and value"),
+                );
+            }
         }
         for url in &self.alertmanager_url {
             if let Err(e) = crate::export::alertmanager::alerts_url(url) {
@@ -410,6 +461,25 @@ mod tests {
         let f = file("sensors_off = [\"cgroup_mkdri\"]\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("\"cgroup_mkdri\" is not a sensor"), "{e}");
+    }
+
+    #[test]
+    fn otel_variables_fill_what_the_file_leaves_open() {
+        let env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317".to_string()),
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some("Authorization=Bearer%20t,x-team=sec".to_string()),
+            _ => None,
+        };
+        let f = file("otlp_headers = [\"x-team=soc\"]\n");
+        let mut c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        c.apply_otel_env(env);
+        assert_eq!(c.otlp_endpoint, "http://collector:4317");
+        let want =
+            [("x-team", "soc"), ("authorization", "Bearer t")].map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(c.otlp_headers(), want);
+        let f = file("otlp_headers = [\"bad header=secret\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("otlp_headers: \"bad header\"") && !e.contains("secret"), "{e}");
     }
 
     #[test]

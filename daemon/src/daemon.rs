@@ -88,7 +88,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let export_file = start_export(&cfg, &hub)?;
     let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| {
         tracing::info!(endpoint = %cfg.otlp_endpoint, "exporting events as OTLP logs");
-        let h = otlp::start(&hub, stats.clone(), cfg.otlp_endpoint.clone(), node.clone(), cfg.export_queue);
+        let headers: otlp::Headers = cfg.otlp_headers().into();
+        let h = otlp::start(
+            &hub,
+            stats.clone(),
+            cfg.otlp_endpoint.clone(),
+            headers,
+            node.clone(),
+            cfg.export_queue,
+        );
         (cfg.otlp_endpoint.clone(), h)
     });
     let otlp_metrics =
@@ -130,7 +138,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some((endpoint, health)) = otlp_metrics {
             let every = Duration::from_secs(cfg.otlp_metrics_interval_seconds);
             tracing::info!(%endpoint, ?every, "exporting metrics as OTLP metrics");
-            otlp_metrics::start(state.clone(), endpoint, status.node_name.clone(), every, health);
+            let target = (endpoint, cfg.otlp_headers().into());
+            otlp_metrics::start(state.clone(), target, status.node_name.clone(), every, health);
         }
         if !cfg.metrics_address.is_empty() {
             let addr = cfg.metrics_address.parse().context("metrics_address")?;

@@ -36,15 +36,44 @@ pub struct Health {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// gRPC metadata sent with every export (`otlp_headers`, `OTEL_EXPORTER_OTLP_HEADERS`):
+/// most collectors and hosted backends authenticate with it.
+pub type Headers = Arc<[(String, String)]>;
+
 /// Subscribes to the hub and exports to `endpoint` ("http://host:4317") until the end.
-pub fn start(hub: &Hub, stats: Arc<Stats>, endpoint: String, node: String, queue: usize) -> Arc<Health> {
+pub fn start(
+    hub: &Hub,
+    stats: Arc<Stats>,
+    endpoint: String,
+    headers: Headers,
+    node: String,
+    queue: usize,
+) -> Arc<Health> {
     let (_sub, rx) = hub.subscribe("otlp", Stage::Otlp, EventFilter::default(), queue);
     let health = Arc::new(Health::default());
-    tokio::spawn(run(rx, endpoint, node, stats, health.clone()));
+    tokio::spawn(run(rx, (endpoint, headers), node, stats, health.clone()));
     health
 }
 
-async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>, health: Arc<Health>) {
+/// A request carrying `headers` as metadata.
+pub fn request<T>(message: T, headers: &[(String, String)]) -> Result<tonic::Request<T>, String> {
+    let mut req = tonic::Request::new(message);
+    for (k, v) in headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header {k:?}: not a valid name"))?;
+        let value = v.parse().map_err(|_| format!("header {k:?}: not a valid value"))?;
+        req.metadata_mut().insert(key, value);
+    }
+    Ok(req)
+}
+
+async fn run(
+    mut rx: Receiver,
+    (endpoint, headers): (String, Headers),
+    node: String,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+) {
     let mut client: Option<LogsServiceClient<tonic::transport::Channel>> = None;
     let mut batch: Vec<LogRecord> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(FLUSH);
@@ -66,7 +95,7 @@ async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>
         }
         let records = std::mem::take(&mut batch);
         let n = records.len() as u64;
-        match send(&mut client, &endpoint, &node, records).await {
+        match send(&mut client, &endpoint, &headers, &node, records).await {
             Ok(()) => {
                 health.sent.fetch_add(n, Relaxed);
                 *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -84,6 +113,7 @@ async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>
 async fn send(
     client: &mut Option<LogsServiceClient<tonic::transport::Channel>>,
     endpoint: &str,
+    headers: &[(String, String)],
     node: &str,
     records: Vec<LogRecord>,
 ) -> Result<(), String> {
@@ -100,7 +130,7 @@ async fn send(
             ..Default::default()
         }],
     };
-    c.export(req).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    c.export(request(req, headers)?).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     Ok(())
 }
 
@@ -135,12 +165,22 @@ fn resource_attributes(node: &str, env: &[(String, String)]) -> Vec<KeyValue> {
     attrs.iter().map(|(k, v)| kv(k, v)).collect()
 }
 
-/// `key1=value1,key2=value2` with percent-encoded values (the OpenTelemetry resource SDK
-/// specification), then `OTEL_SERVICE_NAME` as `service.name`. One malformed entry discards
+/// `OTEL_RESOURCE_ATTRIBUTES` (the OpenTelemetry resource SDK specification), then
+/// `OTEL_SERVICE_NAME` as `service.name`. One malformed entry discards
 /// the whole variable, as the specification says.
 fn env_attributes(attrs: &str, service: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let mut out = parse_pairs(attrs)?;
+    if let Some(s) = service.filter(|s| !s.is_empty()) {
+        out.push(("service.name".into(), s.into()));
+    }
+    Ok(out)
+}
+
+/// `key1=value1,key2=value2`, values percent-encoded: the format of the OpenTelemetry
+/// variables (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`).
+pub fn parse_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    for entry in attrs.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (k, v) = entry.split_once('=').ok_or_else(|| format!("{entry:?} is not key=value"))?;
         let k = k.trim();
         if k.is_empty() {
@@ -150,9 +190,6 @@ fn env_attributes(attrs: &str, service: Option<&str>) -> Result<Vec<(String, Str
             k.to_string(),
             percent_decode(v.trim()).ok_or_else(|| format!("{entry:?}: bad percent-encoding"))?,
         ));
-    }
-    if let Some(s) = service.filter(|s| !s.is_empty()) {
-        out.push(("service.name".into(), s.into()));
     }
     Ok(out)
 }
