@@ -1,7 +1,8 @@
 //! Alerts delivered where a SOC works, checked with the real components from Debian: a real
 //! Alertmanager (prometheus-alertmanager, with the repository's example routing) receives the
 //! alerts of a real attack on a pod with the labels a SOC routes on, groups them, and a
-//! silence suppresses them; while it is down, enforcement and the other consumers go on and
+//! silence suppresses them; while it is down, enforcement and the other consumers (the export
+//! file, syslog) go on and
 //! its losses are counted; when it is back, delivery resumes. rsyslog receives the same
 //! alerts as RFC 5424 messages with structured data, over TCP and over TLS.
 
@@ -198,12 +199,16 @@ fn exported_alerts(d: &Daemon, pod: &Pod) -> usize {
 async fn alerts_reach_a_real_alertmanager_grouped_silenced_and_after_an_outage() {
     let port = free_port();
     let am = Alertmanager::start(port);
+    // Another output beside it, which its outage must not touch.
+    let syslog = Rsyslog::start(None);
     let policies = policy_dir();
     let metrics = format!("127.0.0.1:{}", free_port());
     let d = Daemon::with_config(&format!(
-        "alertmanager_url = \"{}\"\noutput_retries = 1\npolicy_dir = \"{}\"\nmetrics_address = \"{metrics}\"",
+        "alertmanager_url = \"{}\"\noutput_retries = 1\npolicy_dir = \"{}\"\nmetrics_address = \"{metrics}\"\n\
+         syslog_address = \"tcp://127.0.0.1:{}\"",
         am.url(),
-        policies.path().display()
+        policies.path().display(),
+        syslog.port
     ))
     .await;
     let pod = pod();
@@ -288,12 +293,15 @@ async fn alerts_reach_a_real_alertmanager_grouped_silenced_and_after_an_outage()
     drop(am);
     let lost_before = exporter(&d, "alertmanager").await.lost;
     let exported_before = exported_alerts(&d, &pod);
+    let syslog_alerts =
+        || syslog.received().iter().filter(|l| l.contains("|policy_alert|") && l.contains(&pod.name)).count();
+    let syslog_before = syslog_alerts();
     let answer = attack(&pod);
     assert!(answer.starts_with("error EPERM"), "enforcement while Alertmanager is down: {answer}");
     wait_for(
-        "the alert in the export file",
+        "the alert in the export file and in syslog",
         || d.log(),
-        || (exported_alerts(&d, &pod) > exported_before).then_some(()),
+        || (exported_alerts(&d, &pod) > exported_before && syslog_alerts() > syslog_before).then_some(()),
     )
     .await;
     let deadline = Instant::now() + WAIT;
@@ -334,6 +342,8 @@ async fn alerts_reach_a_real_alertmanager_grouped_silenced_and_after_an_outage()
     let up = exporter(&d, "alertmanager").await;
     assert_eq!(up.state, "ok", "{up:?}");
     assert!(up.events >= 2, "{up:?}");
+    let other = exporter(&d, "syslog").await;
+    assert_eq!((other.state.as_str(), other.lost), ("ok", 0), "{other:?}");
 }
 
 // ---------------------------------------------------------------------------------------
