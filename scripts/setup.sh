@@ -14,6 +14,8 @@ APT_PKGS=(
   podman runc catatonit busybox-static
   # tooling used by tests and benchmarks
   bpftool iproute2 iptables prometheus jq
+  # SOC outputs (tests/soc.rs): a real Alertmanager (with amtool) and rsyslog with TLS
+  prometheus-alertmanager rsyslog rsyslog-gnutls
   # deploy/ checks (tests/scenarios/deploy.rs): a venv for kubernetes-validate, shellcheck for
   # the kind runner
   python3-venv shellcheck

@@ -1,6 +1,7 @@
 //! OTLP export received by an independent receiver (Python grpcio with the official
 //! opentelemetry-proto definitions, tests/tools/otlp_receiver.py): alerts arrive as log
-//! records carrying the alert's fields, and the metrics as OTLP metrics.
+//! records carrying the alert's fields, and the metrics as OTLP metrics; the receiver refuses
+//! exports without the header the configuration gives (a collector's token).
 
 use std::{
     fs,
@@ -20,12 +21,21 @@ struct Receiver {
     _dir: tempfile::TempDir,
 }
 
+/// The header the receiver requires, as a collector requiring a token does.
+const TOKEN: &str = "x-sidewall-token=s3cret";
+
 impl Receiver {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let (port_file, out) = (dir.path().join("port"), dir.path().join("records.jsonl"));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/otlp_receiver.py");
-        let child = Command::new("python3").arg(script).arg(&port_file).arg(&out).spawn().expect("python3");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(&port_file)
+            .arg(&out)
+            .arg(TOKEN)
+            .spawn()
+            .expect("python3");
         let start = Instant::now();
         let port = loop {
             if let Some(p) = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
@@ -68,7 +78,7 @@ async fn alerts_reach_an_otlp_receiver_with_their_fields() {
     let policy = "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: otlp\nspec:\n  mode: monitor\n  containers:\n    - name: probero\n      loopback:\n        connect: []\n      action: block\n";
     fs::write(dir.path().join("p.yaml"), policy).expect("policy");
     let d = Daemon::with_config(&format!(
-        "otlp_endpoint = \"http://127.0.0.1:{}\"\notlp_metrics_interval_seconds = 1\npolicy_dir = \"{}\"",
+        "otlp_endpoint = \"http://127.0.0.1:{}\"\notlp_headers = [\"{TOKEN}\"]\notlp_metrics_interval_seconds = 1\npolicy_dir = \"{}\"",
         receiver.port,
         dir.path().display()
     ))
@@ -119,6 +129,10 @@ async fn alerts_reach_an_otlp_receiver_with_their_fields() {
         (service["key"].as_str(), service["value"]["stringValue"].as_str()),
         (Some("service.name"), Some("sidewalld"))
     );
+    let node = alert["resource"]["attributes"].as_array().and_then(|a| {
+        a.iter().find(|kv| kv["key"] == "k8s.node.name").and_then(|kv| kv["value"]["stringValue"].as_str())
+    });
+    assert_eq!(node, Some("test-node"));
 
     // The alert counted in the metrics, pushed as a cumulative monotonic sum.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -48,6 +48,8 @@ pub struct Config {
     pub metrics_max_series: usize,
     pub otlp_endpoint: String,
     pub otlp_metrics_interval_seconds: u64,
+    /// gRPC metadata of every OTLP export, "key=value" each.
+    pub otlp_headers: Vec<String>,
     pub bpf_pin_dir: String,
     pub log: String,
     /// Where the runtime hook leaves the record of a container it let start unguarded.
@@ -78,6 +80,24 @@ pub struct Config {
     /// "namespace/name" of the DaemonSet this daemon runs in: when it is gone or being
     /// deleted at shutdown, the pins are removed too. Empty: enforcement always outlives.
     pub uninstall_daemonset: String,
+    /// Alertmanager base URLs that receive every policy alert.
+    #[serde(deserialize_with = "api::one_or_many")]
+    pub alertmanager_url: Vec<String>,
+    /// Syslog (RFC 5424) output: tcp://host:port or tls://host:port, what it carries
+    /// ("alerts" or "all"), and the CA that signs a TLS server's certificate.
+    pub syslog_address: String,
+    pub syslog_events: SyslogEvents,
+    pub syslog_tls_ca: String,
+    /// Retries of a batch an output (Alertmanager, syslog) could not deliver, with backoff.
+    pub output_retries: u32,
+}
+
+/// Which events the syslog output carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogEvents {
+    Alerts,
+    All,
 }
 
 /// Which sensors attach: the default set costs nothing on unrelated syscalls; the strict set
@@ -118,6 +138,8 @@ pub struct Overrides {
     pub insecure_tcp: Option<bool>,
     pub bpf_pin_dir: Option<String>,
     pub uninstall_daemonset: Option<String>,
+    /// Replaces the configured Alertmanager URLs when given (the flag may be repeated).
+    pub alertmanager_url: Option<Vec<String>>,
 }
 
 impl Config {
@@ -137,9 +159,44 @@ impl Config {
             origin: origin.clone(),
             message: e.message().to_string(),
         })?;
+        cfg.apply_otel_env(|name| std::env::var(name).ok());
         cfg.apply(flags);
         cfg.validate(&origin)?;
         Ok(cfg)
+    }
+
+    /// The OpenTelemetry exporter variables, under the file's keys: the endpoint
+    /// (`OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`) when none is
+    /// configured, and the headers of `OTEL_EXPORTER_OTLP_HEADERS` the file does not set.
+    fn apply_otel_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if self.otlp_endpoint.is_empty()
+            && let Some(e) =
+                var("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        {
+            self.otlp_endpoint = e;
+        }
+        let Some(text) = var("OTEL_EXPORTER_OTLP_HEADERS") else { return };
+        match crate::export::otlp::parse_pairs(&text) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    if !self.otlp_headers().iter().any(|(key, _)| key.eq_ignore_ascii_case(&k)) {
+                        self.otlp_headers.push(format!("{k}={v}"));
+                    }
+                }
+            }
+            // Kept as it is, so that validation names the problem.
+            Err(_) => self.otlp_headers.push(text),
+        }
+    }
+
+    /// `otlp_headers` as (lowercase name, value) pairs; malformed entries left out (validate
+    /// refuses them).
+    pub fn otlp_headers(&self) -> Vec<(String, String)> {
+        self.otlp_headers
+            .iter()
+            .filter_map(|h| h.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect()
     }
 
     fn apply(&mut self, o: &Overrides) {
@@ -162,7 +219,8 @@ impl Config {
             tls_client_ca,
             insecure_tcp,
             bpf_pin_dir,
-            uninstall_daemonset
+            uninstall_daemonset,
+            alertmanager_url
         );
         // Daemons sharing a bpffs (kind nodes on one host) each need their own pins.
         self.bpf_pin_dir = self.bpf_pin_dir.replace("{node}", &self.node());
@@ -210,6 +268,30 @@ impl Config {
                 "otlp_endpoint",
                 format!("{:?} must start with http:// or https://", self.otlp_endpoint),
             );
+        }
+        for h in &self.otlp_headers {
+            let ok = h.split_once('=').is_some_and(|(k, v)| {
+                let probe = [(k.trim().to_ascii_lowercase(), v.trim().to_string())];
+                !k.trim().is_empty() && crate::export::otlp::request((), &probe).is_ok()
+            });
+            if !ok {
+                // The value may be a secret: name the header only.
+                let name = h.split_once('=').map_or("(no name)", |(k, _)| k);
+                return bad(
+                    "otlp_headers",
+                    format!("{name:?}: expected name=value with a valid gRPC header name and value"),
+                );
+            }
+        }
+        for url in &self.alertmanager_url {
+            if let Err(e) = crate::export::alertmanager::alerts_url(url) {
+                return bad("alertmanager_url", e);
+            }
+        }
+        if !self.syslog_address.is_empty()
+            && let Err(e) = crate::export::syslog::Target::parse(&self.syslog_address)
+        {
+            return bad("syslog_address", e);
         }
         if let Err(e) = LabelFilter::parse(&self.metrics_labels) {
             return bad("metrics_labels", e);
@@ -414,6 +496,25 @@ mod tests {
         let flags = Overrides { bpf_pin_dir: Some("pins".into()), ..Default::default() };
         let e = Config::load(None, &flags).unwrap_err().to_string();
         assert!(e.contains("bpf_pin_dir: \"pins\" is not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn otel_variables_fill_what_the_file_leaves_open() {
+        let env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317".to_string()),
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some("Authorization=Bearer%20t,x-team=sec".to_string()),
+            _ => None,
+        };
+        let f = file("otlp_headers = [\"x-team=soc\"]\n");
+        let mut c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        c.apply_otel_env(env);
+        assert_eq!(c.otlp_endpoint, "http://collector:4317");
+        let want =
+            [("x-team", "soc"), ("authorization", "Bearer t")].map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(c.otlp_headers(), want);
+        let f = file("otlp_headers = [\"bad header=secret\"]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("otlp_headers: \"bad header\"") && !e.contains("secret"), "{e}");
     }
 
     #[test]

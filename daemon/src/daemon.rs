@@ -4,17 +4,22 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sidewall_common::AlertBudget;
+use sidewall_proto::v1::EventType;
 use tokio::sync::watch;
 
 use crate::{
     api::{listen, service::SensorsService},
     clock::Clock,
-    config::{Config, LabelFilter, SensorSet},
+    config::{Config, LabelFilter, SensorSet, SyslogEvents},
     export::{
+        alertmanager::{self, Alertmanager},
+        delivery::{self, Plan, Retry},
+        filter::EventFilter,
         hub::Hub,
         jsonl::{self, JsonlConfig},
         metrics::{self, Metrics, MetricsState},
         otlp, otlp_metrics,
+        syslog::{self, Syslog},
     },
     identity::{
         Identity, Sources,
@@ -38,7 +43,7 @@ use crate::{
     },
     process::{ProcessCache, procfs},
     runtime,
-    stats::Stats,
+    stats::{Stage, Stats},
     status::NodeStatus,
 };
 
@@ -87,11 +92,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let export_file = start_export(&cfg, &hub);
     let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| {
         tracing::info!(endpoint = %cfg.otlp_endpoint, "exporting events as OTLP logs");
-        let h = otlp::start(&hub, stats.clone(), cfg.otlp_endpoint.clone(), node.clone(), cfg.export_queue);
+        let headers: otlp::Headers = cfg.otlp_headers().into();
+        let h = otlp::start(
+            &hub,
+            stats.clone(),
+            cfg.otlp_endpoint.clone(),
+            headers,
+            node.clone(),
+            cfg.export_queue,
+        );
         (cfg.otlp_endpoint.clone(), h)
     });
     let otlp_metrics =
         otlp.as_ref().map(|(endpoint, _)| (endpoint.clone(), Arc::new(otlp::Health::default())));
+    let outputs = start_outputs(&cfg, &hub, &stats, &node)?;
     let engine = PolicyEngine::new(policies.clone(), Some(Enforcer::take(&mut loaded.ebpf)?));
     let protections = engine.protections();
     let status = Arc::new(NodeStatus {
@@ -104,6 +118,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         otlp,
         otlp_metrics: otlp_metrics.clone(),
         metrics_address: (!cfg.metrics_address.is_empty()).then(|| cfg.metrics_address.clone()),
+        outputs,
         identity_source,
         protections,
         api: api.report.clone(),
@@ -127,7 +142,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some((endpoint, health)) = otlp_metrics {
             let every = Duration::from_secs(cfg.otlp_metrics_interval_seconds);
             tracing::info!(%endpoint, ?every, "exporting metrics as OTLP metrics");
-            otlp_metrics::start(state.clone(), endpoint, status.node_name.clone(), every, health);
+            let target = (endpoint, cfg.otlp_headers().into());
+            otlp_metrics::start(state.clone(), target, status.node_name.clone(), every, health);
         }
         if !cfg.metrics_address.is_empty() {
             let addr = cfg.metrics_address.parse().context("metrics_address")?;
@@ -241,6 +257,47 @@ fn start_export(cfg: &Config, hub: &Hub) -> Option<(String, Arc<jsonl::Health>)>
         }
     };
     Some((cfg.export_file.clone(), health))
+}
+
+/// The outputs with their own delivery: each Alertmanager, and syslog. Each has its own
+/// subscription, so one that is down loses only its own events.
+fn start_outputs(
+    cfg: &Config,
+    hub: &Hub,
+    stats: &Arc<Stats>,
+    node: &str,
+) -> anyhow::Result<Vec<(String, String, Arc<delivery::Health>)>> {
+    let retry = Retry::new(cfg.output_retries);
+    let mut out = Vec::new();
+    for (i, base) in cfg.alertmanager_url.iter().enumerate() {
+        let url = alertmanager::alerts_url(base).map_err(anyhow::Error::msg).context("alertmanager_url")?;
+        tracing::info!(%url, "posting policy alerts to Alertmanager");
+        // One name per Alertmanager in status and /metrics: alertmanager, alertmanager_2, ...
+        let name = if i == 0 { "alertmanager".to_string() } else { format!("alertmanager_{}", i + 1) };
+        let plan = Plan {
+            name: &name,
+            stage: Stage::Alertmanager,
+            filter: EventFilter::only(EventType::PolicyAlert),
+            queue: cfg.export_queue,
+            retry,
+        };
+        let h = delivery::start(hub, plan, stats.clone(), Alertmanager::new(url));
+        out.push((name, base.clone(), h));
+    }
+    if !cfg.syslog_address.is_empty() {
+        let target = syslog::Target::parse(&cfg.syslog_address)
+            .map_err(anyhow::Error::msg)
+            .context("syslog_address")?;
+        let ca = (!cfg.syslog_tls_ca.is_empty()).then(|| Path::new(&cfg.syslog_tls_ca));
+        let all = cfg.syslog_events == SyslogEvents::All;
+        let output = Syslog::new(target, ca, all, node.to_string())?;
+        let filter = if all { EventFilter::default() } else { EventFilter::only(EventType::PolicyAlert) };
+        tracing::info!(address = %cfg.syslog_address, all, "sending events to syslog");
+        let plan = Plan { name: "syslog", stage: Stage::Syslog, filter, queue: cfg.export_queue, retry };
+        let h = delivery::start(hub, plan, stats.clone(), output);
+        out.push(("syslog".to_string(), cfg.syslog_address.clone(), h));
+    }
+    Ok(out)
 }
 
 /// A Kubernetes client when the configuration asks for the API.

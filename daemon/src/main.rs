@@ -64,6 +64,10 @@ struct Args {
     /// daemon removes its pinned enforcement as it stops.
     #[arg(long)]
     uninstall_daemonset: Option<String>,
+    /// Post every policy alert to this Alertmanager (base URL, e.g. http://alertmanager:9093);
+    /// repeat it for several.
+    #[arg(long)]
+    alertmanager_url: Vec<String>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         insecure_tcp: args.insecure_tcp.then_some(true),
         bpf_pin_dir: args.bpf_pin_dir,
         uninstall_daemonset: args.uninstall_daemonset,
+        alertmanager_url: (!args.alertmanager_url.is_empty()).then_some(args.alertmanager_url),
     };
     let cfg = match Config::load(args.config.as_deref(), &flags) {
         Ok(c) => c,

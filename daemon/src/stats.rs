@@ -31,10 +31,14 @@ pub enum Stage {
     KernelAlertRingbuf,
     /// A consumer's alert queue (policy alerts and loss reports) was full.
     AlertQueue,
+    /// An Alertmanager output's queue was full, or Alertmanager refused a batch after retries.
+    Alertmanager,
+    /// The syslog output's queue was full, or the server refused a batch after retries.
+    Syslog,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 10] = [
         Stage::KernelRingbuf,
         Stage::Decode,
         Stage::SubscriberQueue,
@@ -43,6 +47,8 @@ impl Stage {
         Stage::PolicyAudit,
         Stage::KernelAlertRingbuf,
         Stage::AlertQueue,
+        Stage::Alertmanager,
+        Stage::Syslog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +61,8 @@ impl Stage {
             Stage::PolicyAudit => "policy_audit",
             Stage::KernelAlertRingbuf => "kernel_alert_ringbuf",
             Stage::AlertQueue => "alert_queue",
+            Stage::Alertmanager => "alertmanager",
+            Stage::Syslog => "syslog",
         }
     }
 }

@@ -8,7 +8,7 @@ use sidewall_proto::v1 as pb;
 
 use crate::{
     api::listen::ApiReport,
-    export::{hub::Hub, jsonl, otlp},
+    export::{delivery, hub::Hub, jsonl, otlp},
     kernel::loader::{SensorReport, SensorState},
     policy::protection::Protections,
     stats::{Stage, Stats},
@@ -29,6 +29,8 @@ pub struct NodeStatus {
     /// The OTLP metrics exporter (same endpoint); its `events` count data points.
     pub otlp_metrics: Option<(String, Arc<otlp::Health>)>,
     pub metrics_address: Option<String>,
+    /// Outputs with their own delivery (Alertmanager, syslog): name, target, health.
+    pub outputs: Vec<(String, String, Arc<delivery::Health>)>,
     pub identity_source: String,
     /// How each container's rule reached the kernel.
     pub protections: Arc<Protections>,
@@ -108,6 +110,9 @@ impl NodeStatus {
         out.push(otlp_status("otlp", &self.otlp, self.stats.lost(Stage::Otlp)));
         // A refused metrics push loses nothing: the next one carries the same totals.
         out.push(otlp_status("otlp_metrics", &self.otlp_metrics, 0));
+        for (name, target, h) in &self.outputs {
+            out.push(delivery::status(name, target, h));
+        }
         out.push(match &self.metrics_address {
             None => disabled("prometheus"),
             Some(a) => pb::ExporterStatus {

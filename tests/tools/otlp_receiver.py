@@ -5,7 +5,10 @@ metric received is appended as one JSON line (protobuf's JSON mapping) to OUT, a
 {"resource", "record"} or {"resource", "metric"}. The port it listens on is written to
 PORT_FILE.
 
-    otlp_receiver.py PORT_FILE OUT
+    otlp_receiver.py PORT_FILE OUT [NAME=VALUE]
+
+With NAME=VALUE, exports without that gRPC header (as collectors requiring a token do) are
+refused with UNAUTHENTICATED.
 """
 import json
 import sys
@@ -17,11 +20,22 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 
+REQUIRED = None
+
+
+def check_header(context):
+    if REQUIRED is None:
+        return
+    if (REQUIRED[0], REQUIRED[1]) not in [(k, v) for k, v in context.invocation_metadata()]:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing header " + REQUIRED[0])
+
+
 class Logs(logs_service_pb2_grpc.LogsServiceServicer):
     def __init__(self, out):
         self.out = out
 
     def Export(self, request, context):
+        check_header(context)
         with open(self.out, "a") as f:
             for resource_logs in request.resource_logs:
                 resource = MessageToDict(resource_logs.resource)
@@ -37,6 +51,7 @@ class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.out = out
 
     def Export(self, request, context):
+        check_header(context)
         with open(self.out, "a") as f:
             for resource_metrics in request.resource_metrics:
                 resource = MessageToDict(resource_metrics.resource)
@@ -48,7 +63,10 @@ class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 
 def main():
+    global REQUIRED
     port_file, out = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3:
+        REQUIRED = tuple(sys.argv[3].split("=", 1))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(out), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(out), server)

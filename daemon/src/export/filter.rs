@@ -43,6 +43,11 @@ impl EventFilter {
         Ok(Self { allow: list("allow_list", &req.allow_list)?, deny: list("deny_list", &req.deny_list)? })
     }
 
+    /// Only events of kind `kind` (loss reports still reach the subscriber).
+    pub fn only(kind: EventType) -> Self {
+        Self { allow: vec![Compiled { kinds: vec![kind], ..Default::default() }], deny: Vec::new() }
+    }
+
     /// Allowed by any allow filter (or there are none), and by no deny filter.
     pub fn matches(&self, ev: &pb::GetEventsResponse) -> bool {
         (self.allow.is_empty() || self.allow.iter().any(|f| f.matches(ev)))

@@ -111,6 +111,8 @@ pub struct Metrics {
     sensors: Family<SensorLabels, Gauge>,
     policies: Family<ModeLabels, Gauge>,
     exporters: Family<ExporterLabels, Gauge>,
+    exporter_sent: Family<ExporterLabels, Counter>,
+    exporter_lost: Family<ExporterLabels, Counter>,
     flow_connections: Family<FlowLabels, Counter>,
     flow_bytes: Family<FlowBytesLabels, Counter>,
     policy_changes: Family<PolicyChangeLabels, Counter>,
@@ -140,6 +142,8 @@ impl Metrics {
             sensors: Family::default(),
             policies: Family::default(),
             exporters: Family::default(),
+            exporter_sent: Family::default(),
+            exporter_lost: Family::default(),
             flow_connections: Family::default(),
             flow_bytes: Family::default(),
             policy_changes: Family::default(),
@@ -164,6 +168,16 @@ impl Metrics {
         registry.register("sensor_up", "1 when a sensor is in the given state", m.sensors.clone());
         registry.register("policies", "Policies in force, by mode", m.policies.clone());
         registry.register("exporter_up", "1 when an exporter works", m.exporters.clone());
+        registry.register(
+            "exporter_sent",
+            "Events an exporter delivered since start",
+            m.exporter_sent.clone(),
+        );
+        registry.register(
+            "exporter_lost",
+            "Events an exporter lost since start (its queue was full, or its destination refused)",
+            m.exporter_lost.clone(),
+        );
         registry.register(
             "flow_connections",
             "Loopback connections (or datagrams) between containers of a pod, since start",
@@ -287,9 +301,10 @@ impl Metrics {
             }
         }
         for e in snap.exporters.iter().filter(|e| e.state != "disabled") {
-            self.exporters
-                .get_or_create(&ExporterLabels { exporter: e.name.clone() })
-                .set(i64::from(e.state == "ok"));
+            let labels = ExporterLabels { exporter: e.name.clone() };
+            self.exporters.get_or_create(&labels).set(i64::from(e.state == "ok"));
+            set_total(&self.exporter_sent.get_or_create(&labels), e.events);
+            set_total(&self.exporter_lost.get_or_create(&labels), e.lost);
         }
         for mode in ["monitor", "enforce"] {
             let n = policies.list().iter().filter(|p| p.mode == mode).count();

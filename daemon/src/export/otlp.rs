@@ -4,7 +4,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -36,15 +36,44 @@ pub struct Health {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// gRPC metadata sent with every export (`otlp_headers`, `OTEL_EXPORTER_OTLP_HEADERS`):
+/// most collectors and hosted backends authenticate with it.
+pub type Headers = Arc<[(String, String)]>;
+
 /// Subscribes to the hub and exports to `endpoint` ("http://host:4317") until the end.
-pub fn start(hub: &Hub, stats: Arc<Stats>, endpoint: String, node: String, queue: usize) -> Arc<Health> {
+pub fn start(
+    hub: &Hub,
+    stats: Arc<Stats>,
+    endpoint: String,
+    headers: Headers,
+    node: String,
+    queue: usize,
+) -> Arc<Health> {
     let (_sub, rx) = hub.subscribe("otlp", Stage::Otlp, EventFilter::default(), queue);
     let health = Arc::new(Health::default());
-    tokio::spawn(run(rx, endpoint, node, stats, health.clone()));
+    tokio::spawn(run(rx, (endpoint, headers), node, stats, health.clone()));
     health
 }
 
-async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>, health: Arc<Health>) {
+/// A request carrying `headers` as metadata.
+pub fn request<T>(message: T, headers: &[(String, String)]) -> Result<tonic::Request<T>, String> {
+    let mut req = tonic::Request::new(message);
+    for (k, v) in headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header {k:?}: not a valid name"))?;
+        let value = v.parse().map_err(|_| format!("header {k:?}: not a valid value"))?;
+        req.metadata_mut().insert(key, value);
+    }
+    Ok(req)
+}
+
+async fn run(
+    mut rx: Receiver,
+    (endpoint, headers): (String, Headers),
+    node: String,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+) {
     let mut client: Option<LogsServiceClient<tonic::transport::Channel>> = None;
     let mut batch: Vec<LogRecord> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(FLUSH);
@@ -66,7 +95,7 @@ async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>
         }
         let records = std::mem::take(&mut batch);
         let n = records.len() as u64;
-        match send(&mut client, &endpoint, &node, records).await {
+        match send(&mut client, &endpoint, &headers, &node, records).await {
             Ok(()) => {
                 health.sent.fetch_add(n, Relaxed);
                 *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -84,6 +113,7 @@ async fn run(mut rx: Receiver, endpoint: String, node: String, stats: Arc<Stats>
 async fn send(
     client: &mut Option<LogsServiceClient<tonic::transport::Channel>>,
     endpoint: &str,
+    headers: &[(String, String)],
     node: &str,
     records: Vec<LogRecord>,
 ) -> Result<(), String> {
@@ -100,16 +130,85 @@ async fn send(
             ..Default::default()
         }],
     };
-    c.export(req).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    c.export(request(req, headers)?).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     Ok(())
 }
 
-/// What every export says it comes from: sidewalld on this node.
+/// What every export says it comes from: sidewalld on this node (`host.name`,
+/// `k8s.node.name`), then the attributes of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`
+/// as the OpenTelemetry SDKs read them (e.g. `k8s.cluster.name=prod`), which win.
 pub(crate) fn resource(node: &str) -> Resource {
-    Resource {
-        attributes: vec![kv("service.name", "sidewalld"), kv("host.name", node)],
-        ..Default::default()
+    static FROM_ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    let env = FROM_ENV.get_or_init(|| {
+        let attrs = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+        let service = std::env::var("OTEL_SERVICE_NAME").ok();
+        env_attributes(&attrs, service.as_deref()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "OTEL_RESOURCE_ATTRIBUTES ignored");
+            Vec::new()
+        })
+    });
+    Resource { attributes: resource_attributes(node, env), ..Default::default() }
+}
+
+fn resource_attributes(node: &str, env: &[(String, String)]) -> Vec<KeyValue> {
+    let mut attrs: Vec<(String, String)> = vec![
+        ("service.name".into(), "sidewalld".into()),
+        ("host.name".into(), node.into()),
+        ("k8s.node.name".into(), node.into()),
+    ];
+    for (k, v) in env {
+        match attrs.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => attrs.push((k.clone(), v.clone())),
+        }
     }
+    attrs.iter().map(|(k, v)| kv(k, v)).collect()
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` (the OpenTelemetry resource SDK specification), then
+/// `OTEL_SERVICE_NAME` as `service.name`. One malformed entry discards
+/// the whole variable, as the specification says.
+fn env_attributes(attrs: &str, service: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let mut out = parse_pairs(attrs)?;
+    if let Some(s) = service.filter(|s| !s.is_empty()) {
+        out.push(("service.name".into(), s.into()));
+    }
+    Ok(out)
+}
+
+/// `key1=value1,key2=value2`, values percent-encoded: the format of the OpenTelemetry
+/// variables (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`).
+pub fn parse_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (k, v) = entry.split_once('=').ok_or_else(|| format!("{entry:?} is not key=value"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("{entry:?} has no key"));
+        }
+        out.push((
+            k.to_string(),
+            percent_decode(v.trim()).ok_or_else(|| format!("{entry:?}: bad percent-encoding"))?,
+        ));
+    }
+    Ok(out)
+}
+
+fn percent_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 pub(crate) fn scope() -> InstrumentationScope {
@@ -201,6 +300,33 @@ pub fn record(ev: &pb::GetEventsResponse) -> LogRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_attributes_follow_the_opentelemetry_variables() {
+        let env =
+            env_attributes("k8s.cluster.name=prod, team=sec%20ops ,host.name=h2", Some("sw")).expect("valid");
+        let attrs: Vec<(String, String)> = resource_attributes("n1", &env)
+            .into_iter()
+            .map(|a| {
+                let v = match a.value.and_then(|v| v.value) {
+                    Some(Value::StringValue(s)) => s,
+                    _ => String::new(),
+                };
+                (a.key, v)
+            })
+            .collect();
+        let want = [
+            ("service.name", "sw"),
+            ("host.name", "h2"),
+            ("k8s.node.name", "n1"),
+            ("k8s.cluster.name", "prod"),
+            ("team", "sec ops"),
+        ];
+        assert_eq!(attrs, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        assert!(env_attributes("a=1,broken", None).unwrap_err().contains("\"broken\" is not key=value"));
+        assert!(env_attributes("a=%zz", None).is_err());
+        assert_eq!(env_attributes("", None), Ok(Vec::new()));
+    }
 
     #[test]
     fn alerts_carry_their_fields_as_attributes() {

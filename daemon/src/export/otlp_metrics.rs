@@ -17,17 +17,29 @@ use opentelemetry_proto::tonic::{
 };
 
 use super::metrics::{MetricsState, model};
-use super::otlp::{Health, kv, resource, scope};
+use super::otlp::{Headers, Health, kv, resource, scope};
 
 type Client = MetricsServiceClient<tonic::transport::Channel>;
 
 /// Pushes `state`'s metrics to `endpoint` every `interval` until the end, reporting to
 /// `health`.
-pub fn start(state: MetricsState, endpoint: String, node: String, interval: Duration, health: Arc<Health>) {
-    tokio::spawn(run(state, endpoint, node, interval, health));
+pub fn start(
+    state: MetricsState,
+    (endpoint, headers): (String, Headers),
+    node: String,
+    interval: Duration,
+    health: Arc<Health>,
+) {
+    tokio::spawn(run(state, (endpoint, headers), node, interval, health));
 }
 
-async fn run(state: MetricsState, endpoint: String, node: String, interval: Duration, health: Arc<Health>) {
+async fn run(
+    state: MetricsState,
+    (endpoint, headers): (String, Headers),
+    node: String,
+    interval: Duration,
+    health: Arc<Health>,
+) {
     let started = unix_nanos();
     let mut client: Option<Client> = None;
     let mut tick = tokio::time::interval(interval);
@@ -35,7 +47,7 @@ async fn run(state: MetricsState, endpoint: String, node: String, interval: Dura
         tick.tick().await;
         let metrics = to_otlp(&state.families(), started, unix_nanos());
         let points: u64 = metrics.iter().map(|m| points(m) as u64).sum();
-        match send(&mut client, &endpoint, &node, metrics).await {
+        match send(&mut client, &endpoint, &headers, &node, metrics).await {
             Ok(()) => {
                 health.sent.fetch_add(points, Relaxed);
                 *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -53,6 +65,7 @@ async fn run(state: MetricsState, endpoint: String, node: String, interval: Dura
 async fn send(
     client: &mut Option<Client>,
     endpoint: &str,
+    headers: &[(String, String)],
     node: &str,
     metrics: Vec<Metric>,
 ) -> Result<(), String> {
@@ -67,7 +80,9 @@ async fn send(
             ..Default::default()
         }],
     };
-    c.export(req).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    c.export(super::otlp::request(req, headers)?)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     Ok(())
 }
 
