@@ -194,6 +194,11 @@ impl Observer {
         let Some(p) = crate::event::subject(ev) else { return };
         let Some(pod) = p.pod.as_ref().filter(|pod| !pod.name.is_empty()) else { return };
         let Some(c) = p.container.as_ref().filter(|c| !c.name.is_empty()) else { return };
+        // The runtime's setup, and the pod's infra (pause) container, which only holds the
+        // namespaces, are not the workload's behaviour.
+        if runtime_setup(p) || c.role == "infra" {
+            return;
+        }
         let at = ev.time.as_ref().map_or(0, |t| t.seconds);
         let flagged = detect::check(&self.builtin, ev);
         let (key, pod_name) = (workload_key(pod), pod.name.clone());
@@ -311,6 +316,13 @@ impl Seen {
             b.count(by_proto, proto, at);
         }
     }
+}
+
+/// The container runtime setting a container up (`runc init` joining the pod's namespaces
+/// before the container's first exec): the runtime's doing, not the workload's.
+fn runtime_setup(p: &pb::Process) -> bool {
+    (p.binary.starts_with("/dev/fd/") || p.binary == "/proc/self/exe" || p.binary.ends_with("/runc"))
+        && p.arguments.first().is_some_and(|a| a == "init")
 }
 
 fn workload_key(pod: &pb::Pod) -> WorkloadKey {
