@@ -45,10 +45,12 @@ test: lint build
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 ## The attack-scenario catalog (tests/scenarios/) on real pods, in monitor and enforce mode,
-## against a real sidewalld; prints the table. Also part of `make test`.
+## against a real sidewalld; prints the table; then a policy suggested from the benign pod,
+## enforced against the catalog's attacks on that pod. Also part of `make test`.
 .PHONY: scenarios
 scenarios: build
 	$(CARGO) test -p sidewall-tests --test scenarios -- --nocapture --test-threads=1
+	$(CARGO) test -p sidewall-tests --test advise -- --nocapture --test-threads=1
 
 unit: build
 	$(CARGO) test --workspace --lib --bins

@@ -318,6 +318,12 @@ mod tests {
                 n => Err(Status::not_found(format!("{n:?} is not a policy"))),
             }
         }
+        async fn suggest_policy(
+            &self,
+            _: Request<pb::SuggestPolicyRequest>,
+        ) -> Result<Response<pb::SuggestPolicyResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
         async fn list_policies(
             &self,
             _: Request<pb::ListPoliciesRequest>,

@@ -553,7 +553,7 @@ fn render_egress(s: &Seen, since: i64) -> String {
             rules.push((net, ports.clone(), mine));
         }
     }
-    rules.sort_by(|a, b| a.0.cmp(&b.0));
+    rules.sort_by_key(|a| a.0);
     let mut r = String::from("      egress:\n");
     for (net, ports, why) in rules {
         let _ = writeln!(r, "        # {}", why.join(", "));
