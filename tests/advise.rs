@@ -128,6 +128,21 @@ async fn a_suggested_policy_allows_the_benign_pod_and_catches_attacks() {
     let (name, doc) = suggestion(&d, &pod.name).await;
     println!("{doc}");
 
+    // The CLI asks the daemon for the same.
+    let out = Command::new(harness::bin("sidewall"))
+        .args(["--server", &d.server_arg(), "policy", "suggest", "--pod", &pod.name, "-o", "yaml"])
+        .output()
+        .expect("sidewall policy suggest");
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    let short = name.split('/').nth(1).unwrap_or_default();
+    assert!(
+        out.status.success()
+            && yaml.contains("kind: SidecarPolicy")
+            && yaml.contains(&format!("  name: {short}\n")),
+        "{yaml} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let enforce = doc.replacen("  mode: monitor\n", "  mode: enforce\n", 1);
     let mut client = d.client().await;
     let key =

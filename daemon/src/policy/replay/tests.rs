@@ -68,3 +68,22 @@ fn a_line_that_is_not_an_event_is_named() {
     let err = r.judge_lines("\n{\"nope\":1}\n".as_bytes(), "rec.jsonl").expect_err("refused");
     assert!(err.to_string().starts_with("rec.jsonl: line 2: not an event"), "{err}");
 }
+
+#[test]
+fn a_recorded_pod_replayed_against_its_suggestion_fires_only_the_attacks() {
+    const RECORDED: &str = include_str!("../suggest/benign-pod.jsonl");
+    let mut o = suggest::Observer::new();
+    for l in RECORDED.lines() {
+        o.observe(&parse_event(l).expect("event"));
+    }
+    let doc = o.suggest(&suggest::Filter::default()).remove(0).document;
+    let report = replay(parse(&doc, "suggested").expect("valid"), true, RECORDED);
+    let fired: Vec<(&str, &str)> =
+        report.fired.keys().map(|k| (k.rule.as_str(), k.action.as_str())).collect();
+    assert_eq!(
+        fired,
+        [("loopback-egress", "blocked"), ("port-squatting", "blocked"), ("egress", "blocked")],
+        "{}",
+        report.render()
+    );
+}

@@ -104,3 +104,38 @@ fn base_names_and_quoting() {
     assert_eq!(quote("true"), "\"true\"");
     assert_eq!(quote("@envoy admin"), "\"@envoy admin\"");
 }
+
+/// A real recording (sidewalld's export, the strict sensor set) of the scenario catalog's
+/// benign pod under podman: its healthy traffic, `podman exec`'s runtime setup, then three
+/// attacks refused by a suggested policy in enforce mode.
+const BENIGN_POD: &str = include_str!("benign-pod.jsonl");
+
+#[test]
+fn a_recorded_pod_gives_its_flows_and_nothing_of_the_runtime() {
+    let events: Vec<pb::GetEventsResponse> =
+        BENIGN_POD.lines().map(|l| parse_event(l).expect("recorded event")).collect();
+    let s = observe(&events).suggest(&Filter::default());
+    assert_eq!(s.len(), 1);
+    let spec = parse(&s[0].document, "recorded").expect("valid").spec;
+    let names: Vec<&str> = spec.containers.iter().filter_map(|r| r.name.as_deref()).collect();
+    assert_eq!(names, ["log-shipper", "mesh-proxy", "storefront"], "no rule for the infra container");
+    let rule = |n: &str| spec.containers.iter().find(|r| r.name.as_deref() == Some(n)).expect("rule");
+    let connect = |n: &str| {
+        let l = rule(n).loopback.clone().expect("loopback");
+        l.connect
+            .expect("connect")
+            .iter()
+            .map(|r| (r.container.clone().unwrap_or_default(), r.ports.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(connect("log-shipper"), [("mesh-proxy".to_string(), vec![15001])]);
+    assert_eq!(connect("mesh-proxy"), [("storefront".to_string(), vec![8080])]);
+    assert_eq!(rule("mesh-proxy").loopback.clone().expect("lo").bind, Some(vec![15001, 15006]));
+    assert_eq!(rule("storefront").loopback.clone().expect("lo").bind, Some(vec![8080]));
+    // The runtime joining the pod's namespaces for `podman exec` is not the workload changing
+    // namespaces; nothing was flagged.
+    for r in &spec.containers {
+        assert_eq!(r.namespace_changes, crate::policy::model::Permission::Deny, "{:?}", r.name);
+    }
+    assert!(s[0].flagged.is_empty(), "{:?}", s[0].flagged);
+}
