@@ -340,7 +340,10 @@ fn workload_key(pod: &pb::Pod) -> WorkloadKey {
 /// Deployment's), `web-x2k4q` (a DaemonSet's), `db-0` (a StatefulSet's).
 fn base_name(pod: &str) -> String {
     static SUFFIX: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"^(.+?)(?:-[a-z0-9]{6,10}-[a-z0-9]{5}|-[a-z0-9]{5}|-[0-9]+)$").expect("valid regex")
+        // Kubernetes makes these suffixes from an alphabet without vowels (so `nginx-proxy`
+        // keeps its name).
+        Regex::new(r"^(.+?)(?:-[bcdfghjklmnpqrstvwxz2456789]{6,10}-[bcdfghjklmnpqrstvwxz2456789]{5}|-[bcdfghjklmnpqrstvwxz2456789]{5}|-[0-9]+)$")
+            .expect("valid regex")
     });
     SUFFIX.captures(pod).and_then(|c| c.get(1)).map_or_else(|| pod.to_string(), |m| m.as_str().to_string())
 }

@@ -100,6 +100,7 @@ fn base_names_and_quoting() {
     assert_eq!(base_name("agent-x2k4q"), "agent");
     assert_eq!(base_name("db-0"), "db");
     assert_eq!(base_name("standalone"), "standalone");
+    assert_eq!(base_name("nginx-proxy"), "nginx-proxy", "a word is not a controller's suffix");
     assert_eq!(quote("app"), "app");
     assert_eq!(quote("true"), "\"true\"");
     assert_eq!(quote("@envoy admin"), "\"@envoy admin\"");
