@@ -148,6 +148,16 @@ async fn a_suggested_policy_allows_the_benign_pod_and_catches_attacks() {
     let key =
         client.add_policy(AddPolicyRequest { document: enforce }).await.expect("valid").into_inner().name;
     assert_eq!(key, name);
+    // The loaded policy against the suggestion, in the policy's terms: only the mode differs.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("suggested.yaml");
+    std::fs::write(&file, &doc).expect("write");
+    let out = Command::new(harness::bin("sidewall"))
+        .args(["--server", &d.server_arg(), "policy", "diff", &key])
+        .arg(&file)
+        .output()
+        .expect("sidewall policy diff");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "+ spec.mode: enforce -> monitor\n", "{out:?}");
 
     // The healthy traffic again, under the suggested policy in enforce mode; then the attacks.
     // The first alert of the pod after the healthy steps must be the first attack's.
@@ -172,7 +182,6 @@ async fn a_suggested_policy_allows_the_benign_pod_and_catches_attacks() {
     // Offline, on the daemon's own recording of this pod: `sidewall policy test` replays both
     // benign runs and the attacks through the same engine, and finds exactly the attacks.
     let lines = export_of(&d, &pod.name).await;
-    let dir = tempfile::tempdir().expect("tmp");
     let (policy, events) = (dir.path().join("suggested.yaml"), dir.path().join("pod.jsonl"));
     std::fs::write(&policy, &doc).expect("write");
     std::fs::write(&events, lines).expect("write");
