@@ -46,10 +46,12 @@ test: lint build deploy-check
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 ## The attack-scenario catalog (tests/scenarios/) on real pods, in monitor and enforce mode,
-## against a real sidewalld; prints the table. Also part of `make test`.
+## against a real sidewalld; prints the table; then a policy suggested from the benign pod,
+## enforced against the catalog's attacks on that pod. Also part of `make test`.
 .PHONY: scenarios
 scenarios: build
 	$(CARGO) test -p sidewall-tests --test scenarios -- --nocapture --test-threads=1
+	$(CARGO) test -p sidewall-tests --test advise -- --nocapture --test-threads=1
 
 ## The daemon's image, localhost/sidewall:dev, from the binaries `make release` built, on a
 ## Debian base made with mmdebstrap (made once, then kept): scripts/image.sh.

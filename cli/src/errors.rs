@@ -10,6 +10,13 @@ use sidewall_proto::client::ConnectError;
 /// Usage errors exit 2, like clap's own.
 const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
+/// `sidewall policy test`: the policy would alert, block, kill or cut something.
+const EXIT_FIRES: u8 = 3;
+
+/// The replay found what the policy would act on (already printed).
+#[derive(Debug, thiserror::Error)]
+#[error("the policy would fire")]
+pub struct WouldFire;
 
 /// stdout was closed by its reader (`sidewall getevents | head`): it has all it wants.
 #[derive(Debug)]
@@ -35,6 +42,9 @@ pub fn stdout(result: io::Result<()>) -> anyhow::Result<()> {
 pub fn report(err: &anyhow::Error) -> (Option<String>, u8) {
     if err.is::<StdoutClosed>() {
         return (None, 0);
+    }
+    if err.is::<WouldFire>() {
+        return (None, EXIT_FIRES);
     }
     if let Some(e) = err.downcast_ref::<ConnectError>() {
         return (Some(e.to_string()), EXIT_FAILURE);

@@ -1,5 +1,6 @@
 //! `sidewall`: the command-line client of sidewalld.
 
+mod advise;
 mod compact;
 mod errors;
 mod events;

@@ -41,6 +41,27 @@ pub enum PolicyCommand {
         #[arg(value_enum)]
         mode: PolicyMode,
     },
+    /// Suggest a policy per workload: the least that allows what its containers were seen doing
+    Suggest(crate::advise::SuggestArgs),
+    /// Replay a JSON-lines export against a policy file, offline: what would fire (exit 3 if
+    /// anything would)
+    Test {
+        /// The policy file (one or more documents)
+        policy: PathBuf,
+        /// The recorded events (`--export-file`, or `sidewall getevents -o json`)
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Judge as if the policies were in enforce mode (default: their own mode)
+        #[arg(long)]
+        enforce: bool,
+    },
+    /// Compare two policies (files, or namespace/name of policies loaded in the daemon)
+    Diff {
+        /// The old version
+        a: String,
+        /// The new version
+        b: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -95,6 +116,11 @@ pub async fn run(server: &crate::Server, command: PolicyCommand) -> anyhow::Resu
             let mut client = crate::client(server).await?;
             set_mode(&mut client, &name, mode, &mut out).await
         }
+        PolicyCommand::Suggest(args) => crate::advise::suggest(server, args, &mut out).await,
+        PolicyCommand::Test { policy, events, enforce } => {
+            crate::advise::test(&policy, &events, enforce, &mut out)
+        }
+        PolicyCommand::Diff { a, b } => crate::advise::diff(server, &a, &b, &mut out).await,
     }
 }
 
@@ -291,6 +317,12 @@ mod tests {
                 "p" | "default/p" => Ok(Response::new(pb::DeletePolicyResponse {})),
                 n => Err(Status::not_found(format!("{n:?} is not a policy"))),
             }
+        }
+        async fn suggest_policy(
+            &self,
+            _: Request<pb::SuggestPolicyRequest>,
+        ) -> Result<Response<pb::SuggestPolicyResponse>, Status> {
+            Err(Status::unimplemented(""))
         }
         async fn list_policies(
             &self,

@@ -163,8 +163,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if !cfg.hook_spool_dir.is_empty() {
         tokio::spawn(runtime::watch_spool(cfg.hook_spool_dir.clone().into(), runtime_tx.clone()));
     }
-    let svc =
-        SensorsService { hub, policies, status, flows, queue: cfg.subscriber_queue, runtime: runtime_tx };
+    let observed = crate::policy::suggest::start(&hub, cfg.subscriber_queue);
+    let svc = SensorsService {
+        hub,
+        policies,
+        status,
+        flows,
+        observed,
+        queue: cfg.subscriber_queue,
+        runtime: runtime_tx,
+    };
     let api = tokio::spawn(listen::serve(api, svc, stop_rx.clone()));
     let readers = pipeline::Readers { alerts: alert_reader, events: reader, lane };
     let reading = tokio::spawn(pipeline::run(pipeline, readers, counters, runtime_rx, changes, stop_rx));

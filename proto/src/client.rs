@@ -377,6 +377,12 @@ mod tests {
                 Err(Status::unimplemented("fake"))
             }
 
+            async fn suggest_policy(
+                &self,
+                _: Request<crate::v1::SuggestPolicyRequest>,
+            ) -> Result<Response<crate::v1::SuggestPolicyResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
             async fn list_policies(
                 &self,
                 _: Request<crate::v1::ListPoliciesRequest>,

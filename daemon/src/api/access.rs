@@ -31,6 +31,7 @@ const METHODS: &[(&str, Role)] = &[
     ("GetVersion", Role::ReadOnly),
     ("GetFlows", Role::ReadOnly),
     ("ListPolicies", Role::ReadOnly),
+    ("SuggestPolicy", Role::ReadOnly),
     ("AddPolicy", Role::Admin),
     ("DeletePolicy", Role::Admin),
     ("SetPolicyMode", Role::Admin),

@@ -17,7 +17,7 @@ use super::access;
 use crate::{
     export::{filter::EventFilter, hub::Hub},
     net::flows::FlowGraph,
-    policy::{model::Mode, store::PolicyStore},
+    policy::{model::Mode, store::PolicyStore, suggest},
     runtime,
     stats::Stage,
     status::{NodeStatus, VERSION},
@@ -28,6 +28,8 @@ pub struct SensorsService {
     pub policies: Arc<PolicyStore>,
     pub status: Arc<NodeStatus>,
     pub flows: Arc<Mutex<FlowGraph>>,
+    /// What each workload was seen doing, for SuggestPolicy.
+    pub observed: Arc<Mutex<suggest::Observer>>,
     /// Queue length of each gRPC stream; past it the stream loses events (counted).
     pub queue: usize,
     /// The pipeline, for the runtime hook's requests.
@@ -84,6 +86,16 @@ impl Sensors for SensorsService {
         };
         let pods = self.flows.lock().unwrap_or_else(|e| e.into_inner()).snapshot(keep);
         Ok(Response::new(pb::GetFlowsResponse { pods }))
+    }
+
+    async fn suggest_policy(
+        &self,
+        req: Request<pb::SuggestPolicyRequest>,
+    ) -> Result<Response<pb::SuggestPolicyResponse>, Status> {
+        let filter = suggest::Filter::from_request(req.get_ref()).map_err(Status::invalid_argument)?;
+        let suggestions = self.observed.lock().unwrap_or_else(|e| e.into_inner()).suggest(&filter);
+        let policies = suggestions.iter().map(suggest::Suggestion::to_proto).collect();
+        Ok(Response::new(pb::SuggestPolicyResponse { policies }))
     }
 
     async fn add_policy(

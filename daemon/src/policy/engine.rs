@@ -190,6 +190,14 @@ impl PolicyEngine {
         detect::kernel_kill(detect::rule_for(&self.snapshot, p), kill)
     }
 
+    /// Picks up policy changes and forgets which rule governs which cgroup, compiling
+    /// nothing: for an engine without the kernel's maps judging recorded events (replay),
+    /// whose cgroup ids may come from several nodes.
+    pub fn sync(&mut self) {
+        self.take_snapshot();
+        self.rule_cache.clear();
+    }
+
     /// The policy governing `p`'s container and its mode, if any.
     pub fn governing(&self, p: &pb::Process) -> Option<(String, &'static str)> {
         detect::rule_for(&self.snapshot, p).map(|(pol, _)| (pol.key(), store::mode_name(pol.spec.mode)))
