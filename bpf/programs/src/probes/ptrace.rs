@@ -73,11 +73,8 @@ pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
     let list = tracer.wrapping_add(off!(task_ptraced));
     let entry = read_ptr(tracer, off!(task_ptraced)).unwrap_or(list);
     // An empty list points at itself (the tracee left already).
-    let tracee_cgroup = if entry == list {
-        0
-    } else {
-        cgroup_of_task(entry.wrapping_sub(off!(task_ptrace_entry)))
-    };
+    let tracee_cgroup =
+        if entry == list { 0 } else { cgroup_of_task(entry.wrapping_sub(off!(task_ptrace_entry))) };
     // SAFETY: helper without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let killed = crate::policy::kill_access(cgroup, (pid_tgid >> 32) as u32, tracee_cgroup);

@@ -25,7 +25,8 @@ pub extern "C" fn task_pids(ctx: *const *const u8) -> i32 {
     if meta.is_null() || task.is_null() {
         return 0;
     }
-    let (Some(tgid), Some(pid)) = (read::<u32>(task, off!(task_tgid)), read::<u32>(task, off!(task_pid))) else {
+    let (Some(tgid), Some(pid)) = (read::<u32>(task, off!(task_tgid)), read::<u32>(task, off!(task_pid)))
+    else {
         return 0;
     };
     if tgid != pid {
