@@ -1,8 +1,9 @@
 //! The alert lane on real pods: no flood can hide an alert. One container sends forbidden
-//! datagrams as fast as it can (each refused in the kernel) while another commits a single
-//! violation; that violation's alert reaches the gRPC client and the export file every time,
-//! and the flood is accounted for exactly: the alerts sent one by one plus the counts of the
-//! aggregated alerts equal the refusals the kernel made (and those the flooder saw).
+//! datagrams as fast as it can (each refused in the kernel), a second fills the telemetry ring
+//! with allowed connects, while a third commits a single violation; that violation's alert
+//! reaches the gRPC client and the export file every time, and the refusal flood is accounted
+//! for exactly: the alerts sent one by one plus the counts of the aggregated alerts equal the
+//! refusals the kernel made (and those the flooder saw).
 
 use std::{collections::HashMap, fs, time::Duration};
 
@@ -17,10 +18,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The flood's own bound, should the test fail before stopping it.
 const FLOOD_SECONDS: &str = "120";
 
-/// flood<tag> may reach nothing on loopback; app<tag> may bind 7000 only.
+/// flood<tag> may reach nothing on loopback; app<tag> may bind 7000 only; noisy<tag> may
+/// connect to 9999 (telemetry only).
 fn policy(tag: &str) -> String {
     format!(
-        "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: lane\nspec:\n  mode: enforce\n  containers:\n    - name: flood{tag}\n      loopback:\n        connect: []\n      action: block\n    - name: app{tag}\n      loopback:\n        bind: [7000]\n      action: block\n"
+        "apiVersion: sidewall.io/v1alpha1\nkind: SidecarPolicy\nmetadata:\n  name: lane\nspec:\n  mode: enforce\n  containers:\n    - name: flood{tag}\n      loopback:\n        connect: []\n      action: block\n    - name: app{tag}\n      loopback:\n        bind: [7000]\n      action: block\n    - name: noisy{tag}\n      loopback:\n        connect:\n          - ports: [9999]\n      action: block\n"
     )
 }
 
@@ -71,12 +73,13 @@ async fn read_until(events: &mut EventStream, seen: &mut Seen, what: &str, done:
 #[tokio::test(flavor = "multi_thread")]
 async fn no_flood_can_hide_an_alert() {
     let tag = "l";
-    let (flooder, app) = (format!("flood{tag}"), format!("app{tag}"));
+    let (flooder, app, noisy) = (format!("flood{tag}"), format!("app{tag}"), format!("noisy{tag}"));
     let dir = tempfile::tempdir().expect("policy dir");
     fs::write(dir.path().join("lane.yaml"), policy(tag)).expect("write policy");
-    // A small budget and small queues: the flood must overrun them.
+    // A small budget and small queues: the flood must overrun them. The export file is the
+    // SOC's, of alerts only: telemetry cannot rotate them away.
     let d = Daemon::with_config(&format!(
-        "policy_dir = \"{}\"\nalert_rate = 20\nalert_burst = 20\nsubscriber_queue = 256\n",
+        "policy_dir = \"{}\"\nalert_rate = 20\nalert_burst = 20\nsubscriber_queue = 256\nexport_file_events = \"alerts\"\n",
         dir.path().display()
     ))
     .await;
@@ -87,6 +90,7 @@ async fn no_flood_can_hide_an_alert() {
         &[
             Spec { name: &flooder, command: &["/bin/sleep", "3600"], ..Default::default() },
             Spec { name: &app, command: &["/bin/sleep", "3600"], ..Default::default() },
+            Spec { name: &noisy, command: &["/bin/sleep", "3600"], ..Default::default() },
         ],
         &Options::default(),
     );
@@ -102,8 +106,11 @@ async fn no_flood_can_hide_an_alert() {
     read_until(&mut events, &mut seen, "the first refusal's alert", |s| s.total(&app) >= 1).await;
     let app_before = seen.total(&app);
 
-    // The flood, in the background, for as long as the trials last.
+    // The floods, in the background, for as long as the trials last: telemetry (which the
+    // daemon cannot keep up with: the kernel drops it), and refusals.
     let stop = "/stop-flood";
+    let noise =
+        pod.spawn(&noisy, &["/bin/swtool", "flood-connect", "127.0.0.1", "9999", FLOOD_SECONDS, stop]);
     let flood = pod.spawn(&flooder, &["/bin/swtool", "flood-udp", "127.0.0.1", "9999", FLOOD_SECONDS, stop]);
     // It is flooding once its refusals exceed the budget.
     read_until(&mut events, &mut seen, "the flood's first alerts", |s| s.total(&flooder) >= 10).await;
@@ -119,8 +126,13 @@ async fn no_flood_can_hide_an_alert() {
         assert_eq!(seen.aggregated.get(&app), None, "one refusal a trial stays within the app's budget");
     }
 
-    let o = pod.exec(&flooder, &["/bin/touch", stop]);
-    assert!(o.status.success(), "stopping the flood: {}", String::from_utf8_lossy(&o.stderr));
+    for c in [&flooder, &noisy] {
+        let o = pod.exec(c, &["/bin/touch", stop]);
+        assert!(o.status.success(), "stopping {c}'s flood: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let noise = noise.wait_with_output().expect("noise output");
+    let noise = String::from_utf8_lossy(&noise.stdout).trim().to_string();
+    assert!(noise.starts_with("ok"), "telemetry flood: {noise}");
     let out = flood.wait_with_output().expect("flood output");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     // "ok sent N refused M other K"
@@ -166,6 +178,9 @@ async fn no_flood_can_hide_an_alert() {
     for _ in 0..50 {
         file = Seen::default();
         let export = fs::read_to_string(&d.export).unwrap_or_default();
+        let telemetry =
+            export.lines().find(|l| !l.contains("\"policy_alert\"") && !l.contains("\"lost_events\""));
+        assert_eq!(telemetry, None, "an export file of alerts only");
         for line in export.lines().filter(|l| l.contains("\"policy_alert\"")) {
             let v: serde_json::Value = serde_json::from_str(line).expect("json line");
             let a = &v["policy_alert"];

@@ -34,17 +34,19 @@ pub fn text(s: &GetStatusResponse) -> String {
     if !s.identity_source.is_empty() {
         node.push_str(&format!(" (identity: {})", s.identity_source));
     }
-    let summary = table(
-        &[
-            ["version:".into(), or_unknown(&s.version).into()],
-            ["node:".into(), node],
-            ["kernel:".into(), or_unknown(&s.kernel).into()],
-            ["uptime:".into(), uptime(s.uptime_seconds)],
-            ["process cache:".into(), format!("{} processes", s.process_cache_size)],
-            ["subscribers:".into(), s.subscribers.to_string()],
-        ],
-        "",
-    );
+    let mut rows = vec![
+        ["version:".into(), or_unknown(&s.version).into()],
+        ["node:".into(), node],
+        ["kernel:".into(), or_unknown(&s.kernel).into()],
+        ["uptime:".into(), uptime(s.uptime_seconds)],
+        ["process cache:".into(), format!("{} processes", s.process_cache_size)],
+        ["subscribers:".into(), s.subscribers.to_string()],
+    ];
+    if s.alerts_ahead_of_causes > 0 {
+        // Only under a telemetry flood: worth a line then.
+        rows.push(["alerts ahead of causes:".into(), s.alerts_ahead_of_causes.to_string()]);
+    }
+    let summary = table(&rows, "");
     let sensors: Vec<[String; 4]> = s
         .sensors
         .iter()
@@ -222,6 +224,7 @@ mod tests {
             events_by_kind: HashMap::from([("process_exit".into(), 5), ("process_exec".into(), 7)]),
             lost_by_stage: HashMap::new(),
             process_cache_size: 312,
+            alerts_ahead_of_causes: 0,
             subscribers: 1,
             identity_source: "kubernetes".into(),
             exporters: vec![ExporterStatus {

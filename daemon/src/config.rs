@@ -33,6 +33,7 @@ pub struct Config {
     pub export_file: String,
     pub export_file_max_mb: u64,
     pub export_file_keep: u32,
+    pub export_file_events: OutputEvents,
     pub ring_buffer_mb: u32,
     pub subscriber_queue: usize,
     pub export_queue: usize,
@@ -86,16 +87,16 @@ pub struct Config {
     /// Syslog (RFC 5424) output: tcp://host:port or tls://host:port, what it carries
     /// ("alerts" or "all"), and the CA that signs a TLS server's certificate.
     pub syslog_address: String,
-    pub syslog_events: SyslogEvents,
+    pub syslog_events: OutputEvents,
     pub syslog_tls_ca: String,
     /// Retries of a batch an output (Alertmanager, syslog) could not deliver, with backoff.
     pub output_retries: u32,
 }
 
-/// Which events the syslog output carries.
+/// Which events an output (the export file, syslog) carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SyslogEvents {
+pub enum OutputEvents {
     Alerts,
     All,
 }
@@ -436,6 +437,18 @@ mod tests {
             let f = file(bad);
             assert!(Config::load(Some(f.path()), &Overrides::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn export_file_carries_every_event_or_alerts_only() {
+        let c = Config::load(None, &Overrides::default()).expect("defaults are valid");
+        assert_eq!(c.export_file_events, OutputEvents::All);
+        let f = file("export_file_events = \"alerts\"\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).expect("valid");
+        assert_eq!(c.export_file_events, OutputEvents::Alerts);
+        let f = file("export_file_events = \"alert\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `alert`"), "{e}");
     }
 
     #[test]

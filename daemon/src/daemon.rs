@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::{
     api::{listen, service::SensorsService},
     clock::Clock,
-    config::{Config, LabelFilter, SensorSet, SyslogEvents},
+    config::{Config, LabelFilter, OutputEvents, SensorSet},
     export::{
         alertmanager::{self, Alertmanager},
         delivery::{self, Plan, Retry},
@@ -248,6 +248,7 @@ fn start_export(cfg: &Config, hub: &Hub) -> Option<(String, Arc<jsonl::Health>)>
         max_bytes: cfg.export_file_max_mb * 1024 * 1024,
         keep: cfg.export_file_keep,
         queue: cfg.export_queue,
+        alerts_only: cfg.export_file_events == OutputEvents::Alerts,
     };
     let health = match jsonl::start(hub, jc) {
         Ok(health) => {
@@ -297,7 +298,7 @@ fn start_outputs(
             .map_err(anyhow::Error::msg)
             .context("syslog_address")?;
         let ca = (!cfg.syslog_tls_ca.is_empty()).then(|| Path::new(&cfg.syslog_tls_ca));
-        let all = cfg.syslog_events == SyslogEvents::All;
+        let all = cfg.syslog_events == OutputEvents::All;
         let output = Syslog::new(target, ca, all, node.to_string())?;
         let filter = if all { EventFilter::default() } else { EventFilter::only(EventType::PolicyAlert) };
         tracing::info!(address = %cfg.syslog_address, all, "sending events to syslog");

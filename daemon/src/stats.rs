@@ -74,6 +74,8 @@ pub struct Stats {
     events: [AtomicU64; KINDS],
     lost: [AtomicU64; Stage::ALL.len()],
     pub process_cache_size: AtomicU64,
+    /// Alert-lane records handled before all the events the kernel recorded ahead of them.
+    pub alerts_ahead_of_causes: AtomicU64,
     /// What the kernel refused or killed, by `refusal` kind, as of the last tick.
     kernel_refusals: [AtomicU64; REFUSALS],
 }
@@ -85,6 +87,7 @@ impl Default for Stats {
             events: std::array::from_fn(|_| AtomicU64::new(0)),
             lost: std::array::from_fn(|_| AtomicU64::new(0)),
             process_cache_size: AtomicU64::new(0),
+            alerts_ahead_of_causes: AtomicU64::new(0),
             kernel_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

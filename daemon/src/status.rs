@@ -50,6 +50,7 @@ impl NodeStatus {
             events_by_kind: stats.events_by_kind().into_iter().map(|(k, n)| (k.into(), n)).collect(),
             lost_by_stage: stats.lost_by_stage().into_iter().map(|(k, n)| (k.into(), n)).collect(),
             process_cache_size: stats.process_cache_size.load(Relaxed),
+            alerts_ahead_of_causes: stats.alerts_ahead_of_causes.load(Relaxed),
             subscribers: self.hub.subscriber_count() as u32,
             identity_source: self.identity_source.clone(),
             exporters: self.exporters(),

@@ -48,6 +48,12 @@ impl EventFilter {
         Self { allow: vec![Compiled { kinds: vec![kind], ..Default::default() }], deny: Vec::new() }
     }
 
+    /// Policy alerts and loss reports: what an output for the SOC carries.
+    pub fn alerts() -> Self {
+        let kinds = vec![EventType::PolicyAlert, EventType::LostEvents];
+        Self { allow: vec![Compiled { kinds, ..Default::default() }], deny: Vec::new() }
+    }
+
     /// Allowed by any allow filter (or there are none), and by no deny filter.
     pub fn matches(&self, ev: &pb::GetEventsResponse) -> bool {
         (self.allow.is_empty() || self.allow.iter().any(|f| f.matches(ev)))

@@ -26,6 +26,8 @@ pub struct JsonlConfig {
     /// Rotated files kept beside the live one.
     pub keep: u32,
     pub queue: usize,
+    /// Policy alerts and loss reports only.
+    pub alerts_only: bool,
 }
 
 /// What `sidewall status` shows of the exporter.
@@ -39,7 +41,8 @@ pub struct Health {
 /// Subscribes to the hub and starts the writer thread.
 pub fn start(hub: &Hub, cfg: JsonlConfig) -> io::Result<Arc<Health>> {
     let writer = Writer::open(cfg.clone())?;
-    let (_sub, rx) = hub.subscribe("export_file", Stage::ExportFile, EventFilter::default(), cfg.queue);
+    let filter = if cfg.alerts_only { EventFilter::alerts() } else { EventFilter::default() };
+    let (_sub, rx) = hub.subscribe("export_file", Stage::ExportFile, filter, cfg.queue);
     let health = Arc::new(Health::default());
     let h = health.clone();
     std::thread::Builder::new().name("export-file".into()).spawn(move || run(writer, rx, &h))?;
@@ -193,8 +196,14 @@ mod tests {
     fn lines_are_canonical_proto_json() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("events.json");
-        let mut w = Writer::open(JsonlConfig { path: path.clone(), max_bytes: 1 << 20, keep: 2, queue: 8 })
-            .expect("open");
+        let mut w = Writer::open(JsonlConfig {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 2,
+            queue: 8,
+            alerts_only: false,
+        })
+        .expect("open");
         w.write(&ev(42)).expect("write");
         w.flush().expect("flush");
         let line = fs::read_to_string(&path).expect("read");
@@ -211,7 +220,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("events.json");
         let one_line = serde_json::to_vec(&*ev(1)).expect("json").len() as u64 + 1;
-        let cfg = JsonlConfig { path: path.clone(), max_bytes: one_line * 2, keep: 2, queue: 8 };
+        let cfg = JsonlConfig {
+            path: path.clone(),
+            max_bytes: one_line * 2,
+            keep: 2,
+            queue: 8,
+            alerts_only: false,
+        };
         let mut w = Writer::open(cfg).expect("open");
         for pid in 1..=7 {
             w.write(&ev(pid)).expect("write");

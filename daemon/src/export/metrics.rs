@@ -118,6 +118,7 @@ pub struct Metrics {
     policy_changes: Family<PolicyChangeLabels, Counter>,
     api_denied: Family<MethodLabels, Counter>,
     api_refused_handshakes: Counter,
+    alerts_ahead: Counter,
     api_certificate_expiry: Family<ListenerLabels, Gauge>,
     process_cache: Gauge,
     subscribers: Gauge,
@@ -149,6 +150,7 @@ impl Metrics {
             policy_changes: Family::default(),
             api_denied: Family::default(),
             api_refused_handshakes: Counter::default(),
+            alerts_ahead: Counter::default(),
             api_certificate_expiry: Family::default(),
             process_cache: Gauge::default(),
             subscribers: Gauge::default(),
@@ -204,6 +206,11 @@ impl Metrics {
             "api_certificate_expiry_timestamp_seconds",
             "When the server certificate of a TLS listener expires (Unix time)",
             m.api_certificate_expiry.clone(),
+        );
+        registry.register(
+            "alerts_ahead_of_causes",
+            "Alerts handled before all the events recorded ahead of them (a flood filled the events ring)",
+            m.alerts_ahead.clone(),
         );
         registry.register("process_cache_size", "Processes in the process cache", m.process_cache.clone());
         registry.register(
@@ -314,6 +321,7 @@ impl Metrics {
             self.update_api(api);
         }
         self.process_cache.set(snap.process_cache_size as i64);
+        set_total(&self.alerts_ahead, snap.alerts_ahead_of_causes);
         self.subscribers.set(i64::from(snap.subscribers));
         self.update_flows(flows);
     }

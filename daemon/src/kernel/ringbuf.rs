@@ -104,29 +104,36 @@ impl RingReader {
         n
     }
 
-    /// Hands `f` the records recorded at or before `ktime`, in order, without waiting: the
-    /// causes of an alert (its process's exec, its container's cgroup) before the alert. The
-    /// first newer record is kept for the next read.
-    pub fn read_until(&mut self, ktime: u64, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands `f` the records recorded at or before `ktime`, in order, without waiting, at
+    /// most `max` of them: the causes of an alert (its process's exec, its container's
+    /// cgroup) before the alert. The first newer record is kept for the next read. Returns
+    /// how many were handed, and whether older records are still waiting (`max` was reached
+    /// first).
+    pub fn read_until(&mut self, ktime: u64, max: usize, mut f: impl FnMut(&[u8])) -> (usize, bool) {
         let mut n = 0;
         if let Some(record) = self.stash.take() {
             if ktime_of(&record) > ktime {
                 self.stash = Some(record);
-                return 0;
+                return (0, false);
+            }
+            if max == 0 {
+                self.stash = Some(record);
+                return (0, true);
             }
             f(&record);
             n += 1;
         }
         let ring = self.fd.get_mut();
         while let Some(item) = ring.next() {
-            if ktime_of(&item) > ktime {
+            let newer = ktime_of(&item) > ktime;
+            if newer || n == max {
                 self.stash = Some(item.to_vec());
-                break;
+                return (n, !newer);
             }
             f(&item);
             n += 1;
         }
-        n
+        (n, false)
     }
 
     fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8])) -> usize {

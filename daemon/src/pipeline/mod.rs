@@ -212,14 +212,26 @@ pub struct Readers {
 }
 
 /// Every record on the alert lane, each after the events the kernel recorded before it (so
-/// that the process and the container it names are known): an alert waits for its causes,
-/// never for the telemetry that came after it.
+/// that the process and the container it names are known), but never after more than
+/// `CAUSES_MAX` of them: an alert waits for its causes, not for a telemetry flood. One cut
+/// short is handled at once, its process named by its pid and cgroup, and counted.
 fn read_alerts(pipeline: &mut Pipeline, alerts: &mut RingReader, events: &mut RingReader) {
     alerts.read_some(usize::MAX, |bytes| {
-        events.read_until(ringbuf::ktime_of(bytes), |earlier| pipeline.handle(earlier));
+        let (_, cut_short) =
+            events.read_until(ringbuf::ktime_of(bytes), CAUSES_MAX, |earlier| pipeline.handle(earlier));
+        if cut_short {
+            pipeline.publish.count_alert_ahead();
+        }
         pipeline.handle(bytes);
     });
 }
+
+/// Older events handled before an alert-lane record, at most. When the daemon keeps up, fewer
+/// are waiting (the events ring is read every millisecond); when a flood fills the ring, an
+/// alert waits for this many, not for a whole ring of them. Small, because the alert lane
+/// carries every container's budget of records a second, and each may cost this many: the
+/// lane must stay far ahead of what the daemon can handle, or alerts queue behind alerts.
+const CAUSES_MAX: usize = 64;
 
 /// Events handled between two looks at the alert lane.
 const EVENT_BATCH: usize = 256;

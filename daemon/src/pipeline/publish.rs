@@ -66,6 +66,11 @@ impl Publisher {
         self.hub.publish(ev);
     }
 
+    /// An alert handled before all the events recorded ahead of it (a flood filled `EVENTS`).
+    pub fn count_alert_ahead(&self) {
+        self.stats.alerts_ahead_of_causes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn count_malformed(&self) {
         self.stats.count_lost(Stage::Decode, 1);
     }

@@ -201,11 +201,19 @@ impl ProcessCache {
     }
 
     /// The entry for an event's process; processes never seen get an entry from the header.
+    /// A record made in the process's context names the cgroup the kernel had it in at that
+    /// moment: when the entry says otherwise, the process moved (a runtime's init joins its
+    /// container's cgroup before its exec; that exec's record may still be on its way behind
+    /// a flood), and the entry follows the kernel.
     pub fn lookup(&mut self, h: &Header) -> Arc<ProcEntry> {
-        match self.by_pid.get(&h.pid) {
-            Some(e) => e.clone(),
-            None => self.unknown(h),
+        let Some(e) = self.by_pid.get(&h.pid) else { return self.unknown(h) };
+        if h.flags & flags::NO_PROCESS != 0 || h.cgroup_id == 0 || e.process.cgroup_id == h.cgroup_id {
+            return e.clone();
         }
+        let process = pb::Process { cgroup_id: h.cgroup_id, ..e.process.clone() };
+        let moved = Arc::new(ProcEntry { process, parent: e.parent.clone(), start_ns: e.start_ns });
+        self.by_pid.insert(h.pid, moved.clone());
+        moved
     }
 
     /// Drops exited processes whose grace period is over, unless the pid was reused.
@@ -332,6 +340,21 @@ mod tests {
         assert_eq!(c.sweep(t0 + Duration::from_secs(31)), 1);
         assert!(c.get(20).is_none());
         assert_eq!(c.get(21).expect("reused pid kept").process.binary, "/c");
+    }
+
+    #[test]
+    fn a_process_that_moved_cgroup_is_found_where_the_kernel_says() {
+        let mut c = cache();
+        // runc init forked in the runtime's cgroup...
+        let forked = c.on_fork(&Header { cgroup_id: 10, ..hdr(50, 1, 5) });
+        // ...joined the container's (cgroup 20), and refused something before its exec's record
+        // was read.
+        let moved = c.lookup(&Header { cgroup_id: 20, ..hdr(50, 1, 6) });
+        assert_eq!((moved.process.cgroup_id, &moved.process.exec_id), (20, &forked.process.exec_id));
+        assert_eq!(c.get(50).map(|e| e.process.cgroup_id), Some(20), "the cache follows");
+        // Records made outside the process's context say nothing of its cgroup.
+        let other = Header { cgroup_id: 30, flags: flags::NO_PROCESS, ..hdr(50, 1, 7) };
+        assert_eq!(c.lookup(&other).process.cgroup_id, 20);
     }
 
     #[test]
