@@ -36,11 +36,26 @@ struct Seen {
     single: HashMap<String, u64>,
     aggregated: HashMap<String, u64>,
     aggregated_alerts: u64,
+    /// Alerts by container, rule, trigger, action and enforcer: what a failure shows.
+    kinds: std::collections::BTreeMap<String, u64>,
 }
 
 impl Seen {
     fn add(&mut self, a: &PolicyAlert) {
         let c = container_of(a).to_string();
+        let mut kind = format!("{c}/{}/{}/{}/{}", a.rule_id, a.trigger, a.action, a.enforced_by);
+        if a.enforced_by.is_empty() {
+            // Not the kernel's refusal: say what it was.
+            let p = a.process.as_ref();
+            kind += &format!(
+                " {:?} {:?} {:?} {:?}",
+                a.message,
+                p.map(|p| (&p.binary, p.pid, &p.source, p.cgroup_id)),
+                a.socket.as_ref().map(|s| (&s.local, &s.remote)),
+                a.peer.as_ref().map(|p| (&p.binary, p.pid))
+            );
+        }
+        *self.kinds.entry(kind).or_default() += 1;
         if a.count > 0 {
             *self.aggregated.entry(c).or_default() += a.count;
             self.aggregated_alerts += 1;
@@ -55,7 +70,13 @@ impl Seen {
 }
 
 /// Reads the stream until `done` holds for what was seen (or panics after WAIT).
-async fn read_until(events: &mut EventStream, seen: &mut Seen, what: &str, done: impl Fn(&Seen) -> bool) {
+async fn read_until(
+    d: &Daemon,
+    events: &mut EventStream,
+    seen: &mut Seen,
+    what: &str,
+    done: impl Fn(&Seen) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !done(seen) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -65,8 +86,40 @@ async fn read_until(events: &mut EventStream, seen: &mut Seen, what: &str, done:
                     seen.add(a);
                 }
             }
-            None => panic!("timed out waiting for {what}; seen {seen:?}"),
+            None => {
+                let st = d.status().await;
+                panic!(
+                    "timed out waiting for {what}; seen {seen:?}; daemon: lost {:?}, alerts ahead of causes {}, refused {:?}",
+                    st.lost_by_stage, st.alerts_ahead_of_causes, st.kernel_refusals
+                )
+            }
         }
+    }
+}
+
+/// Waits until the rule of each of `containers` of `pod` is in the kernel (the daemon lists
+/// them with their policy): before, what they do is only judged after the fact, and a count
+/// of the kernel's refusals would miss it.
+async fn rules_in_force(d: &Daemon, pod: &Pod, containers: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = d.status().await;
+        let guarded = |name: &str| {
+            status.containers.iter().any(|c| {
+                c.container.as_ref().is_some_and(|c| c.name == name)
+                    && c.pod.as_ref().is_some_and(|p| p.name == pod.name)
+                    && !c.policy.is_empty()
+            })
+        };
+        if containers.iter().all(|c| guarded(c)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rules never in force: {:#?}", status.containers);
+        // The daemon learns a container from its first process seen: give it one.
+        for c in containers {
+            pod.exec(c, &["/bin/true"]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -94,7 +147,8 @@ async fn no_flood_can_hide_an_alert() {
         ],
         &Options::default(),
     );
-    // The rule is in force once a first refusal is heard.
+    rules_in_force(&d, &pod, &[&flooder, &app, &noisy]).await;
+    // The first refusal is heard.
     let mut seen = Seen::default();
     for _ in 0..100 {
         let o = pod.exec(&app, &["/bin/swtool", "bind-tcp", "127.0.0.1", "7001"]);
@@ -103,7 +157,7 @@ async fn no_flood_can_hide_an_alert() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    read_until(&mut events, &mut seen, "the first refusal's alert", |s| s.total(&app) >= 1).await;
+    read_until(&d, &mut events, &mut seen, "the first refusal's alert", |s| s.total(&app) >= 1).await;
     let app_before = seen.total(&app);
 
     // The floods, in the background, for as long as the trials last: telemetry (which the
@@ -113,13 +167,13 @@ async fn no_flood_can_hide_an_alert() {
         pod.spawn(&noisy, &["/bin/swtool", "flood-connect", "127.0.0.1", "9999", FLOOD_SECONDS, stop]);
     let flood = pod.spawn(&flooder, &["/bin/swtool", "flood-udp", "127.0.0.1", "9999", FLOOD_SECONDS, stop]);
     // It is flooding once its refusals exceed the budget.
-    read_until(&mut events, &mut seen, "the flood's first alerts", |s| s.total(&flooder) >= 10).await;
+    read_until(&d, &mut events, &mut seen, "the flood's first alerts", |s| s.total(&flooder) >= 10).await;
 
     for trial in 1..=TRIALS as u64 {
         let o = pod.exec(&app, &["/bin/swtool", "bind-tcp", "127.0.0.1", "7001"]);
         let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
         assert!(text.starts_with("error EPERM"), "trial {trial}: {text}");
-        read_until(&mut events, &mut seen, &format!("trial {trial}'s alert"), |s| {
+        read_until(&d, &mut events, &mut seen, &format!("trial {trial}'s alert"), |s| {
             s.total(&app) >= app_before + trial
         })
         .await;
@@ -143,11 +197,17 @@ async fn no_flood_can_hide_an_alert() {
 
     // Every refusal of the flood is in some alert: one by one, or in an aggregated count
     // (drained a tick or two after the flood ends).
-    read_until(&mut events, &mut seen, "the flood's aggregated counts", |s| {
+    read_until(&d, &mut events, &mut seen, "the flood's aggregated counts", |s| {
         s.total(&flooder) >= flood_refused
     })
     .await;
-    assert_eq!(seen.total(&flooder), flood_refused, "alerts {seen:?}, flood: {text}");
+    if seen.total(&flooder) != flood_refused {
+        let st = d.status().await;
+        panic!(
+            "alerts {seen:?}, flood: {text}, kernel refused {:?}, lost {:?}",
+            st.kernel_refusals, st.lost_by_stage
+        );
+    }
     assert!(seen.aggregated_alerts > 0, "the flood went over its budget: {seen:?}");
 
     // The kernel's own count agrees, kind by kind (this daemon's counters start at its load,
@@ -250,7 +310,8 @@ async fn a_telemetry_flood_cannot_hide_a_kill() {
         ],
         &Options::default(),
     );
-    // The rule is in force once a first kill is heard.
+    rules_in_force(&d, &pod, &[&noisy, &intruder]).await;
+    // The first kill is heard.
     let mut kills = 0u64;
     let mut last = None;
     for _ in 0..100 {
