@@ -45,12 +45,15 @@ impl EventFilter {
 
     /// Only events of kind `kind` (loss reports still reach the subscriber).
     pub fn only(kind: EventType) -> Self {
-        Self { allow: vec![Compiled { kinds: vec![kind], ..Default::default() }], deny: Vec::new() }
+        Self::kinds(vec![kind])
     }
 
     /// Policy alerts and loss reports: what an output for the SOC carries.
     pub fn alerts() -> Self {
-        let kinds = vec![EventType::PolicyAlert, EventType::LostEvents];
+        Self::kinds(vec![EventType::PolicyAlert, EventType::LostEvents])
+    }
+
+    fn kinds(kinds: Vec<EventType>) -> Self {
         Self { allow: vec![Compiled { kinds, ..Default::default() }], deny: Vec::new() }
     }
 

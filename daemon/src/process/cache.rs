@@ -216,7 +216,8 @@ impl ProcessCache {
         moved
     }
 
-    /// Drops exited processes whose grace period is over, unless the pid was reused.
+    /// Drops exited processes whose grace period is over, unless the pid was reused (same
+    /// image: same exec id, even if a late record moved the entry to another cgroup).
     pub fn sweep(&mut self, now: Instant) -> usize {
         let mut evicted = 0;
         while let Some((deadline, _, _)) = self.exited.front() {
@@ -226,7 +227,7 @@ impl ProcessCache {
             let Some((_, pid, entry)) = self.exited.pop_front() else {
                 break;
             };
-            if self.by_pid.get(&pid).is_some_and(|cur| Arc::ptr_eq(cur, &entry)) {
+            if self.by_pid.get(&pid).is_some_and(|cur| cur.process.exec_id == entry.process.exec_id) {
                 self.by_pid.remove(&pid);
                 evicted += 1;
             }
@@ -355,6 +356,12 @@ mod tests {
         // Records made outside the process's context say nothing of its cgroup.
         let other = Header { cgroup_id: 30, flags: flags::NO_PROCESS, ..hdr(50, 1, 7) };
         assert_eq!(c.lookup(&other).process.cgroup_id, 20);
+        // A late record that moves an exited process does not keep it past its grace.
+        let t0 = Instant::now();
+        c.on_exit(&Header { cgroup_id: 20, ..hdr(50, 1, 8) }, t0);
+        c.lookup(&Header { cgroup_id: 40, ..hdr(50, 1, 9) });
+        assert_eq!(c.sweep(t0 + Duration::from_secs(31)), 1);
+        assert!(c.get(50).is_none());
     }
 
     #[test]
